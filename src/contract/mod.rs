@@ -1,0 +1,254 @@
+//! Event contract v1: the only shape of message this worker applies.
+//!
+//! Invariant: [`decode`] is total. Every possible Kafka message (any bytes, any key, no value)
+//! becomes either an [`OrderEvent`] whose every rule of the contract holds, or a [`Rejection`]
+//! naming the stage and reason. It never panics and never allocates more than the payload it was
+//! given plus the event it returns.
+//!
+//! The contract is published for producers in `schema/order-event.v1.schema.json` and in the
+//! README. Each event is a full snapshot of the order at `version`, not a delta: that is what lets
+//! the worker apply events idempotently and in any order (the highest version wins).
+
+mod rejection;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use rejection::{Reason, Rejection, Stage};
+pub use validate::{
+    MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_CHARS, MAX_UNIT_PRICE_MINOR,
+};
+
+/// The schema version this build understands. Events may omit `schema_version` (it means 1).
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// What happened to the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Created,
+    Updated,
+    Cancelled,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The order's lifecycle state after the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 6] = [
+        Self::Pending,
+        Self::Confirmed,
+        Self::Paid,
+        Self::Shipped,
+        Self::Delivered,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One order line. Amounts are integers in the currency's minor unit (cents for EUR).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_minor: i64,
+}
+
+/// A validated v1 order event. Only [`decode`] builds one from the wire, so holding one means every
+/// rule of the contract held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderEvent {
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    pub order_id: Uuid,
+    pub version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub currency: String,
+    pub items: Vec<LineItem>,
+    pub total_minor: i64,
+}
+
+impl OrderEvent {
+    /// The JSON this event is published as (the v1 wire form, `schema_version` included).
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            schema_version: u64,
+            #[serde(flatten)]
+            event: &'a OrderEvent,
+        }
+        serde_json::to_vec(&Wire {
+            schema_version: SCHEMA_VERSION,
+            event: self,
+        })
+        .expect("an OrderEvent always serializes")
+    }
+
+    /// The items as the JSON stored in `orders.items`.
+    pub fn items_json(&self) -> String {
+        serde_json::to_string(&self.items).expect("line items always serialize")
+    }
+}
+
+/// The wire form: types only. Rules about values live in `validate`.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(default)]
+    schema_version: Option<u64>,
+    event_id: Uuid,
+    event_type: EventType,
+    order_id: Uuid,
+    version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    customer_id: String,
+    status: OrderStatus,
+    currency: String,
+    items: Vec<LineItem>,
+    total_minor: i64,
+}
+
+/// Only read when a payload fails to parse, to tell "a newer contract" from "broken input".
+#[derive(Deserialize)]
+struct VersionProbe {
+    schema_version: Option<serde_json::Value>,
+}
+
+/// Turns one Kafka message into a valid event or a precise rejection.
+///
+/// `payload_size` is the size of the message value as the broker delivered it; `payload` may be a
+/// prefix of it when the value was larger than `max_payload_bytes` (the consumer never copies more).
+pub fn decode(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    payload_size: usize,
+    max_payload_bytes: usize,
+) -> Result<OrderEvent, Rejection> {
+    let Some(payload) = payload else {
+        return Err(Rejection::new(
+            Reason::Tombstone,
+            "message has no value (tombstone); contract v1 has no delete, publish an event with \
+             event_type \"cancelled\" instead",
+        ));
+    };
+    if payload_size > max_payload_bytes {
+        return Err(Rejection::new(
+            Reason::PayloadTooLarge,
+            format!("payload is {payload_size} bytes, the limit is {max_payload_bytes} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        Rejection::new(
+            Reason::InvalidJson,
+            format!(
+                "payload is not UTF-8: invalid byte at offset {}",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let wire = parse(text)?;
+    let event = validate::event(wire)?;
+    validate::key(key, event.order_id)?;
+    Ok(event)
+}
+
+fn parse(text: &str) -> Result<WireEvent, Rejection> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let wire: WireEvent =
+        serde_path_to_error::deserialize(&mut de).map_err(|err| classify(text, err))?;
+    de.end().map_err(|e| {
+        Rejection::new(
+            Reason::InvalidJson,
+            format!("payload is not valid JSON: {e}"),
+        )
+    })?;
+    match wire.schema_version {
+        None | Some(SCHEMA_VERSION) => Ok(wire),
+        Some(other) => Err(unsupported(&other.to_string())),
+    }
+}
+
+fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> Rejection {
+    use serde_json::error::Category;
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        Category::Data => {
+            // The typed parse stops at the first wrong shape; broken syntax further on is the
+            // more basic fault, so it is looked for (only on this failure path).
+            if let Err(syntax) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                return Rejection::new(
+                    Reason::InvalidJson,
+                    format!("payload is not valid JSON: {syntax}"),
+                );
+            }
+            // A payload of another contract version fails on its own shape first; name the
+            // version instead, it is the actionable fact for the producer.
+            if let Ok(VersionProbe {
+                schema_version: Some(v),
+            }) = serde_json::from_str::<VersionProbe>(text)
+                && v.as_u64() != Some(SCHEMA_VERSION)
+            {
+                return unsupported(&v.to_string());
+            }
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            Rejection::new(Reason::SchemaViolation, format!("{at}{inner}"))
+        }
+        Category::Syntax | Category::Eof | Category::Io => Rejection::new(
+            Reason::InvalidJson,
+            format!("payload is not valid JSON: {inner}"),
+        ),
+    }
+}
+
+/// `found` is JSON text (control characters escaped); it is only cut to a readable length.
+fn unsupported(found: &str) -> Rejection {
+    let found: String = found.chars().take(32).collect();
+    Rejection::new(
+        Reason::UnsupportedSchemaVersion,
+        format!(
+            "schema_version {found} is not supported, this worker reads version {SCHEMA_VERSION}"
+        ),
+    )
+}

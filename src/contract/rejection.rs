@@ -1,0 +1,106 @@
+//! Why a message was not applied: a closed set of reasons, each tied to exactly one stage.
+//!
+//! Invariant: the reason labels are a small fixed set (they are metric label values and the
+//! `dead_letters.reason` column); the free-form `detail` carries the precise explanation.
+
+use std::fmt;
+
+/// Where in the pipeline a message was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Checks on the raw Kafka message: size, tombstone.
+    Receive,
+    /// Parsing the payload against the contract's types.
+    Decode,
+    /// Rules on values: ranges, consistency, key.
+    Validate,
+    /// PostgreSQL refused the row although it passed validation.
+    Write,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receive => "receive",
+            Self::Decode => "decode",
+            Self::Validate => "validate",
+            Self::Write => "write",
+        }
+    }
+}
+
+/// The machine-readable reason of a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    PayloadTooLarge,
+    Tombstone,
+    InvalidJson,
+    SchemaViolation,
+    UnsupportedSchemaVersion,
+    InvalidValue,
+    KeyMismatch,
+    DbRejected,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Self::PayloadTooLarge,
+        Self::Tombstone,
+        Self::InvalidJson,
+        Self::SchemaViolation,
+        Self::UnsupportedSchemaVersion,
+        Self::InvalidValue,
+        Self::KeyMismatch,
+        Self::DbRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Tombstone => "tombstone",
+            Self::InvalidJson => "invalid_json",
+            Self::SchemaViolation => "schema_violation",
+            Self::UnsupportedSchemaVersion => "unsupported_schema_version",
+            Self::InvalidValue => "invalid_value",
+            Self::KeyMismatch => "key_mismatch",
+            Self::DbRejected => "db_rejected",
+        }
+    }
+
+    pub fn stage(self) -> Stage {
+        match self {
+            Self::PayloadTooLarge | Self::Tombstone => Stage::Receive,
+            Self::InvalidJson | Self::SchemaViolation | Self::UnsupportedSchemaVersion => {
+                Stage::Decode
+            }
+            Self::InvalidValue | Self::KeyMismatch => Stage::Validate,
+            Self::DbRejected => Stage::Write,
+        }
+    }
+}
+
+/// A message that will be dead-lettered instead of applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.reason.stage()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+    }
+}

@@ -1,0 +1,144 @@
+//! Rules on values that types alone cannot state.
+//!
+//! Invariant: an [`OrderEvent`] leaves this module only if it fits the `orders` table as is
+//! (lengths, ranges, no NUL characters PostgreSQL text refuses) and its total is consistent, so
+//! that a batch write can only fail for reasons of the database, not of the data.
+
+use iso_currency::Currency;
+use uuid::Uuid;
+
+use super::{EventType, LineItem, OrderEvent, OrderStatus, Reason, Rejection, WireEvent};
+
+pub const MAX_ITEMS: usize = 1_000;
+pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
+pub const MAX_SKU_CHARS: usize = 64;
+pub const MAX_QUANTITY: u32 = 1_000_000;
+/// One unit may cost at most 10^12 minor units (10 billion in a two-decimal currency).
+pub const MAX_UNIT_PRICE_MINOR: i64 = 1_000_000_000_000;
+
+pub(super) fn event(wire: WireEvent) -> Result<OrderEvent, Rejection> {
+    if wire.version < 1 {
+        return invalid(format!("version must be >= 1, got {}", wire.version));
+    }
+    text("customer_id", &wire.customer_id, MAX_CUSTOMER_ID_CHARS)?;
+    if Currency::from_code(&wire.currency).is_none() {
+        return invalid(format!(
+            "currency {} is not an ISO 4217 code",
+            excerpt(&wire.currency)
+        ));
+    }
+    if wire.event_type == EventType::Cancelled && wire.status != OrderStatus::Cancelled {
+        return invalid(format!(
+            "event_type \"cancelled\" requires status \"cancelled\", got \"{}\"",
+            wire.status.as_str()
+        ));
+    }
+    let sum = items(&wire.items)?;
+    if wire.total_minor != sum {
+        return invalid(format!(
+            "total_minor {} does not equal the sum of the items, {sum}",
+            wire.total_minor
+        ));
+    }
+    Ok(OrderEvent {
+        event_id: wire.event_id,
+        event_type: wire.event_type,
+        order_id: wire.order_id,
+        version: wire.version,
+        occurred_at: wire.occurred_at,
+        customer_id: wire.customer_id,
+        status: wire.status,
+        currency: wire.currency,
+        items: wire.items,
+        total_minor: wire.total_minor,
+    })
+}
+
+/// The message key carries the order id so that all events of an order share a partition.
+pub(super) fn key(key: Option<&[u8]>, order_id: Uuid) -> Result<(), Rejection> {
+    let Some(key) = key else {
+        return Err(Rejection::new(
+            Reason::KeyMismatch,
+            "message has no key; contract v1 requires key = order_id",
+        ));
+    };
+    let matches = std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| Uuid::parse_str(k).ok())
+        .is_some_and(|k| k == order_id);
+    if matches {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            Reason::KeyMismatch,
+            format!(
+                "message key {} is not the order_id {order_id}",
+                excerpt(&String::from_utf8_lossy(key))
+            ),
+        ))
+    }
+}
+
+/// Checks every line and returns the sum of quantity x unit price.
+fn items(items: &[LineItem]) -> Result<i64, Rejection> {
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return invalid(format!(
+            "items must hold 1 to {MAX_ITEMS} lines, got {}",
+            items.len()
+        ));
+    }
+    let mut sum: i64 = 0;
+    for (i, item) in items.iter().enumerate() {
+        text(&format!("items[{i}].sku"), &item.sku, MAX_SKU_CHARS)?;
+        if item.quantity == 0 || item.quantity > MAX_QUANTITY {
+            return invalid(format!(
+                "items[{i}].quantity must be 1 to {MAX_QUANTITY}, got {}",
+                item.quantity
+            ));
+        }
+        if !(0..=MAX_UNIT_PRICE_MINOR).contains(&item.unit_price_minor) {
+            return invalid(format!(
+                "items[{i}].unit_price_minor must be 0 to {MAX_UNIT_PRICE_MINOR}, got {}",
+                item.unit_price_minor
+            ));
+        }
+        sum = i64::from(item.quantity)
+            .checked_mul(item.unit_price_minor)
+            .and_then(|line| sum.checked_add(line))
+            .ok_or_else(|| Rejection::new(Reason::InvalidValue, "sum of the items overflows"))?;
+    }
+    Ok(sum)
+}
+
+fn text(field: &str, value: &str, max_chars: usize) -> Result<(), Rejection> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > max_chars {
+        return invalid(format!(
+            "{field} must be 1 to {max_chars} characters, got {chars}"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return invalid(format!(
+            "{field} {} contains control characters",
+            excerpt(value)
+        ));
+    }
+    Ok(())
+}
+
+fn invalid<T>(detail: String) -> Result<T, Rejection> {
+    Err(Rejection::new(Reason::InvalidValue, detail))
+}
+
+/// A producer's value quoted in a reason: escaped (no control bytes reach logs or the database)
+/// and cut to a readable length.
+pub(super) fn excerpt(value: &str) -> String {
+    const MAX: usize = 64;
+    let escaped = format!("{value:?}");
+    if escaped.chars().count() <= MAX {
+        escaped
+    } else {
+        let cut: String = escaped.chars().take(MAX).collect();
+        format!("{cut}...")
+    }
+}

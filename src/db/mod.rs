@@ -1,0 +1,187 @@
+//! PostgreSQL: the connection pool, the embedded migrations, and how errors are judged.
+//!
+//! Invariant: the worker only writes to a database whose schema has every migration this build
+//! embeds; and every database error is classified as either transient (retry, never skip) or a
+//! rejection of the data (the row is dead-lettered), never silently dropped.
+
+mod store;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DbConfig;
+use crate::error::Error;
+
+pub use store::{DeadLetterRow, OrderRow, OrderStore, Written};
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// A pool that connects on demand, so the worker starts (and reports unready) while PostgreSQL is
+/// still down, and recovers by itself when it returns.
+pub fn pool(cfg: &DbConfig, max_connections: u32) -> Result<PgPool, Error> {
+    let options = cfg.database_url.connect_options()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Applies pending migrations; returns the versions it applied.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, Error> {
+    let before = applied_versions(pool).await.unwrap_or_default();
+    MIGRATOR.run(pool).await?;
+    Ok(MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !before.contains(v))
+        .collect())
+}
+
+/// Refuses a database that lacks a migration this build needs.
+pub async fn check_schema(pool: &PgPool) -> Result<(), Error> {
+    let applied = applied_versions(pool).await?;
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.description))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Schema(format!(
+            "the database lacks migration(s) {}; run `order-worker migrate` or set MIGRATE_ON_START=true",
+            missing.join(", ")
+        )))
+    }
+}
+
+async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Whether PostgreSQL answers a trivial query within `timeout`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), sqlx::Error> {
+    match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
+/// What kind of failure a database error is. Only `Data` and `Constraint` blame the row; every
+/// other kind is retried, because a database that is down, restarting, overloaded or missing a
+/// table today will be fixed, and the messages must still be there when it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Connection,
+    PoolTimeout,
+    Shutdown,
+    Serialization,
+    Deadlock,
+    Resources,
+    Data,
+    Constraint,
+    Other,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 9] = [
+        Self::Connection,
+        Self::PoolTimeout,
+        Self::Shutdown,
+        Self::Serialization,
+        Self::Deadlock,
+        Self::Resources,
+        Self::Data,
+        Self::Constraint,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::PoolTimeout => "pool_timeout",
+            Self::Shutdown => "shutdown",
+            Self::Serialization => "serialization",
+            Self::Deadlock => "deadlock",
+            Self::Resources => "resources",
+            Self::Data => "data",
+            Self::Constraint => "constraint",
+            Self::Other => "other",
+        }
+    }
+
+    pub fn of(err: &sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => Self::Connection,
+            sqlx::Error::PoolTimedOut => Self::PoolTimeout,
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => Self::Connection,
+            sqlx::Error::Database(db) => Self::of_sqlstate(db.code().as_deref().unwrap_or("")),
+            _ => Self::Other,
+        }
+    }
+
+    fn of_sqlstate(code: &str) -> Self {
+        match code {
+            "40001" => Self::Serialization,
+            "40P01" => Self::Deadlock,
+            "57P01" | "57P02" | "57P03" => Self::Shutdown,
+            c if c.starts_with("08") => Self::Connection,
+            c if c.starts_with("53") => Self::Resources,
+            c if c.starts_with("22") => Self::Data,
+            c if c.starts_with("23") => Self::Constraint,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether retrying the same statement can succeed.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, Self::Data | Self::Constraint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    #[test]
+    fn outages_and_conflicts_are_transient_and_bad_data_is_not() {
+        for (code, kind) in [
+            ("08006", FailureKind::Connection),
+            ("57P01", FailureKind::Shutdown),
+            ("57P03", FailureKind::Shutdown),
+            ("40001", FailureKind::Serialization),
+            ("40P01", FailureKind::Deadlock),
+            ("53300", FailureKind::Resources),
+            ("42P01", FailureKind::Other),
+        ] {
+            assert_eq!(FailureKind::of_sqlstate(code), kind, "{code}");
+            assert!(kind.is_transient(), "{code}");
+        }
+        for (code, kind) in [
+            ("22021", FailureKind::Data),
+            ("23514", FailureKind::Constraint),
+        ] {
+            assert_eq!(FailureKind::of_sqlstate(code), kind, "{code}");
+            assert!(!kind.is_transient(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_pool_timeout_is_transient() {
+        assert!(FailureKind::of(&sqlx::Error::PoolTimedOut).is_transient());
+    }
+}

@@ -1,0 +1,264 @@
+//! The consumer thread: polls Kafka, hands messages to the lanes, pauses when they are full,
+//! commits durable progress, and drains on stop.
+//!
+//! Invariant: the thread never blocks for longer than a poll slice while it owns partitions, so
+//! librdkafka's rebalance and commit callbacks run promptly and the member is never evicted for
+//! not polling; when the lanes are full it pauses all its partitions (librdkafka then purges what
+//! it prefetched and resumes from the first message not handed over), so at most the messages
+//! already returned by `poll` wait here, never a backlog.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::health::Health;
+use crate::kafka::WorkerContext;
+use crate::kafka::tracker::{OffsetTracker, Position};
+use crate::metrics::Metrics;
+use crate::pipeline::{Dispatcher, Envelope, InFlight};
+
+/// Longest a poll blocks when there is nothing to hand over.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest the thread waits for room in a lane before polling again (to serve callbacks).
+const BACKPRESSURE_WAIT: Duration = Duration::from_millis(50);
+/// Part of the shutdown timeout kept for the final commit and leaving the group.
+const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSettings {
+    pub max_payload_bytes: usize,
+    pub commit_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+pub(crate) struct ConsumerLoop {
+    pub consumer: BaseConsumer<WorkerContext>,
+    pub dispatcher: Dispatcher,
+    pub tracker: Arc<OffsetTracker>,
+    pub in_flight: Arc<InFlight>,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+    pub settings: ConsumerSettings,
+    /// Fired to begin the graceful stop.
+    pub stop: CancellationToken,
+    /// Fired when in-flight work will never finish (a failed task, the deadline): stop waiting.
+    pub abort: CancellationToken,
+}
+
+impl ConsumerLoop {
+    /// Polls until `stop` fires, then drains. Returns whether every dispatched message became
+    /// durable (and so was committed) before the deadline.
+    pub fn run(self) -> Result<bool, Error> {
+        let mut pending: VecDeque<Envelope> = VecDeque::new();
+        if let Err(e) = self.poll_until_stopped(&mut pending) {
+            // A lane's processor is gone: leave without waiting for work that cannot finish.
+            self.consumer
+                .context()
+                .closing
+                .store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(self.finish(pending))
+    }
+
+    fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
+        let mut paused = false;
+        let mut last_commit = Instant::now();
+        while !self.stop.is_cancelled() {
+            self.health.consumer_polled();
+            while let Some(envelope) = pending.pop_front() {
+                if let Some(back) = self.offer(envelope, BACKPRESSURE_WAIT)? {
+                    pending.push_front(back);
+                    break;
+                }
+            }
+            if paused && pending.is_empty() {
+                self.set_paused(false);
+                paused = false;
+            }
+            let timeout = if pending.is_empty() {
+                POLL_TIMEOUT
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                None => {}
+                Some(Ok(message)) => {
+                    self.metrics.consumed.increment(1);
+                    if let Some(envelope) = self.envelope(&message) {
+                        let left = if pending.is_empty() {
+                            self.offer(envelope, Duration::ZERO)?
+                        } else {
+                            Some(envelope)
+                        };
+                        if let Some(envelope) = left {
+                            pending.push_back(envelope);
+                            if !paused {
+                                self.set_paused(true);
+                                paused = true;
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.metrics.consumer_errors.increment(1);
+                    warn!(error = %e, "kafka consumer error");
+                }
+            }
+            if last_commit.elapsed() >= self.settings.commit_interval {
+                self.commit(CommitMode::Async);
+                self.metrics
+                    .in_flight_messages
+                    .set(self.tracker.in_flight() as f64);
+                self.metrics
+                    .in_flight_bytes
+                    .set(self.in_flight.bytes() as f64);
+                last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Owns a polled message: its coordinates, generation and (bounded) bytes.
+    fn envelope(&self, m: &BorrowedMessage<'_>) -> Option<Envelope> {
+        let Some(generation) = self.tracker.generation(m.partition()) else {
+            // Not assigned (any more): it was never registered, so it is redelivered.
+            debug!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "message of an unassigned partition"
+            );
+            return None;
+        };
+        let position = Position {
+            partition: m.partition(),
+            generation,
+            offset: m.offset(),
+        };
+        Some(Envelope::new(
+            position,
+            m.key(),
+            m.payload(),
+            m.timestamp().to_millis(),
+            self.settings.max_payload_bytes,
+        ))
+    }
+
+    /// Hands a message to its lane, waiting up to `wait` for room. Gives it back if there is none.
+    fn offer(&self, envelope: Envelope, wait: Duration) -> Result<Option<Envelope>, Error> {
+        let lane = self.dispatcher.route(&envelope);
+        let weight = envelope.weight();
+        let deadline = Instant::now() + wait;
+        while !self.dispatcher.has_room(lane, weight) {
+            if Instant::now() >= deadline {
+                return Ok(Some(envelope));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Registered before it is sent, so a fast processor cannot report it first.
+        if self.tracker.register(envelope.position) {
+            self.dispatcher.send(lane, envelope)?;
+        }
+        Ok(None)
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let ctx = self.consumer.context();
+        ctx.backpressured.store(pause, Ordering::Release);
+        let result = self.consumer.assignment().and_then(|tpl| {
+            if pause {
+                self.consumer.pause(&tpl)?;
+            } else {
+                self.consumer.resume(&tpl)?;
+            }
+            Ok(tpl.count())
+        });
+        match result {
+            Ok(n) => {
+                self.metrics
+                    .partitions_paused
+                    .set(if pause { n as f64 } else { 0.0 });
+                if pause {
+                    self.metrics.backpressure_pauses.increment(1);
+                    debug!(
+                        partitions = n,
+                        queued = self.dispatcher.queued(),
+                        "pipeline full: partitions paused"
+                    );
+                } else {
+                    debug!(partitions = n, "pipeline has room: partitions resumed");
+                }
+            }
+            Err(e) => warn!(error = %e, pause, "could not pause/resume partitions"),
+        }
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        if let Err(e) = self.consumer.context().commit(&self.consumer, None, mode) {
+            self.metrics.commit_failures.increment(1);
+            warn!(error = %e, "offset commit could not be sent; retried at the next interval");
+        }
+    }
+
+    /// The graceful stop: stop fetching, let the processors drain the lanes, commit what is
+    /// durable, leave the group.
+    fn finish(self, pending: VecDeque<Envelope>) -> bool {
+        let deadline = Instant::now()
+            + self
+                .settings
+                .shutdown_timeout
+                .saturating_sub(FINAL_COMMIT_MARGIN);
+        self.set_paused(true);
+        // Never registered, so not committed: Kafka hands them out again.
+        drop(pending);
+        let Self {
+            consumer,
+            dispatcher,
+            tracker,
+            health,
+            abort,
+            ..
+        } = self;
+        info!(
+            in_flight = tracker.in_flight(),
+            "stopping: draining in-flight messages"
+        );
+        // Closing the lanes tells each processor to write what it holds and stop.
+        drop(dispatcher);
+        let drained = loop {
+            let slice = (Instant::now() + POLL_TIMEOUT).min(deadline);
+            if tracker.wait_drained(None, slice) {
+                break true;
+            }
+            if abort.is_cancelled() || Instant::now() >= deadline {
+                break false;
+            }
+        };
+        let ctx = consumer.context();
+        ctx.closing.store(true, Ordering::Release);
+        match ctx.commit(&consumer, None, CommitMode::Sync) {
+            Ok(n) => info!(partitions = n, drained, "final offsets committed"),
+            Err(e) => {
+                warn!(error = %e, "final commit failed; uncommitted messages will be redelivered")
+            }
+        }
+        if !drained {
+            warn!(
+                in_flight = tracker.in_flight(),
+                "stop deadline reached with messages not yet durable; they stay uncommitted"
+            );
+        }
+        // Dropping the consumer closes it: it leaves the group, so its partitions move at once.
+        drop(consumer);
+        health.consumer_stopped();
+        info!("left the consumer group");
+        drained
+    }
+}

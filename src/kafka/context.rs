@@ -1,0 +1,180 @@
+//! The consumer's callbacks: rebalances, commit results, and librdkafka's own logs.
+//!
+//! Invariant: a partition leaves this instance only after its durable offsets were committed
+//! synchronously and it was forgotten by the tracker; messages of it that were not yet durable
+//! within the drain timeout are neither committed nor reported later (their generation is gone),
+//! so the next owner reprocesses them and the idempotent write makes that harmless.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use crate::kafka::tracker::OffsetTracker;
+use crate::metrics::Metrics;
+
+pub(crate) struct WorkerContext {
+    pub topic: String,
+    pub tracker: Arc<OffsetTracker>,
+    pub metrics: Metrics,
+    pub drain_timeout: Duration,
+    /// Set while the consumer holds its partitions paused for backpressure, so that partitions
+    /// assigned meanwhile start paused too.
+    pub backpressured: AtomicBool,
+    /// Set once the graceful stop has drained: revokes from then on commit without waiting.
+    pub closing: AtomicBool,
+}
+
+impl WorkerContext {
+    pub fn new(
+        topic: String,
+        tracker: Arc<OffsetTracker>,
+        metrics: Metrics,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            topic,
+            tracker,
+            metrics,
+            drain_timeout,
+            backpressured: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    /// Commits the tracker's durable progress (of `only` some partitions, or all). A sync commit
+    /// records its acknowledgement at once; an async one in [`Self::commit_callback`].
+    pub fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&[i32]>,
+        mode: CommitMode,
+    ) -> KafkaResult<usize> {
+        let offsets = self.tracker.commit_candidates(only);
+        if offsets.is_empty() {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for &(p, o) in &offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        consumer.commit(&tpl, mode)?;
+        if matches!(mode, CommitMode::Sync) {
+            self.tracker.mark_committed(&offsets);
+        }
+        Ok(offsets.len())
+    }
+
+    /// Hands revoked partitions back: wait (bounded) for their in-flight messages, commit, forget.
+    fn release(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let wait = if self.closing.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            self.drain_timeout
+        };
+        let started = Instant::now();
+        let drained = self.tracker.wait_drained(Some(partitions), started + wait);
+        if !drained {
+            warn!(
+                ?partitions,
+                timeout_ms = wait.as_millis() as u64,
+                "revoked partitions still had messages in flight; they will be redelivered to the next owner"
+            );
+        }
+        if let Err(e) = self.commit(consumer, Some(partitions), CommitMode::Sync) {
+            warn!(error = %e, ?partitions, "commit on revoke failed; the next owner may reprocess some messages");
+        }
+        self.tracker.revoke(partitions);
+        info!(
+            ?partitions,
+            drained,
+            ms = started.elapsed().as_millis() as u64,
+            "partitions revoked"
+        );
+    }
+}
+
+impl ClientContext for WorkerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                error!(target: "librdkafka", fac, "{message}")
+            }
+            L::Warning => warn!(target: "librdkafka", fac, "{message}"),
+            L::Notice | L::Info => info!(target: "librdkafka", fac, "{message}"),
+            L::Debug => debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                self.tracker.assign(&partitions);
+                self.metrics.rebalance_assign.increment(1);
+                info!(?partitions, "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let partitions = self.partitions_of(tpl);
+                self.metrics.rebalance_revoke.increment(1);
+                self.release(consumer, &partitions);
+            }
+            Rebalance::Error(e) => {
+                self.metrics.rebalance_error.increment(1);
+                error!(error = %e, "rebalance failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && self.backpressured.load(Ordering::Acquire)
+            && let Err(e) = consumer.pause(tpl)
+        {
+            warn!(error = %e, "could not pause newly assigned partitions");
+        }
+        self.metrics
+            .partitions_assigned
+            .set(self.tracker.partitions().len() as f64);
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let acked: Vec<(i32, i64)> = offsets
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect();
+                self.tracker.mark_committed(&acked);
+                self.metrics.commits.increment(1);
+            }
+            Err(e) => {
+                self.metrics.commit_failures.increment(1);
+                warn!(error = %e, "offset commit failed; the offsets are committed again at the next interval");
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Kafka: librdkafka configuration, the consumer thread, its rebalance and commit callbacks, the
+//! offset tracker, and the producer used by `produce` and `dev`.
+//!
+//! Invariant: librdkafka never commits or stores an offset on its own (auto-commit and the
+//! automatic offset store are off and cannot be turned back on through overrides); every commit
+//! comes from the offset tracker.
+
+mod consumer;
+mod context;
+pub mod producer;
+pub mod tracker;
+
+use rdkafka::ClientConfig;
+
+use crate::config::ConsumerConfig;
+use crate::error::Error;
+
+pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
+pub(crate) use context::WorkerContext;
+
+/// Properties the worker's guarantees rest on; overriding them is refused.
+const GUARDED: [&str; 3] = ["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+
+pub fn check_overrides(properties: &[(String, String)]) -> Result<(), Error> {
+    match properties
+        .iter()
+        .find(|(k, _)| GUARDED.contains(&k.as_str()))
+    {
+        Some((k, _)) => Err(Error::Config(format!(
+            "kafka property {k} cannot be overridden: offsets are managed by the worker \
+             (use KAFKA_GROUP_ID for the group)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Settings shared by every client: where the brokers are, who we are, user overrides last.
+pub fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", client_id());
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+pub fn consumer_config(brokers: &str, c: &ConsumerConfig) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", client_id())
+        .set("auto.offset.reset", c.auto_offset_reset.as_str())
+        .set("partition.assignment.strategy", &c.assignment_strategy)
+        .set("queued.max.messages.kbytes", c.queue_max_kbytes.to_string())
+        .set("enable.partition.eof", "false");
+    for (k, v) in &c.properties {
+        cfg.set(k, v);
+    }
+    // Last, so nothing above can change them.
+    cfg.set("group.id", &c.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    cfg
+}
+
+/// `order-worker-<hostname>`: in Kubernetes the pod name, which is what an operator looks for in
+/// the group's member list.
+fn client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("order-worker-{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_management_settings_cannot_be_overridden() {
+        for key in GUARDED {
+            let err = check_overrides(&[(key.into(), "true".into())]).unwrap_err();
+            assert!(err.to_string().contains(key));
+        }
+        assert!(check_overrides(&[("security.protocol".into(), "SSL".into())]).is_ok());
+    }
+}

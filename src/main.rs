@@ -1,0 +1,103 @@
+//! The `order-worker` binary: parse the command line, set up logging, run one command.
+//! Everything else lives in the library; errors become one line on stderr and a non-zero exit.
+
+use std::error::Error as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use clap::error::{ContextKind, ErrorKind};
+use order_worker::config::{Cli, Command};
+use order_worker::{Worker, db, dev, produce, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    telemetry::init(cli.log.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("order-worker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting with an error");
+            eprintln!("order-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(cfg) => {
+            let brokers = cfg.validate()?;
+            let worker = Worker::start(brokers, &cfg.worker)
+                .await
+                .context("failed to start")?;
+            shutdown::on_signal(worker.stop_token());
+            worker.wait().await?;
+        }
+        Command::Migrate(cfg) => {
+            let pool = db::pool(&cfg.db, 1)?;
+            let applied = db::migrate(&pool).await.context("failed to migrate")?;
+            println!("database is up to date; applied now: {applied:?}");
+        }
+        Command::Produce(cfg) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            tokio::spawn(async move {
+                shutdown::next_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let report = produce::produce(&cfg, stop)
+                .await
+                .context("failed to publish")?;
+            println!("{report}");
+            if report.published.failed > 0 {
+                bail!(
+                    "{} messages were not acknowledged by the broker",
+                    report.published.failed
+                );
+            }
+        }
+        Command::Dev(cfg) => {
+            let stop = CancellationToken::new();
+            shutdown::on_signal(stop.clone());
+            dev::dev(cfg, stop).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Help and version print as usual; any other usage error is one line that does not echo the
+/// offending value (it may be a secret).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let line = match (e.kind(), e.get(ContextKind::InvalidArg)) {
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg)) => {
+            let why = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+            format!("invalid value for {arg}{why}")
+        }
+        _ => e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid arguments")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    };
+    eprintln!("order-worker: {line} (see --help)");
+    ExitCode::from(2)
+}

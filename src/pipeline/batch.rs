@@ -1,0 +1,220 @@
+//! Turning a batch of consumed messages into the rows one write applies.
+//!
+//! Invariant: every message of a batch is accounted for exactly once in its [`Plan`]: as the
+//! order row it sets, as superseded by a higher (or equal) version of the same order in the same
+//! batch, or as a dead letter. The plan's order rows hold each order id once, in id order, so
+//! concurrent writers lock rows in the same order and cannot deadlock each other.
+
+use std::collections::HashMap;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::contract::{self, OrderEvent, Rejection};
+use crate::db::{DeadLetterRow, OrderRow};
+use crate::pipeline::Envelope;
+
+/// A message after decoding, still holding its raw bytes (a dead letter stores them).
+#[derive(Debug)]
+pub struct Decoded {
+    pub envelope: Envelope,
+    pub outcome: Result<OrderEvent, Rejection>,
+}
+
+pub fn decode(envelope: Envelope, max_payload_bytes: usize) -> Decoded {
+    let outcome = contract::decode(
+        envelope.key.as_deref(),
+        envelope.payload.as_deref(),
+        envelope.payload_size,
+        max_payload_bytes,
+    );
+    Decoded { envelope, outcome }
+}
+
+impl Decoded {
+    pub fn kafka_timestamp(&self) -> Option<OffsetDateTime> {
+        let ms = self.envelope.timestamp_ms?;
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    }
+
+    /// This message as a dead letter, for `rejection` (its own, or one found at write time).
+    pub fn dead_letter<'a>(&'a self, rejection: &'a Rejection) -> DeadLetterRow<'a> {
+        let e = &self.envelope;
+        DeadLetterRow {
+            partition: e.position.partition,
+            offset: e.position.offset,
+            key: e.key.as_deref(),
+            payload: e.payload.as_deref(),
+            payload_size: e.payload_size,
+            reason: rejection.reason,
+            error: &rejection.detail,
+            kafka_timestamp: self.kafka_timestamp(),
+        }
+    }
+}
+
+/// What one batch write applies.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    /// One row per order id, the highest version in the batch, sorted by order id.
+    pub orders: Vec<OrderRow<'a>>,
+    /// Index in the batch of the message behind each order row.
+    pub order_sources: Vec<usize>,
+    pub dead: Vec<DeadLetterRow<'a>>,
+    /// Valid events not written because the same order has an equal or higher version in the
+    /// batch: their effect is already contained in the row that is written.
+    pub superseded: u64,
+}
+
+pub fn plan(batch: &[Decoded]) -> Plan<'_> {
+    let mut best: HashMap<Uuid, usize> = HashMap::with_capacity(batch.len());
+    let mut plan = Plan::default();
+    for (i, d) in batch.iter().enumerate() {
+        match &d.outcome {
+            Ok(event) => {
+                let slot = best.entry(event.order_id).or_insert(i);
+                if *slot != i {
+                    plan.superseded += 1;
+                    let kept = batch[*slot].outcome.as_ref().map_or(0, |e| e.version);
+                    if event.version > kept {
+                        *slot = i;
+                    }
+                }
+            }
+            Err(rejection) => plan.dead.push(d.dead_letter(rejection)),
+        }
+    }
+    let mut chosen: Vec<(Uuid, usize)> = best.into_iter().collect();
+    chosen.sort_unstable_by_key(|&(id, _)| id);
+    for (_, i) in chosen {
+        let d = &batch[i];
+        if let Ok(event) = &d.outcome {
+            plan.orders.push(OrderRow {
+                event,
+                partition: d.envelope.position.partition,
+                offset: d.envelope.position.offset,
+            });
+            plan.order_sources.push(i);
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Reason;
+    use crate::kafka::tracker::Position;
+    use crate::synth::{self, SynthSpec};
+
+    fn decoded(offset: i64, order: Uuid, version: i64) -> Decoded {
+        let event = synth::event(order, version, offset as u64);
+        let bytes = event.to_json();
+        let key = order.to_string();
+        let pos = Position {
+            partition: 0,
+            generation: 1,
+            offset,
+        };
+        decode(
+            Envelope::new(pos, Some(key.as_bytes()), Some(&bytes), Some(0), 1 << 20),
+            1 << 20,
+        )
+    }
+
+    fn rejected(offset: i64) -> Decoded {
+        let pos = Position {
+            partition: 2,
+            generation: 1,
+            offset,
+        };
+        decode(
+            Envelope::new(pos, Some(b"k"), Some(b"nope"), Some(0), 1 << 20),
+            1 << 20,
+        )
+    }
+
+    fn order(n: u64) -> Uuid {
+        synth::order_id(&SynthSpec::default(), n)
+    }
+
+    #[test]
+    fn the_highest_version_of_an_order_wins_within_a_batch() {
+        let batch = vec![
+            decoded(0, order(1), 2),
+            decoded(1, order(1), 5),
+            decoded(2, order(1), 3),
+        ];
+        let p = plan(&batch);
+        assert_eq!(p.orders.len(), 1);
+        assert_eq!(p.orders[0].event.version, 5);
+        assert_eq!(p.orders[0].offset, 1);
+        assert_eq!(p.superseded, 2);
+    }
+
+    #[test]
+    fn an_exact_duplicate_in_a_batch_is_counted_once() {
+        let batch = vec![decoded(0, order(1), 1), decoded(1, order(1), 1)];
+        let p = plan(&batch);
+        assert_eq!((p.orders.len(), p.superseded), (1, 1));
+        assert_eq!(p.orders[0].offset, 0, "the first of equal versions is kept");
+    }
+
+    #[test]
+    fn every_message_is_accounted_for_exactly_once() {
+        let batch: Vec<Decoded> = (0..30)
+            .map(|i| {
+                if i % 7 == 0 {
+                    rejected(i)
+                } else {
+                    decoded(i, order(i as u64 % 4), i)
+                }
+            })
+            .collect();
+        let p = plan(&batch);
+        assert_eq!(
+            p.orders.len() as u64 + p.superseded + p.dead.len() as u64,
+            30
+        );
+        assert_eq!(p.dead.len(), 5);
+        assert!(
+            p.dead
+                .iter()
+                .all(|d| d.reason == Reason::InvalidJson && d.partition == 2)
+        );
+    }
+
+    #[test]
+    fn order_rows_are_sorted_by_order_id() {
+        let batch: Vec<Decoded> = (0..50).map(|i| decoded(i, order(i as u64), 1)).collect();
+        let ids: Vec<Uuid> = plan(&batch)
+            .orders
+            .iter()
+            .map(|r| r.event.order_id)
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_raw_bytes_and_the_kafka_timestamp() {
+        let pos = Position {
+            partition: 1,
+            generation: 1,
+            offset: 9,
+        };
+        let d = decode(
+            Envelope::new(pos, None, Some(b"\xff"), Some(1_700_000_000_000), 64),
+            64,
+        );
+        let p = plan(std::slice::from_ref(&d));
+        let dl = &p.dead[0];
+        assert_eq!(
+            (dl.partition, dl.offset, dl.payload),
+            (1, 9, Some(&b"\xff"[..]))
+        );
+        assert_eq!(
+            dl.kafka_timestamp.map(|t| t.unix_timestamp()),
+            Some(1_700_000_000)
+        );
+    }
+}

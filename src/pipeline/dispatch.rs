@@ -1,0 +1,179 @@
+//! Routing consumed messages to processor lanes, within the channel and byte bounds.
+//!
+//! Invariant: the consumer thread is the only sender, so "there is room" checked before a send
+//! stays true until the send: a message is registered with the offset tracker only when its send
+//! cannot fail for lack of room. All events of one order (one key) go to one lane, so two
+//! processors never race on the same row.
+
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Error;
+use crate::pipeline::Envelope;
+
+/// Bytes of messages taken from Kafka and not yet durable, against a limit.
+#[derive(Debug)]
+pub struct InFlight {
+    bytes: AtomicU64,
+    limit: u64,
+}
+
+impl InFlight {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// One message is always admitted when nothing is in flight, whatever its size, so an
+    /// oversized message cannot wedge the pipeline.
+    pub fn has_room(&self, weight: u64) -> bool {
+        let now = self.bytes.load(Ordering::Acquire);
+        now == 0 || now + weight <= self.limit
+    }
+
+    pub fn add(&self, weight: u64) {
+        self.bytes.fetch_add(weight, Ordering::AcqRel);
+    }
+
+    pub fn release(&self, weight: u64) {
+        self.bytes.fetch_sub(weight, Ordering::AcqRel);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// Creates `n` bounded lanes: the dispatcher's senders and the processors' receivers.
+pub fn lanes(
+    n: usize,
+    capacity: usize,
+) -> (Vec<flume::Sender<Envelope>>, Vec<flume::Receiver<Envelope>>) {
+    (0..n).map(|_| flume::bounded(capacity)).unzip()
+}
+
+/// The consumer thread's side of the lanes. Dropping it closes every lane, which is how the
+/// processors learn that no more messages will come.
+#[derive(Debug)]
+pub struct Dispatcher {
+    senders: Vec<flume::Sender<Envelope>>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Dispatcher {
+    pub fn new(senders: Vec<flume::Sender<Envelope>>, in_flight: Arc<InFlight>) -> Self {
+        assert!(!senders.is_empty(), "at least one lane");
+        Self { senders, in_flight }
+    }
+
+    /// The lane of a message: by key (the order id), so an order always meets the same
+    /// processor; by partition for keyless messages (they are dead-lettered anyway).
+    pub fn route(&self, envelope: &Envelope) -> usize {
+        let n = self.senders.len() as u64;
+        let hash = match &envelope.key {
+            Some(key) => BuildHasherDefault::<DefaultHasher>::default().hash_one(key),
+            None => envelope.position.partition as u64,
+        };
+        (hash % n) as usize
+    }
+
+    pub fn has_room(&self, lane: usize, weight: u64) -> bool {
+        !self.senders[lane].is_full() && self.in_flight.has_room(weight)
+    }
+
+    /// Sends to a lane that [`has_room`](Self::has_room). Fails only when the lane's processor is
+    /// gone, which the worker treats as fatal.
+    pub fn send(&self, lane: usize, envelope: Envelope) -> Result<(), Error> {
+        let weight = envelope.weight();
+        self.in_flight.add(weight);
+        self.senders[lane].try_send(envelope).map_err(|e| {
+            self.in_flight.release(weight);
+            Error::TaskFailed(format!("processor {lane} stopped taking messages: {e}"))
+        })
+    }
+
+    /// Messages waiting in the lanes.
+    pub fn queued(&self) -> usize {
+        self.senders.iter().map(flume::Sender::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::tracker::Position;
+
+    fn envelope(key: &str, partition: i32) -> Envelope {
+        let pos = Position {
+            partition,
+            generation: 1,
+            offset: 0,
+        };
+        Envelope::new(pos, Some(key.as_bytes()), Some(b"{}"), None, 1024)
+    }
+
+    #[test]
+    fn the_same_key_always_takes_the_same_lane() {
+        let (tx, _rx) = lanes(4, 8);
+        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
+        for key in ["a", "order-17", "6f1c2a4e-7a43-4a39-9f7e-2b1d7c1e0a11"] {
+            let lanes: Vec<usize> = (0..5).map(|p| d.route(&envelope(key, p))).collect();
+            assert!(lanes.windows(2).all(|w| w[0] == w[1]), "{key}: {lanes:?}");
+        }
+    }
+
+    #[test]
+    fn keys_spread_over_all_lanes() {
+        let (tx, _rx) = lanes(4, 8);
+        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
+        let mut used = [0usize; 4];
+        for i in 0..400 {
+            used[d.route(&envelope(&format!("order-{i}"), 0))] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 50), "{used:?}");
+    }
+
+    #[test]
+    fn a_full_lane_has_no_room_until_its_processor_takes_a_message() {
+        let (tx, rx) = lanes(1, 2);
+        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
+        d.send(0, envelope("a", 0)).unwrap();
+        d.send(0, envelope("a", 0)).unwrap();
+        assert!(!d.has_room(0, 1));
+        rx[0].try_recv().unwrap();
+        assert!(d.has_room(0, 1));
+    }
+
+    #[test]
+    fn the_byte_budget_stops_dispatch_until_bytes_are_released() {
+        let budget = Arc::new(InFlight::new(300));
+        let (tx, _rx) = lanes(1, 100);
+        let d = Dispatcher::new(tx, budget.clone());
+        let e = envelope("a", 0);
+        let w = e.weight();
+        assert!(d.has_room(0, w), "an empty pipeline admits anything");
+        d.send(0, e).unwrap();
+        d.send(0, envelope("a", 0)).unwrap();
+        assert!(!d.has_room(0, w));
+        budget.release(w);
+        assert!(d.has_room(0, w));
+    }
+
+    #[test]
+    fn an_oversized_message_is_admitted_into_an_empty_pipeline() {
+        assert!(InFlight::new(10).has_room(1_000_000));
+    }
+
+    #[test]
+    fn sending_to_a_lane_whose_processor_is_gone_is_an_error_and_releases_the_bytes() {
+        let budget = Arc::new(InFlight::new(1 << 20));
+        let (tx, rx) = lanes(1, 2);
+        drop(rx);
+        let d = Dispatcher::new(tx, budget.clone());
+        assert!(d.send(0, envelope("a", 0)).is_err());
+        assert_eq!(budget.bytes(), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! From a consumed message to a durable row: routing, bounded channels, batching, writing.
+//!
+//! Invariant: between the consumer and PostgreSQL every buffer is bounded, in messages (the
+//! channels, the batches) and in bytes (the in-flight budget); a message leaves the pipeline
+//! only as a durable effect (row applied, duplicate ignored, dead letter stored) reported to
+//! the offset tracker, or not at all (a crash or abort), in which case its offset is never
+//! committed.
+
+mod batch;
+mod dispatch;
+mod envelope;
+mod processor;
+
+pub use batch::{Decoded, Plan, decode, plan};
+pub use dispatch::{Dispatcher, InFlight, lanes};
+pub use envelope::Envelope;
+pub(crate) use processor::{Processor, ProcessorSettings};

@@ -1,0 +1,224 @@
+//! One processor: drains its lane into batches and writes each batch durably.
+//!
+//! Invariant: a batch's offsets are reported durable to the tracker only after PostgreSQL
+//! committed every row and dead letter of that batch. A transient failure is retried without
+//! limit (never skipped); a row PostgreSQL refuses becomes a dead letter; an abort leaves the
+//! batch unreported, so its offsets are never committed and Kafka redelivers them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::contract::{Reason, Rejection};
+use crate::db::{FailureKind, OrderRow, OrderStore, Written};
+use crate::error::Error;
+use crate::health::Health;
+use crate::kafka::tracker::{OffsetTracker, Position};
+use crate::metrics::Metrics;
+use crate::pipeline::{Decoded, Envelope, InFlight, decode, plan};
+use crate::retry::{self, Schedule, Verdict};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcessorSettings {
+    pub batch_max_rows: usize,
+    pub linger: Duration,
+    pub max_payload_bytes: usize,
+    pub retry: Schedule,
+}
+
+pub(crate) struct Processor {
+    pub lane: usize,
+    pub rx: flume::Receiver<Envelope>,
+    pub store: OrderStore,
+    pub tracker: Arc<OffsetTracker>,
+    pub in_flight: Arc<InFlight>,
+    pub health: Arc<Health>,
+    pub metrics: Metrics,
+    pub settings: ProcessorSettings,
+    /// Fired when the graceful stop runs out of time: stop retrying, report nothing.
+    pub abort: CancellationToken,
+}
+
+enum WriteError {
+    Rejected(sqlx::Error),
+    Aborted,
+}
+
+impl Processor {
+    /// Runs until the lane is closed and drained (graceful stop) or the abort token fires.
+    pub async fn run(self) -> Result<(), Error> {
+        let max = self.settings.batch_max_rows;
+        let mut batch: Vec<Decoded> = Vec::with_capacity(max);
+        loop {
+            let Ok(first) = self.rx.recv_async().await else {
+                return Ok(());
+            };
+            batch.push(self.decode(first));
+            let deadline = tokio::time::Instant::now() + self.settings.linger;
+            let mut closed = false;
+            while batch.len() < max {
+                match self.rx.try_recv() {
+                    Ok(env) => batch.push(self.decode(env)),
+                    Err(flume::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(flume::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, self.rx.recv_async()).await {
+                            Ok(Ok(env)) => batch.push(self.decode(env)),
+                            Ok(Err(_)) => {
+                                closed = true;
+                                break;
+                            }
+                            Err(_linger_elapsed) => break,
+                        }
+                    }
+                }
+            }
+            self.flush(&mut batch).await?;
+            if closed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn decode(&self, envelope: Envelope) -> Decoded {
+        decode(envelope, self.settings.max_payload_bytes)
+    }
+
+    async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
+        let first = batch[0].envelope.position;
+        let span = info_span!(
+            "batch",
+            lane = self.lane,
+            partition = first.partition,
+            first_offset = first.offset,
+            messages = batch.len()
+        );
+        let started = Instant::now();
+        let written = self.write_durably(batch).instrument(span).await?;
+        let elapsed = started.elapsed();
+
+        let positions: Vec<Position> = batch.iter().map(|d| d.envelope.position).collect();
+        self.tracker.complete(&positions);
+        self.in_flight
+            .release(batch.iter().map(|d| d.envelope.weight()).sum());
+        self.health.set_db_ok(true);
+
+        let m = &self.metrics;
+        let valid = batch.iter().filter(|d| d.outcome.is_ok()).count() as u64;
+        let refused = written.refused;
+        m.applied.increment(written.stats.applied);
+        m.duplicates
+            .increment((valid - refused).saturating_sub(written.stats.applied));
+        for d in batch.iter() {
+            if let Err(r) = &d.outcome {
+                m.dead_lettered(r.reason).increment(1);
+            }
+        }
+        m.dead_lettered(Reason::DbRejected).increment(refused);
+        m.batch_duration.record(elapsed.as_secs_f64());
+        m.batch_size.record(batch.len() as f64);
+        debug!(
+            lane = self.lane,
+            messages = batch.len(),
+            applied = written.stats.applied,
+            dead_letters_new = written.stats.dead_letters_new,
+            ms = elapsed.as_millis() as u64,
+            "batch durable"
+        );
+        batch.clear();
+        Ok(())
+    }
+
+    /// Writes the batch; if PostgreSQL refuses it, isolates the refused rows as dead letters.
+    async fn write_durably(&self, batch: &[Decoded]) -> Result<Outcome, Error> {
+        let plan = plan(batch);
+        let err = match self.write_retrying(&plan.orders, &plan.dead).await {
+            Ok(stats) => return Ok(Outcome { stats, refused: 0 }),
+            Err(WriteError::Aborted) => return Err(Error::Aborted),
+            Err(WriteError::Rejected(e)) => e,
+        };
+        warn!(error = %err, rows = plan.orders.len(),
+              "PostgreSQL refused the batch; writing its orders one by one to isolate the refused ones");
+        let mut stats = Written::default();
+        let mut refusals: Vec<(usize, Rejection)> = Vec::new();
+        for (row, &source) in plan.orders.iter().zip(&plan.order_sources) {
+            match self.write_retrying(std::slice::from_ref(row), &[]).await {
+                Ok(w) => stats.applied += w.applied,
+                Err(WriteError::Aborted) => return Err(Error::Aborted),
+                Err(WriteError::Rejected(e)) => {
+                    warn!(order_id = %row.event.order_id, partition = row.partition,
+                          offset = row.offset, error = %e, "order refused by PostgreSQL; dead-lettering it");
+                    refusals.push((source, Rejection::new(Reason::DbRejected, e.to_string())));
+                }
+            }
+        }
+        let mut dead = plan.dead.clone();
+        dead.extend(refusals.iter().map(|(i, r)| batch[*i].dead_letter(r)));
+        match self.write_retrying(&[], &dead).await {
+            Ok(w) => stats.dead_letters_new = w.dead_letters_new,
+            Err(WriteError::Aborted) => return Err(Error::Aborted),
+            // Dead letters are bytes and escaped text; if even they are refused, stopping (and
+            // not committing) is the only way to lose nothing.
+            Err(WriteError::Rejected(e)) => {
+                return Err(Error::TaskFailed(format!(
+                    "PostgreSQL refused dead letters: {e}"
+                )));
+            }
+        }
+        Ok(Outcome {
+            stats,
+            refused: refusals.len() as u64,
+        })
+    }
+
+    async fn write_retrying(
+        &self,
+        orders: &[OrderRow<'_>],
+        dead: &[crate::db::DeadLetterRow<'_>],
+    ) -> Result<Written, WriteError> {
+        retry::until_ok(
+            self.settings.retry,
+            &self.abort,
+            || WriteError::Aborted,
+            || async {
+                self.store
+                    .write(orders, dead)
+                    .await
+                    .map_err(WriteError::Rejected)
+            },
+            |err, delay| {
+                let WriteError::Rejected(e) = err else {
+                    return Verdict::Fail(err);
+                };
+                let kind = FailureKind::of(&e);
+                self.metrics.db_error(kind).increment(1);
+                if !kind.is_transient() {
+                    return Verdict::Fail(WriteError::Rejected(e));
+                }
+                self.health.set_db_ok(false);
+                self.metrics.db_retries.increment(1);
+                warn!(lane = self.lane, error = %e, kind = kind.as_str(),
+                      retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
+                Verdict::Retry
+            },
+        )
+        .await
+    }
+}
+
+struct Outcome {
+    stats: Written,
+    /// Valid events PostgreSQL refused (now dead letters).
+    refused: u64,
+}
+
+impl std::ops::Deref for Outcome {
+    type Target = Written;
+    fn deref(&self) -> &Written {
+        &self.stats
+    }
+}
