@@ -20,16 +20,42 @@ use crate::error::Error;
     name = "order-worker",
     version,
     about = "Consumes order events from Kafka and applies them to PostgreSQL, effectively once.",
-    args_conflicts_with_subcommands = true
+    after_help = "Without a command, `run` is assumed: `order-worker --brokers ...` is `order-worker run --brokers ...`."
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Settings of `run`, the default command.
-    #[command(flatten)]
-    pub run: RunConfig,
+    pub command: Command,
     #[command(flatten)]
     pub log: LogConfig,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first), taking `run` when no command is named.
+    pub fn parse_with_default<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let named = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
+            matches!(
+                a,
+                "run"
+                    | "migrate"
+                    | "produce"
+                    | "dev"
+                    | "help"
+                    | "-h"
+                    | "--help"
+                    | "-V"
+                    | "--version"
+            )
+        });
+        if !named {
+            args.insert(1.min(args.len()), "run".into());
+        }
+        Self::try_parse_from(args)
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{Cli, Command};
 use order_worker::{Worker, db, dev, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_with_default(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
@@ -29,15 +28,14 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting with an error");
-            eprintln!("order-worker: {e:#}");
+            eprintln!("order-worker: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
+    match cli.command {
         Command::Run(cfg) => {
             let brokers = cfg.validate()?;
             let worker = Worker::start(brokers, &cfg.worker)
@@ -78,6 +76,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and its causes on one line, skipping causes whose text an outer message already
+/// carries (library errors format their source into their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
 /// Help and version print as usual; any other usage error is one line that does not echo the
 /// offending value (it may be a secret).
 fn usage_error(e: &clap::Error) -> ExitCode {
@@ -89,6 +103,9 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(arg)) => {
             let why = e.source().map(|s| format!(": {s}")).unwrap_or_default();
             format!("invalid value for {arg}{why}")
+        }
+        (ErrorKind::MissingRequiredArgument, Some(args)) => {
+            format!("missing {args} (flag or environment variable)")
         }
         _ => e
             .to_string()

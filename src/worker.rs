@@ -60,7 +60,8 @@ impl Worker {
             cfg.pipeline.rebalance_drain_timeout,
         );
         let consumer: BaseConsumer<WorkerContext> =
-            kafka::consumer_config(brokers, &cfg.consumer).create_with_context(context)?;
+            kafka::consumer_config(brokers, &cfg.consumer, cfg.pipeline.commit_interval)
+                .create_with_context(context)?;
 
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
@@ -100,10 +101,18 @@ impl Worker {
     }
 
     /// Waits for the worker to end: `Ok` after a complete graceful stop.
-    pub async fn wait(self) -> Result<(), Error> {
-        self.task
+    pub async fn wait(mut self) -> Result<(), Error> {
+        (&mut self.task)
             .await
             .map_err(|e| Error::TaskFailed(format!("worker task: {e}")))?
+    }
+}
+
+impl Drop for Worker {
+    /// A worker dropped without `wait` still stops gracefully in the background, so its consumer
+    /// thread never outlives the runtime it reports to.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -199,7 +208,6 @@ impl Parts {
             metrics: self.metrics.clone(),
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
-                commit_interval: p.commit_interval,
                 shutdown_timeout: self.cfg.shutdown_timeout,
             },
             stop: self.stop.clone(),

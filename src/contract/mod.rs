@@ -9,6 +9,7 @@
 //! README. Each event is a full snapshot of the order at `version`, not a delta: that is what lets
 //! the worker apply events idempotently and in any order (the highest version wins).
 
+mod object_only;
 mod rejection;
 mod validate;
 
@@ -141,6 +142,7 @@ struct WireEvent {
     customer_id: String,
     status: OrderStatus,
     currency: String,
+    #[serde(deserialize_with = "object_only::vec_of_objects")]
     items: Vec<LineItem>,
     total_minor: i64,
 }
@@ -191,8 +193,8 @@ pub fn decode(
 
 fn parse(text: &str) -> Result<WireEvent, Rejection> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let wire: WireEvent =
-        serde_path_to_error::deserialize(&mut de).map_err(|err| classify(text, err))?;
+    let wire: WireEvent = serde_path_to_error::deserialize(object_only::ObjectOnly(&mut de))
+        .map_err(|err| classify(text, err))?;
     de.end().map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,

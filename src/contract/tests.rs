@@ -291,3 +291,20 @@ fn every_reason_has_a_distinct_label() {
     let labels: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(labels.len(), Reason::ALL.len());
 }
+
+#[test]
+fn an_event_or_item_written_as_an_array_of_fields_is_a_schema_violation() {
+    // serde would otherwise read a struct from its fields in declaration order.
+    let event = decode_value(&valid()).unwrap();
+    let as_array = json!([
+        event.event_id, "updated", ORDER, 3, "2026-11-22T10:15:00Z", "cust-42", "paid", "EUR",
+        [{"sku": "A", "quantity": 1, "unit_price_minor": 5}], 5
+    ]);
+    assert_eq!(rejection_of(&as_array).reason, Reason::SchemaViolation);
+    let mut v = valid();
+    v["items"] =
+        json!([["BOOK-1", 2, 1250], {"sku": "PEN-9", "quantity": 1, "unit_price_minor": 199}]);
+    let r = rejection_of(&v);
+    assert_eq!(r.reason, Reason::SchemaViolation);
+    assert!(r.detail.starts_with("items[0]"), "{r}");
+}

@@ -42,7 +42,7 @@ INSERT INTO dead_letters (source_topic, source_partition, source_offset, message
                           payload_size, stage, reason, error, kafka_timestamp)
 SELECT $1, u.*
 FROM UNNEST($2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::int4[], $7::text[], $8::text[],
-            $9::text[], $10::timestamptz[])
+            $9::text[], $10::timestamptz[]) AS u
 ON CONFLICT ON CONSTRAINT dead_letters_source_key DO NOTHING
 "#;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,7 +26,10 @@ use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
 /// Longest a poll blocks when there is nothing to hand over.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Longest the thread waits for room in a lane before polling again (to serve callbacks).
+/// How often durable progress is handed to librdkafka (which commits it every COMMIT_INTERVAL).
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest the thread waits for room in a lane before pausing, or before polling again while
+/// paused (to serve callbacks).
 const BACKPRESSURE_WAIT: Duration = Duration::from_millis(50);
 /// Part of the shutdown timeout kept for the final commit and leaving the group.
 const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
@@ -34,7 +37,6 @@ const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {
     pub max_payload_bytes: usize,
-    pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -70,7 +72,7 @@ impl ConsumerLoop {
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
         let mut paused = false;
-        let mut last_commit = Instant::now();
+        let mut last_store = Instant::now();
         while !self.stop.is_cancelled() {
             self.health.consumer_polled();
             while let Some(envelope) = pending.pop_front() {
@@ -79,7 +81,7 @@ impl ConsumerLoop {
                     break;
                 }
             }
-            if paused && pending.is_empty() {
+            if paused && pending.is_empty() && self.dispatcher.has_slack() {
                 self.set_paused(false);
                 paused = false;
             }
@@ -93,8 +95,10 @@ impl ConsumerLoop {
                 Some(Ok(message)) => {
                     self.metrics.consumed.increment(1);
                     if let Some(envelope) = self.envelope(&message) {
+                        // A lane that is full for a moment is not a reason to pause (and lose the
+                        // prefetch): only one that stays full for the whole wait is.
                         let left = if pending.is_empty() {
-                            self.offer(envelope, Duration::ZERO)?
+                            self.offer(envelope, BACKPRESSURE_WAIT)?
                         } else {
                             Some(envelope)
                         };
@@ -112,15 +116,15 @@ impl ConsumerLoop {
                     warn!(error = %e, "kafka consumer error");
                 }
             }
-            if last_commit.elapsed() >= self.settings.commit_interval {
-                self.commit(CommitMode::Async);
+            if last_store.elapsed() >= STORE_INTERVAL {
+                self.store();
                 self.metrics
                     .in_flight_messages
                     .set(self.tracker.in_flight() as f64);
                 self.metrics
                     .in_flight_bytes
                     .set(self.in_flight.bytes() as f64);
-                last_commit = Instant::now();
+                last_store = Instant::now();
             }
         }
         Ok(())
@@ -200,10 +204,9 @@ impl ConsumerLoop {
         }
     }
 
-    fn commit(&self, mode: CommitMode) {
-        if let Err(e) = self.consumer.context().commit(&self.consumer, None, mode) {
-            self.metrics.commit_failures.increment(1);
-            warn!(error = %e, "offset commit could not be sent; retried at the next interval");
+    fn store(&self) {
+        if let Err(e) = self.consumer.context().store(&self.consumer) {
+            debug!(error = %e, "storing offsets failed (a partition may just have been revoked)");
         }
     }
 
@@ -243,7 +246,7 @@ impl ConsumerLoop {
         };
         let ctx = consumer.context();
         ctx.closing.store(true, Ordering::Release);
-        match ctx.commit(&consumer, None, CommitMode::Sync) {
+        match ctx.commit_now(&consumer, None) {
             Ok(n) => info!(partitions = n, drained, "final offsets committed"),
             Err(e) => {
                 warn!(error = %e, "final commit failed; uncommitted messages will be redelivered")

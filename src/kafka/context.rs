@@ -53,27 +53,48 @@ impl WorkerContext {
             .collect()
     }
 
-    /// Commits the tracker's durable progress (of `only` some partitions, or all). A sync commit
-    /// records its acknowledgement at once; an async one in [`Self::commit_callback`].
-    pub fn commit(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        only: Option<&[i32]>,
-        mode: CommitMode,
-    ) -> KafkaResult<usize> {
+    /// The tracker's durable progress (of `only` some partitions, or all) as a partition list.
+    fn progress(&self, only: Option<&[i32]>) -> KafkaResult<(TopicPartitionList, Vec<(i32, i64)>)> {
         let offsets = self.tracker.commit_candidates(only);
-        if offsets.is_empty() {
-            return Ok(0);
-        }
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for &(p, o) in &offsets {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
         }
-        consumer.commit(&tpl, mode)?;
-        if matches!(mode, CommitMode::Sync) {
-            self.tracker.mark_committed(&offsets);
+        Ok((tpl, offsets))
+    }
+
+    /// Hands durable progress to librdkafka, which commits it at the next auto-commit.
+    pub fn store(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<()> {
+        let (tpl, offsets) = self.progress(None)?;
+        if !offsets.is_empty() {
+            consumer.store_offsets(&tpl)?;
         }
-        Ok(offsets.len())
+        Ok(())
+    }
+
+    /// Commits durable progress now and waits for the broker's answer.
+    pub fn commit_now(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&[i32]>,
+    ) -> KafkaResult<usize> {
+        let (tpl, offsets) = self.progress(only)?;
+        if offsets.is_empty() {
+            return Ok(0);
+        }
+        // Stored too, so librdkafka's own commit on unassign/close carries the same offsets.
+        let _ = consumer.store_offsets(&tpl);
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                self.tracker.mark_committed(&offsets);
+                self.metrics.commits.increment(1);
+                Ok(offsets.len())
+            }
+            Err(e) => {
+                self.metrics.commit_failures.increment(1);
+                Err(e)
+            }
+        }
     }
 
     /// Hands revoked partitions back: wait (bounded) for their in-flight messages, commit, forget.
@@ -92,7 +113,7 @@ impl WorkerContext {
                 "revoked partitions still had messages in flight; they will be redelivered to the next owner"
             );
         }
-        if let Err(e) = self.commit(consumer, Some(partitions), CommitMode::Sync) {
+        if let Err(e) = self.commit_now(consumer, Some(partitions)) {
             warn!(error = %e, ?partitions, "commit on revoke failed; the next owner may reprocess some messages");
         }
         self.tracker.revoke(partitions);

@@ -1,14 +1,18 @@
 //! Kafka: librdkafka configuration, the consumer thread, its rebalance and commit callbacks, the
 //! offset tracker, and the producer used by `produce` and `dev`.
 //!
-//! Invariant: librdkafka never commits or stores an offset on its own (auto-commit and the
-//! automatic offset store are off and cannot be turned back on through overrides); every commit
-//! comes from the offset tracker.
+//! Invariant: librdkafka never stores an offset on its own (its automatic offset store is off and
+//! cannot be turned back on through overrides). Only the offset tracker stores offsets, and only
+//! durable ones; librdkafka commits what is stored (every COMMIT_INTERVAL, on revoke, on close)
+//! and the worker also commits synchronously on revoke and at shutdown. So whatever path a
+//! commit takes, it never covers a message that is not durable.
 
 mod consumer;
 mod context;
 pub mod producer;
 pub mod tracker;
+
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
@@ -19,7 +23,12 @@ pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
 pub(crate) use context::WorkerContext;
 
 /// Properties the worker's guarantees rest on; overriding them is refused.
-const GUARDED: [&str; 3] = ["enable.auto.commit", "enable.auto.offset.store", "group.id"];
+const GUARDED: [&str; 4] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "group.id",
+];
 
 pub fn check_overrides(properties: &[(String, String)]) -> Result<(), Error> {
     match properties
@@ -28,7 +37,7 @@ pub fn check_overrides(properties: &[(String, String)]) -> Result<(), Error> {
     {
         Some((k, _)) => Err(Error::Config(format!(
             "kafka property {k} cannot be overridden: offsets are managed by the worker \
-             (use KAFKA_GROUP_ID for the group)"
+             (use KAFKA_GROUP_ID and COMMIT_INTERVAL)"
         ))),
         None => Ok(()),
     }
@@ -45,7 +54,11 @@ pub fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientCo
     cfg
 }
 
-pub fn consumer_config(brokers: &str, c: &ConsumerConfig) -> ClientConfig {
+pub fn consumer_config(
+    brokers: &str,
+    c: &ConsumerConfig,
+    commit_interval: Duration,
+) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("client.id", client_id())
@@ -56,10 +69,14 @@ pub fn consumer_config(brokers: &str, c: &ConsumerConfig) -> ClientConfig {
     for (k, v) in &c.properties {
         cfg.set(k, v);
     }
-    // Last, so nothing above can change them.
+    // Last, so nothing above can change them. Auto-commit only ever sends offsets the tracker
+    // stored, and librdkafka reports its results to the commit callback (it does not for
+    // application-initiated async commits, as librdkafka 2.12 is wired by rdkafka 0.39).
+    let interval_ms = commit_interval.as_millis().max(1).to_string();
     cfg.set("group.id", &c.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", interval_ms);
     cfg
 }
 

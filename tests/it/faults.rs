@@ -1,0 +1,283 @@
+//! Faults on the mock cluster: PostgreSQL outages, refused commits, a crash, a full pipeline,
+//! a rebalance. In each, the final state is compared with the oracle: nothing lost, nothing
+//! applied twice.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use order_worker::synth::{Expectation, SynthSpec};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::helpers::kafka::{Mock, OffsetProbe, publish, publish_at};
+use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count};
+use crate::helpers::{Binary, eventually, get, metric, start_worker, unique};
+
+const CAUGHT_UP: Duration = Duration::from_secs(90);
+
+fn spec(seed: u64) -> SynthSpec {
+    SynthSpec {
+        orders: 400,
+        invalid_ratio: 0.01,
+        duplicate_ratio: 0.03,
+        seed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 3);
+    let pg = PrivatePostgres::start();
+    let db = TestDb::create_on(&pg.server_url()).await;
+    let (spec, events) = (spec(31), 6_000);
+    let brokers = mock.brokers.clone();
+    let (t, s) = (topic.clone(), spec.clone());
+    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 600));
+
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    let http = worker.http_addr();
+    eventually("some orders written", CAUGHT_UP, || async {
+        count(&db.pool, "orders").await > 0
+    })
+    .await;
+
+    pg.stop_server();
+    eventually(
+        "/readyz reports the outage",
+        Duration::from_secs(15),
+        || async {
+            get(http, "/readyz").await == (503, "not ready: postgres unavailable\n".into())
+        },
+    )
+    .await;
+    // Longer than the first steps of the backoff (100 ms, 200 ms, 400 ms, ...).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(metric(http, "order_worker_db_retries_total", &[]).await > 0.0);
+    pg.start_server();
+
+    publisher.join().expect("publisher");
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
+    eventually(
+        "everything committed after the outage",
+        CAUGHT_UP,
+        || async { probe.caught_up() },
+    )
+    .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    eventually("/readyz recovers", Duration::from_secs(15), || async {
+        get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_commits_refused_by_the_broker_lose_nothing() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 3);
+    let db = TestDb::create().await;
+    use RDKafkaRespErr::*;
+    // The next commits fail in every way a coordinator refuses them, including one that
+    // expels the member (UNKNOWN_MEMBER_ID: it must rejoin and is handed partitions again).
+    let refusals = [
+        RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+        RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID,
+        RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+    ];
+    mock.cluster
+        .request_errors(RDKafkaApiKey::OffsetCommit, &refusals);
+    let (spec, events) = (spec(41), 5_000);
+    let brokers = mock.brokers.clone();
+    let (t, s) = (topic.clone(), spec.clone());
+    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 1_000));
+
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    publisher.join().expect("publisher");
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
+    eventually(
+        "everything committed despite the refusals",
+        CAUGHT_UP,
+        || async { probe.caught_up() },
+    )
+    .await;
+
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    assert!(
+        metric(
+            worker.http_addr(),
+            "order_worker_kafka_commit_failures_total",
+            &[]
+        )
+        .await
+            > 0.0,
+        "the refused commits were seen"
+    );
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_and_restarted_ends_in_the_exact_state() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 3);
+    let db = TestDb::create().await;
+    let (spec, events) = (spec(51), 12_000);
+    let brokers = mock.brokers.clone();
+    let (t, s) = (topic.clone(), spec.clone());
+    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 1_500));
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
+
+    let first = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
+    eventually("the first worker writes and commits", CAUGHT_UP, || async {
+        count(&db.pool, "orders").await > 0 && !probe.committed().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let consumed = metric(first.http, "order_worker_messages_consumed_total", &[]).await;
+    first.signal(Signal::SIGKILL);
+    let committed: i64 = probe.committed().values().sum();
+    drop(first);
+    assert!(
+        consumed > 0.0 && (committed as f64) <= consumed,
+        "killed after consuming {consumed} with {committed} committed"
+    );
+
+    let second = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
+    publisher.join().expect("publisher");
+    eventually(
+        "the restarted worker commits everything",
+        CAUGHT_UP,
+        || async { probe.caught_up() },
+    )
+    .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    assert!(
+        second.log_text().contains("partitions assigned"),
+        "the second worker took over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 2);
+    let db = TestDb::create().await;
+    let (spec, events) = (spec(61), 3_000);
+    publish(&mock.brokers, &topic, &spec, events);
+
+    // Writes block on this lock, so the processor cannot drain its lane.
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let worker = start_worker(
+        &mock.brokers,
+        &db.url,
+        &topic,
+        &group,
+        &[
+            "--processors",
+            "1",
+            "--channel-capacity",
+            "4",
+            "--batch-max-rows",
+            "4",
+            // Evicted after 7 s without a poll: the lock below is held longer than that.
+            "--kafka-property",
+            "max.poll.interval.ms=7000",
+        ],
+    )
+    .await;
+    let http = worker.http_addr();
+    eventually(
+        "partitions paused for backpressure",
+        Duration::from_secs(30),
+        || async { metric(http, "order_worker_partitions_paused", &[]).await > 0.0 },
+    )
+    .await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let in_flight = metric(http, "order_worker_in_flight_messages", &[]).await;
+        assert!(
+            in_flight <= 9.0,
+            "in flight stays within lane + batch + one held: {in_flight}"
+        );
+    }
+    assert_eq!(
+        metric(http, "order_worker_rebalances_total", &[("kind", "revoke")]).await,
+        0.0,
+        "still a member of the group after 10 s of backpressure"
+    );
+    assert_eq!(
+        metric(http, "order_worker_partitions_assigned", &[]).await,
+        2.0
+    );
+
+    lock.commit().await.unwrap();
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 2);
+    eventually(
+        "the backlog drains once writes go through",
+        CAUGHT_UP,
+        || async { probe.caught_up() },
+    )
+    .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    assert_eq!(
+        metric(http, "order_worker_partitions_paused", &[]).await,
+        0.0,
+        "resumed"
+    );
+    assert!(metric(http, "order_worker_backpressure_pauses_total", &[]).await >= 1.0);
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_handed_between_workers_by_rebalances_lose_nothing() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 6);
+    let db = TestDb::create().await;
+    let (spec, events) = (spec(71), 15_000);
+    let brokers = mock.brokers.clone();
+    let (t, s) = (topic.clone(), spec.clone());
+    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 1_500));
+
+    let a = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    eventually("the first worker writes", CAUGHT_UP, || async {
+        count(&db.pool, "orders").await > 0
+    })
+    .await;
+    let b = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A graceful stop of A revokes its partitions; B takes them over.
+    a.stop();
+    a.wait().await.expect("graceful stop of the first worker");
+
+    publisher.join().expect("publisher");
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 6);
+    eventually(
+        "everything committed by the remaining worker",
+        CAUGHT_UP,
+        || async { probe.caught_up() },
+    )
+    .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    assert!(
+        metric(
+            b.http_addr(),
+            "order_worker_rebalances_total",
+            &[("kind", "revoke")]
+        )
+        .await
+            >= 1.0
+    );
+    b.stop();
+    b.wait().await.expect("graceful stop of the second worker");
+}

@@ -1,0 +1,204 @@
+//! Real Kafka-protocol brokers for tests: librdkafka's mock cluster in-process (fault
+//! injection, exact offsets) and a tansu broker process (end to end), plus the probes tests use
+//! to read offsets the way lag tools do.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use order_worker::kafka::client_config;
+use order_worker::kafka::producer::{Published, Publisher};
+use order_worker::synth::{Generator, SynthSpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// librdkafka's mock cluster with one topic. Not `Send`: it stays in the test's own future.
+pub struct Mock {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub brokers: String,
+}
+
+impl Mock {
+    pub fn with_topic(topic: &str, partitions: i32) -> Self {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic(topic, partitions, 1)
+            .expect("create topic");
+        let brokers = cluster.bootstrap_servers();
+        Self { cluster, brokers }
+    }
+}
+
+/// Publishes the first `events` messages of a synthetic stream (blocking).
+pub fn publish(brokers: &str, topic: &str, spec: &SynthSpec, events: u64) -> Published {
+    publish_at(brokers, topic, spec, events, 0)
+}
+
+/// Like [`publish`], at `rate` messages per second (0: as fast as possible).
+pub fn publish_at(
+    brokers: &str,
+    topic: &str,
+    spec: &SynthSpec,
+    events: u64,
+    rate: u64,
+) -> Published {
+    let started = Instant::now();
+    let mut p = Publisher::new(client_config(brokers, &[]), topic).expect("producer");
+    let stream = Generator::new(spec.clone()).take(events as usize);
+    p.publish(stream, rate, &AtomicBool::new(false))
+        .expect("publish");
+    let done = p.finish(Duration::from_secs(30), started).expect("flush");
+    assert_eq!(done.delivered, events, "every message acknowledged");
+    done
+}
+
+/// Publishes raw (key, value) messages (blocking).
+pub fn publish_raw(brokers: &str, topic: &str, messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) {
+    let mut p = Publisher::new(client_config(brokers, &[]), topic).expect("producer");
+    for (k, v) in messages {
+        p.send(k.as_deref(), v.as_deref()).expect("send");
+    }
+    let done = p
+        .finish(Duration::from_secs(30), Instant::now())
+        .expect("flush");
+    assert_eq!(done.delivered as usize, messages.len());
+}
+
+/// Reads a group's committed offsets from the coordinator and the log end offsets, the two
+/// numbers every lag tool (KEDA's Kafka scaler included) subtracts.
+pub struct OffsetProbe {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl OffsetProbe {
+    pub fn new(brokers: &str, group: &str, topic: &str, partitions: i32) -> Self {
+        // Same group id, but never subscribes: reading offsets does not join the group.
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("probe consumer");
+        Self {
+            consumer,
+            topic: topic.into(),
+            partitions,
+        }
+    }
+
+    pub fn committed(&self) -> BTreeMap<i32, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        let Ok(committed) = self.consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
+            return BTreeMap::new();
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn ends(&self) -> BTreeMap<i32, i64> {
+        (0..self.partitions)
+            .map(|p| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                    .expect("watermarks");
+                (p, high)
+            })
+            .collect()
+    }
+
+    /// Whether the group has committed exactly the end of every partition.
+    pub fn caught_up(&self) -> bool {
+        let ends = self.ends();
+        let committed = self.committed();
+        ends.iter()
+            .all(|(p, end)| *end == 0 || committed.get(p) == Some(end))
+    }
+}
+
+/// A tansu broker process with its own SQLite storage (it survives a restart of the broker).
+pub struct Tansu {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub brokers: String,
+}
+
+impl Tansu {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ow-tansu-")
+            .tempdir()
+            .expect("tempdir");
+        let port = super::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu (run ./scripts/test.sh, which installs it, or set TANSU_BIN)");
+        let brokers = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&brokers).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {brokers}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            _dir: dir,
+            brokers,
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let installed = home.join("bin/tansu");
+    if installed.exists() {
+        installed
+    } else {
+        "tansu".into()
+    }
+}

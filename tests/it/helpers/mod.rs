@@ -1,0 +1,201 @@
+//! What the integration tests share: real PostgreSQL, real brokers, the worker in-process or as
+//! the built binary, and reading its metrics the way Prometheus does.
+
+pub mod kafka;
+pub mod pg;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use order_worker::Worker;
+use order_worker::config::{Cli, Command as Sub, WorkerConfig};
+
+/// A port that was free a moment ago (for processes that must be told their port).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A name no other test uses (topics, groups).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Waits until `check` holds, polling; fails the test with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Settings every test worker shares: loopback HTTP on any port, quick group membership.
+const TEST_FLAGS: &[&str] = &[
+    "--http-addr",
+    "127.0.0.1:0",
+    "--kafka-property",
+    "session.timeout.ms=6000,heartbeat.interval.ms=1000",
+    "--commit-interval",
+    "200ms",
+];
+
+/// A worker configuration built the way the binary builds it: from command-line flags.
+pub fn worker_config(
+    brokers: &str,
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    extra: &[&str],
+) -> WorkerConfig {
+    let mut args = vec![
+        "order-worker",
+        "run",
+        "--brokers",
+        brokers,
+        "--database-url",
+        db_url,
+    ];
+    args.extend(["--topic", topic, "--group-id", group]);
+    args.extend(TEST_FLAGS);
+    args.extend(extra);
+    match Cli::parse_with_default(args)
+        .expect("test flags parse")
+        .command
+    {
+        Sub::Run(run) => run.worker,
+        other => panic!("expected run, got {other:?}"),
+    }
+}
+
+pub async fn start_worker(
+    brokers: &str,
+    db_url: &str,
+    topic: &str,
+    group: &str,
+    extra: &[&str],
+) -> Worker {
+    let cfg = worker_config(brokers, db_url, topic, group, extra);
+    Worker::start(brokers, &cfg).await.expect("worker starts")
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("http get");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// A sample's value in a Prometheus text exposition, for a metric name and label pairs.
+pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let all = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        (metric == name && all).then(|| value.parse().ok())?
+    })
+}
+
+pub async fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = get(addr, "/metrics").await;
+    sample(&text, name, labels).unwrap_or_else(|| panic!("{name}{labels:?} is not exported"))
+}
+
+/// The built `order-worker` binary running as a child process.
+pub struct Binary {
+    child: Child,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Runs `order-worker run` with the test flags plus `extra`, logging to a file.
+    pub fn run(brokers: &str, db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut args: Vec<String> = ["run", "--brokers", brokers, "--database-url", db_url]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--topic", topic, "--group-id", group].map(String::from));
+        args.extend(TEST_FLAGS.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let http_flag = args
+            .iter()
+            .position(|a| a == "127.0.0.1:0")
+            .expect("http flag");
+        args[http_flag] = http.to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_order-worker"))
+            .args(&args)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn order-worker");
+        Self {
+            child,
+            http,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the worker");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn exit_within(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {timeout:?}; log: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

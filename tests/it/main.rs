@@ -1,0 +1,10 @@
+//! Integration tests: the worker against a real PostgreSQL and real Kafka-protocol brokers
+//! (librdkafka's mock cluster in-process, tansu as a separate process). One binary, run with
+//! `cargo nextest run` (each test in its own process, so each has its own metrics registry).
+
+mod helpers;
+
+mod e2e;
+mod faults;
+mod pipeline;
+mod schema;
