@@ -135,14 +135,19 @@ async fn a_stale_version_never_overwrites_a_newer_one() {
     let order = Uuid::new_v4();
     let key = Some(order.to_string().into_bytes());
     let at = |v: i64| (key.clone(), Some(event(order, v, v as u64).to_json()));
-    // v9 first, then older versions and a re-send of v9.
-    publish_raw(&mock.brokers, &topic, &[at(9), at(3), at(8), at(9), at(1)]);
+    // v9 is written first; the older versions (and a re-send of v9) arrive after it is durable,
+    // so only the database's version guard stands between them and the row.
+    publish_raw(&mock.brokers, &topic, &[at(9)]);
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
-    eventually("all five committed", CAUGHT_UP, || async {
-        probe.caught_up()
-    })
-    .await;
+    eventually("v9 committed", CAUGHT_UP, || async { probe.caught_up() }).await;
+    for v in [3, 8, 9, 1] {
+        publish_raw(&mock.brokers, &topic, &[at(v)]);
+        eventually("the older version committed", CAUGHT_UP, || async {
+            probe.caught_up()
+        })
+        .await;
+    }
     let stored = orders(&db.pool).await;
     assert_eq!(stored[&order].version, 9);
     assert_eq!(stored[&order].total_minor, event(order, 9, 9).total_minor);
