@@ -72,7 +72,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
-    /// Log format: json (default when stdout is not a terminal) or pretty. Filter with RUST_LOG.
+    /// Log format: json (default when stderr is not a terminal) or pretty. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
 }
@@ -245,8 +245,8 @@ pub struct WorkerConfig {
     pub pipeline: PipelineConfig,
     #[command(flatten)]
     pub http: HttpConfig,
-    /// Apply pending migrations at startup instead of refusing to start.
-    #[arg(long, env = "MIGRATE_ON_START")]
+    /// Apply pending migrations at startup instead of refusing to start (true/false, 1/0).
+    #[arg(long, env = "MIGRATE_ON_START", value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate_on_start: bool,
     /// Time allowed for a graceful stop (drain, flush, final commit). Keep it below the pod's
     /// terminationGracePeriodSeconds (Kubernetes' default is 30 s).

@@ -116,6 +116,9 @@ impl Processor {
         for d in batch.iter() {
             if let Err(r) = &d.outcome {
                 m.dead_lettered(r.reason).increment(1);
+                let at = d.envelope.position;
+                warn!(partition = at.partition, offset = at.offset, reason = r.reason.as_str(),
+                      stage = r.stage().as_str(), error = %r.detail, "message dead-lettered");
             }
         }
         m.dead_lettered(Reason::DbRejected).increment(refused);
@@ -214,11 +217,4 @@ struct Outcome {
     stats: Written,
     /// Valid events PostgreSQL refused (now dead letters).
     refused: u64,
-}
-
-impl std::ops::Deref for Outcome {
-    type Target = Written;
-    fn deref(&self) -> &Written {
-        &self.stats
-    }
 }

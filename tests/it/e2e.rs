@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use order_worker::synth::{Expectation, SynthSpec};
 
-use crate::helpers::kafka::{OffsetProbe, Tansu};
+use crate::helpers::kafka::{CAUGHT_UP, OffsetProbe, Tansu};
 use crate::helpers::pg::{TestDb, assert_state_is, count};
 use crate::helpers::{Binary, eventually, unique};
 
 const PARTITIONS: i32 = 4;
-const CAUGHT_UP: Duration = Duration::from_secs(180);
 
 /// More orders than events, so that a lost event shows in the final state (see faults.rs).
 fn spec() -> SynthSpec {
@@ -79,12 +78,9 @@ async fn fifty_thousand_events_with_one_percent_invalid_flow_through_a_broker_pr
 
     let mut worker = Binary::run(&tansu.brokers, &db.url, &topic, &group, &[]);
     let probe = OffsetProbe::new(&tansu.brokers, &group, &topic, PARTITIONS);
-    eventually(
-        "committed offsets at the end of every partition",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("committed offsets at the end of every partition")
+        .await;
     assert_eq!(probe.committed(), probe.ends());
     assert_state_is(&db.pool, &expected).await;
 
@@ -125,12 +121,9 @@ async fn sigterm_mid_stream_exits_zero_in_time_and_a_restart_finishes_the_exact_
     let _second = Binary::run(&tansu.brokers, &db.url, &topic, &group, &shutdown);
     finish_producing(producer, events);
     let probe = OffsetProbe::new(&tansu.brokers, &group, &topic, PARTITIONS);
-    eventually(
-        "the restarted worker commits everything",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("the restarted worker commits everything")
+        .await;
     assert!(count(&db.pool, "orders").await >= orders_at_stop);
     assert_state_is(&db.pool, &Expectation::of(&spec(), events)).await;
 }

@@ -8,11 +8,9 @@ use nix::sys::signal::Signal;
 use order_worker::synth::{Expectation, SynthSpec};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::helpers::kafka::{Mock, OffsetProbe, publish, publish_at};
+use crate::helpers::kafka::{CAUGHT_UP, Mock, OffsetProbe, publish, publish_in_background};
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count};
 use crate::helpers::{Binary, eventually, get, metric, start_worker, unique};
-
-const CAUGHT_UP: Duration = Duration::from_secs(90);
 
 fn spec(seed: u64) -> SynthSpec {
     SynthSpec {
@@ -30,9 +28,7 @@ async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
     let pg = PrivatePostgres::start();
     let db = TestDb::create_on(&pg.server_url()).await;
     let (spec, events) = (spec(31), 6_000);
-    let brokers = mock.brokers.clone();
-    let (t, s) = (topic.clone(), spec.clone());
-    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 600));
+    let publisher = publish_in_background(&mock.brokers, &topic, &spec, events, 600);
 
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     let http = worker.http_addr();
@@ -57,12 +53,9 @@ async fn postgres_stopped_and_restarted_mid_stream_loses_nothing() {
 
     publisher.join().expect("publisher");
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
-    eventually(
-        "everything committed after the outage",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("everything committed after the outage")
+        .await;
     assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
     eventually("/readyz recovers", Duration::from_secs(15), || async {
         get(http, "/readyz").await.0 == 200
@@ -92,19 +85,14 @@ async fn offset_commits_refused_by_the_broker_lose_nothing() {
     mock.cluster
         .request_errors(RDKafkaApiKey::OffsetCommit, &refusals);
     let (spec, events) = (spec(41), 5_000);
-    let brokers = mock.brokers.clone();
-    let (t, s) = (topic.clone(), spec.clone());
-    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 1_000));
+    let publisher = publish_in_background(&mock.brokers, &topic, &spec, events, 1_000);
 
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     publisher.join().expect("publisher");
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
-    eventually(
-        "everything committed despite the refusals",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("everything committed despite the refusals")
+        .await;
 
     assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
     assert!(
@@ -132,12 +120,9 @@ async fn a_worker_killed_while_writes_are_stuck_has_committed_none_of_them_and_a
     publish(&mock.brokers, &topic, &spec, half);
 
     let first = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
-    eventually(
-        "the first half is durable and committed",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("the first half is durable and committed")
+        .await;
     let committed_before = probe.committed();
 
     // Writes now block: whatever the worker consumes next stays in flight.
@@ -164,12 +149,9 @@ async fn a_worker_killed_while_writes_are_stuck_has_committed_none_of_them_and_a
     lock.rollback().await.unwrap();
 
     let second = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
-    eventually(
-        "the restarted worker commits everything",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("the restarted worker commits everything")
+        .await;
     let mut expected = Expectation::of(&spec, half);
     let tail = Expectation::of(&spec_tail(&spec), half);
     expected.orders.extend(tail.orders);
@@ -251,12 +233,9 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
 
     lock.commit().await.unwrap();
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 2);
-    eventually(
-        "the backlog drains once writes go through",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("the backlog drains once writes go through")
+        .await;
     assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
     assert_eq!(
         metric(http, "order_worker_partitions_paused", &[]).await,
@@ -274,9 +253,7 @@ async fn partitions_handed_between_workers_by_rebalances_lose_nothing() {
     let mock = Mock::with_topic(&topic, 6);
     let db = TestDb::create().await;
     let (spec, events) = (spec(71), 15_000);
-    let brokers = mock.brokers.clone();
-    let (t, s) = (topic.clone(), spec.clone());
-    let publisher = std::thread::spawn(move || publish_at(&brokers, &t, &s, events, 1_500));
+    let publisher = publish_in_background(&mock.brokers, &topic, &spec, events, 1_500);
 
     let a = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     eventually("the first worker writes", CAUGHT_UP, || async {
@@ -291,12 +268,9 @@ async fn partitions_handed_between_workers_by_rebalances_lose_nothing() {
 
     publisher.join().expect("publisher");
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 6);
-    eventually(
-        "everything committed by the remaining worker",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("everything committed by the remaining worker")
+        .await;
     assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
     assert!(
         metric(

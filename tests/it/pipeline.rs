@@ -1,16 +1,12 @@
 //! The pipeline on librdkafka's mock cluster: exact final state, idempotence, dead letters.
 
-use std::time::Duration;
-
 use order_worker::synth::{Expectation, SynthSpec, event};
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::helpers::kafka::{Mock, OffsetProbe, publish, publish_raw};
 use crate::helpers::pg::{TestDb, assert_state_is, count, orders};
-use crate::helpers::{eventually, metric, start_worker, unique};
-
-const CAUGHT_UP: Duration = Duration::from_secs(60);
+use crate::helpers::{metric, start_worker, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_many_orders_end_in_exactly_the_oracle_state_with_every_offset_committed() {
@@ -36,12 +32,9 @@ async fn events_over_many_orders_end_in_exactly_the_oracle_state_with_every_offs
     )
     .await;
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 4);
-    eventually(
-        "committed offsets at the end of every partition",
-        CAUGHT_UP,
-        || async { probe.caught_up() },
-    )
-    .await;
+    probe
+        .wait_caught_up("committed offsets at the end of every partition")
+        .await;
 
     assert_state_is(&db.pool, &expected).await;
     let http = worker.http_addr();
@@ -92,20 +85,14 @@ async fn redelivered_duplicate_and_stale_events_never_change_the_state() {
     publish(&mock.brokers, &topic, &spec, events);
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 2);
-    eventually("the first pass is committed", CAUGHT_UP, || async {
-        probe.caught_up()
-    })
-    .await;
+    probe.wait_caught_up("the first pass is committed").await;
     let first = orders(&db.pool).await;
     let applied = metric(worker.http_addr(), "order_worker_events_applied_total", &[]).await;
 
     // The same stream again: every valid event is now a duplicate, and most are stale
     // (older than the version already stored).
     publish(&mock.brokers, &topic, &spec, events);
-    eventually("the second pass is committed", CAUGHT_UP, || async {
-        probe.caught_up()
-    })
-    .await;
+    probe.wait_caught_up("the second pass is committed").await;
 
     assert_eq!(
         orders(&db.pool).await,
@@ -140,13 +127,10 @@ async fn a_stale_version_never_overwrites_a_newer_one() {
     publish_raw(&mock.brokers, &topic, &[at(9)]);
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
-    eventually("v9 committed", CAUGHT_UP, || async { probe.caught_up() }).await;
+    probe.wait_caught_up("v9 committed").await;
     for v in [3, 8, 9, 1] {
         publish_raw(&mock.brokers, &topic, &[at(v)]);
-        eventually("the older version committed", CAUGHT_UP, || async {
-            probe.caught_up()
-        })
-        .await;
+        probe.wait_caught_up("the older version committed").await;
     }
     let stored = orders(&db.pool).await;
     assert_eq!(stored[&order].version, 9);
@@ -169,7 +153,9 @@ async fn every_kind_of_invalid_message_is_dead_lettered_with_its_reason_and_its_
         Some(serde_json::to_vec(&v).unwrap())
     };
     let huge = Some(vec![b' '; 5_000]);
-    let cases: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, &str, &str, &str)> = vec![
+    // (key, value, reason, stage, a fragment of the error text)
+    type Case<'a> = (Option<Vec<u8>>, Option<Vec<u8>>, &'a str, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (key(), None, "tombstone", "receive", "tombstone"),
         (
             key(),
@@ -238,10 +224,7 @@ async fn every_kind_of_invalid_message_is_dead_lettered_with_its_reason_and_its_
     )
     .await;
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
-    eventually("all messages committed", CAUGHT_UP, || async {
-        probe.caught_up()
-    })
-    .await;
+    probe.wait_caught_up("all messages committed").await;
 
     let rows = sqlx::query(
         "SELECT source_offset, reason, stage, error, message_key, payload, payload_size \

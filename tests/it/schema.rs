@@ -322,3 +322,26 @@ fn the_schema_examples_are_valid_and_decode() {
         assert_eq!(decoded.order_id.to_string(), key);
     }
 }
+
+#[test]
+fn the_readme_example_satisfies_the_schema_and_decodes() {
+    // The first ```json block under "## Event contract v1" is what producers copy.
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Event contract v1")
+        .nth(1)
+        .expect("contract section");
+    let block = section
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a json block in the contract section");
+    let example: Value = serde_json::from_str(block).expect("the README example is JSON");
+    assert!(
+        schema_errors(&validator(), &example).is_empty(),
+        "README example vs schema"
+    );
+    let order_id = example["order_id"].as_str().expect("order_id").to_owned();
+    let event = decode_value(&order_id, &example).expect("the README example decodes");
+    assert_eq!(event.total_minor, 2699);
+}

@@ -17,6 +17,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// How long a test waits for a group to commit everything before failing.
+pub const CAUGHT_UP: Duration = Duration::from_secs(120);
+
 /// librdkafka's mock cluster with one topic. Not `Send`: it stays in the test's own future.
 pub struct Mock {
     pub cluster: MockCluster<'static, DefaultProducerContext>,
@@ -57,8 +60,23 @@ pub fn publish_at(
     done
 }
 
+/// A message as Kafka carries it: an optional key and an optional value.
+pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Publishes at `rate` on a thread of its own; join it to wait for the acknowledgements.
+pub fn publish_in_background(
+    brokers: &str,
+    topic: &str,
+    spec: &SynthSpec,
+    events: u64,
+    rate: u64,
+) -> std::thread::JoinHandle<Published> {
+    let (brokers, topic, spec) = (brokers.to_owned(), topic.to_owned(), spec.clone());
+    std::thread::spawn(move || publish_at(&brokers, &topic, &spec, events, rate))
+}
+
 /// Publishes raw (key, value) messages (blocking).
-pub fn publish_raw(brokers: &str, topic: &str, messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) {
+pub fn publish_raw(brokers: &str, topic: &str, messages: &[RawMessage]) {
     let mut p = Publisher::new(client_config(brokers, &[]), topic).expect("producer");
     for (k, v) in messages {
         p.send(k.as_deref(), v.as_deref()).expect("send");
@@ -121,6 +139,11 @@ impl OffsetProbe {
                 (p, high)
             })
             .collect()
+    }
+
+    /// Waits until the group has committed the end of every partition.
+    pub async fn wait_caught_up(&self, what: &str) {
+        super::eventually(what, CAUGHT_UP, || async { self.caught_up() }).await;
     }
 
     /// Whether the group has committed exactly the end of every partition.

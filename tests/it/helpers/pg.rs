@@ -188,7 +188,7 @@ impl PrivatePostgres {
         }
         let port = super::free_port();
         let pg = Self { dir, bin, port };
-        run(&mut pg
+        run(pg
             .tool(
                 "initdb",
                 &["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"],
