@@ -37,19 +37,12 @@ impl Cli {
         T: Into<std::ffi::OsString>,
     {
         let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        // Any subcommand clap knows (help included), or a help/version flag, is left as given.
         let named = args.get(1).and_then(|a| a.to_str()).is_some_and(|a| {
-            matches!(
-                a,
-                "run"
-                    | "migrate"
-                    | "produce"
-                    | "dev"
-                    | "help"
-                    | "-h"
-                    | "--help"
-                    | "-V"
-                    | "--version"
-            )
+            matches!(a, "help" | "-h" | "--help" | "-V" | "--version")
+                || <Self as clap::CommandFactory>::command()
+                    .get_subcommands()
+                    .any(|c| c.get_name() == a)
         });
         if !named {
             args.insert(1.min(args.len()), "run".into());
@@ -68,6 +61,8 @@ pub enum Command {
     Produce(ProduceConfig),
     /// Start an embedded Kafka (librdkafka's mock cluster), publish sample orders, run the worker.
     Dev(DevConfig),
+    /// Print a consumer group's lag per partition, with the member owning each partition.
+    Lag(LagCommandConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,7 +156,7 @@ pub struct ConsumerConfig {
     /// except the offset-management settings the worker's guarantees rest on.
     #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
           value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<KafkaProperty>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -248,6 +243,10 @@ pub struct WorkerConfig {
     /// Apply pending migrations at startup instead of refusing to start (true/false, 1/0).
     #[arg(long, env = "MIGRATE_ON_START", value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate_on_start: bool,
+    /// How often consumer lag is measured from the broker (for /metrics and /lag). Each
+    /// measurement costs one request per partition plus one to the group coordinator.
+    #[arg(long, env = "LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lag_interval: Duration,
     /// Time allowed for a graceful stop (drain, flush, final commit). Keep it below the pod's
     /// terminationGracePeriodSeconds (Kubernetes' default is 30 s).
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
@@ -297,9 +296,32 @@ pub struct ProduceConfig {
     /// Extra librdkafka producer properties, `key=value` (TLS, SASL).
     #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
           value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<KafkaProperty>,
     #[command(flatten)]
     pub synth: SynthConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LagCommandConfig {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Topic whose lag is shown.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
+    pub topic: String,
+    /// Consumer group whose committed offsets are read (the group is not joined).
+    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "order-worker")]
+    pub group_id: String,
+    /// What an uncommitted partition counts as lag: all of it (earliest) or nothing (latest).
+    #[arg(long, env = "KAFKA_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Earliest)]
+    pub auto_offset_reset: OffsetReset,
+    /// Extra librdkafka properties, `key=value` (TLS, SASL).
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
+          value_parser = parse_property, hide_env_values = true)]
+    pub properties: Vec<KafkaProperty>,
+    /// Print JSON (the same document as the worker's /lag) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -366,10 +388,81 @@ impl WorkerConfig {
     }
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
+/// One librdkafka property. Its `Debug` hides the value of any key that may hold a secret
+/// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub key: String,
+    pub value: String,
+}
+
+impl KafkaProperty {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn is_secret(&self) -> bool {
+        ["password", "secret", "key.pem", "jaas", "token"]
+            .iter()
+            .any(|s| self.key.contains(s))
+    }
+}
+
+impl fmt::Debug for KafkaProperty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = if self.is_secret() { "***" } else { &self.value };
+        write!(f, "{}={}", self.key, value)
+    }
+}
+
+fn parse_property(s: &str) -> Result<KafkaProperty, String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty::new(k.trim(), v.trim())),
         _ => Err("expected key=value".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_database_password() {
+        let url = DatabaseUrl::from_str("postgres://app:s3cr3t@db.internal:5433/orders").unwrap();
+        let shown = format!("{url:?}");
+        assert_eq!(shown, "postgres://app:***@db.internal:5433/orders");
+    }
+
+    #[test]
+    fn debug_output_hides_secret_kafka_properties() {
+        let props = [
+            KafkaProperty::new("sasl.password", "hunter2"),
+            KafkaProperty::new("ssl.key.password", "hunter3"),
+            KafkaProperty::new("security.protocol", "SASL_SSL"),
+        ];
+        let shown = format!("{props:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
+    }
+
+    #[test]
+    fn a_run_command_is_assumed_when_none_is_named() {
+        let cli = Cli::parse_with_default([
+            "order-worker",
+            "--brokers",
+            "b:9092",
+            "--database-url",
+            "postgres://a@b/c",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Run(ref r) if r.brokers.as_deref() == Some("b:9092"))
+        );
+        let cli = Cli::parse_with_default(["order-worker", "lag", "--brokers", "b:9092"]).unwrap();
+        assert!(matches!(cli.command, Command::Lag(_)));
     }
 }
 

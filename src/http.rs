@@ -1,16 +1,17 @@
-//! The HTTP server: `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP server: `/healthz`, `/readyz`, `/metrics`, `/lag`.
 //!
-//! Invariant: every handler answers from in-memory state (atomics, the metrics registry) without
-//! touching PostgreSQL or Kafka, so a probe is fast and bounded even when both are down; nothing
-//! served is writable and nothing served carries configuration or secrets.
+//! Invariant: every handler answers from in-memory state (atomics, the metrics registry, the last
+//! lag measurement, the pool's counters) without a request to PostgreSQL or Kafka, so a probe is
+//! fast and bounded even when both are down; nothing served is writable and nothing served carries
+//! configuration or secrets.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -18,30 +19,66 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::health::Health;
+use crate::lag::LagView;
+use crate::metrics::Metrics;
+use sqlx::PgPool;
 
+/// What the handlers read.
 #[derive(Clone)]
-struct AppState {
-    health: Arc<Health>,
-    prometheus: PrometheusHandle,
+pub struct AppState {
+    pub health: Arc<Health>,
+    pub prometheus: PrometheusHandle,
+    pub lag: Arc<LagView>,
+    pub sampler: Arc<Sampler>,
 }
 
-pub fn router(health: Arc<Health>, prometheus: PrometheusHandle) -> Router {
+/// Gauges that are cheapest to read at scrape time rather than keep current.
+pub struct Sampler {
+    pool: PgPool,
+    metrics: Metrics,
+    process: metrics_process::Collector,
+}
+
+impl Sampler {
+    pub fn new(pool: PgPool, metrics: Metrics) -> Self {
+        let process = metrics_process::Collector::default();
+        process.describe();
+        Self {
+            pool,
+            metrics,
+            process,
+        }
+    }
+
+    fn refresh(&self, health: &Health) {
+        let size = self.pool.size() as f64;
+        let idle = self.pool.num_idle() as f64;
+        self.metrics.db_pool_in_use.set((size - idle).max(0.0));
+        self.metrics.db_pool_idle.set(idle);
+        self.metrics
+            .ready
+            .set(if health.readiness().is_ok() { 1.0 } else { 0.0 });
+        self.process.collect();
+    }
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { health, prometheus })
+        .route("/lag", get(lag))
+        .with_state(state)
 }
 
 /// Serves until `stop` fires.
 pub fn serve(
     listener: TcpListener,
-    health: Arc<Health>,
-    prometheus: PrometheusHandle,
+    state: AppState,
     stop: CancellationToken,
 ) -> JoinHandle<Result<(), Error>> {
     tokio::spawn(async move {
-        axum::serve(listener, router(health, prometheus))
+        axum::serve(listener, router(state))
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
             .map_err(Error::Io)
@@ -64,11 +101,20 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.prometheus.render(),
-    )
+    s.sampler.refresh(&s.health);
+    let mut body = s.prometheus.render();
+    s.lag.render_prometheus(&mut body);
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], body)
+}
+
+/// The group's lag as JSON, for KEDA's metrics-api scaler and for people.
+async fn lag(State(s): State<AppState>) -> impl IntoResponse {
+    match s.lag.json() {
+        Some(report) => (StatusCode::OK, Json(report)),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "lag not measured yet"})),
+        ),
+    }
 }

@@ -17,7 +17,7 @@
 //! - [`pipeline`]: routing to bounded lanes, batching, the processors;
 //! - [`contract`]: the event contract v1, decoding and validation;
 //! - [`db`]: migrations, the batched idempotent writes, error classification;
-//! - [`worker`]: wiring and the ordered stop; [`http`], [`health`], [`metrics`] around it;
+//! - [`worker`]: wiring and the ordered stop; [`http`], [`health`], [`metrics`], [`lag`] around it;
 //! - [`config`] (every setting), [`retry`], [`shutdown`], [`telemetry`];
 //! - [`synth`], [`produce`], [`dev`]: synthetic events, the `produce` and `dev` commands.
 
@@ -29,6 +29,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{Cli, Command};
-use order_worker::{Worker, db, dev, produce, shutdown, telemetry};
+use order_worker::{Worker, db, dev, lag, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -65,6 +65,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} messages were not acknowledged by the broker",
                     report.published.failed
                 );
+            }
+        }
+        Command::Lag(cfg) => {
+            let json = cfg.json;
+            let (lag, owners) = tokio::task::spawn_blocking(move || lag::describe(&cfg))
+                .await
+                .context("lag task")?
+                .context("failed to read the group's lag")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lag)?);
+            } else {
+                println!("{}", lag::print_table(&lag, &owners));
             }
         }
         Command::Dev(cfg) => {

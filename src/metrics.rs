@@ -33,6 +33,33 @@ pub const IN_FLIGHT_MESSAGES: &str = "order_worker_in_flight_messages";
 pub const IN_FLIGHT_BYTES: &str = "order_worker_in_flight_bytes";
 pub const BATCH_DURATION: &str = "order_worker_batch_write_duration_seconds";
 pub const BATCH_SIZE: &str = "order_worker_batch_size_messages";
+pub const END_TO_END_LATENCY: &str = "order_worker_end_to_end_latency_seconds";
+pub const CHANNEL_DEPTH: &str = "order_worker_channel_depth_messages";
+pub const CHANNEL_CAPACITY: &str = "order_worker_channel_capacity_messages";
+pub const DB_POOL_CONNECTIONS: &str = "order_worker_db_pool_connections";
+pub const READY: &str = "order_worker_ready";
+pub const BUILD_INFO: &str = "order_worker_build_info";
+pub const LAG_REFRESH_FAILURES: &str = "order_worker_lag_refresh_failures_total";
+
+/// Lag families are rendered from the last measurement (see `lag::LagView`), not through the
+/// `metrics` registry, because a revoked partition's series must disappear; their names and help
+/// text live here with the others.
+pub const CONSUMER_LAG: (&str, &str) = (
+    "order_worker_consumer_lag_messages",
+    "Log end offset minus the group's committed offset, per partition this instance owns.",
+);
+pub const CONSUMER_LAG_SUM: (&str, &str) = (
+    "order_worker_consumer_lag_sum_messages",
+    "Sum of order_worker_consumer_lag_messages over the partitions this instance owns.",
+);
+pub const CONSUMER_TIME_LAG: (&str, &str) = (
+    "order_worker_consumer_time_lag_seconds",
+    "Age of the newest committed message while the partition has lag; 0 when caught up.",
+);
+pub const LAG_AGE: (&str, &str) = (
+    "order_worker_lag_measurement_age_seconds",
+    "Seconds since consumer lag was last measured from the broker.",
+);
 
 /// Batch writes took 2-40 ms at 1,000 rows on the reference machine; retries stretch to seconds.
 const DURATION_BUCKETS: &[f64] = &[
@@ -40,6 +67,11 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+/// Kafka timestamp to durable row: tens of milliseconds when caught up (batch linger plus one
+/// write), minutes while a backlog drains.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
@@ -57,11 +89,14 @@ pub fn install() -> Result<PrometheusHandle, Error> {
         .map_err(build)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZE_BUCKETS)
         .map_err(build)?
+        .set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.into()), LATENCY_BUCKETS)
+        .map_err(build)?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| Error::Config(format!("metrics recorder: {e}")))?;
     describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("ORDER_WORKER_REVISION")).set(1.0);
     *slot = Some(handle.clone());
     Ok(handle)
 }
@@ -140,6 +175,37 @@ fn describe() {
         "Time to write one batch durably, retries included."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per written batch.");
+    describe_histogram!(
+        END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Kafka message timestamp to its row or dead letter being durable."
+    );
+    describe_gauge!(
+        CHANNEL_DEPTH,
+        Unit::Count,
+        "Messages waiting in a processor lane."
+    );
+    describe_gauge!(
+        CHANNEL_CAPACITY,
+        Unit::Count,
+        "Capacity of a processor lane."
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        Unit::Count,
+        "PostgreSQL pool connections, by state (in_use, idle)."
+    );
+    describe_gauge!(READY, Unit::Count, "1 when /readyz reports ready, else 0.");
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; the labels name the version and git revision."
+    );
+    describe_counter!(
+        LAG_REFRESH_FAILURES,
+        Unit::Count,
+        "Consumer lag measurements that failed (the previous figures stay)."
+    );
 }
 
 /// Handles of every metric, registered once.
@@ -164,6 +230,11 @@ pub struct Metrics {
     pub in_flight_bytes: Gauge,
     pub batch_duration: Histogram,
     pub batch_size: Histogram,
+    pub end_to_end_latency: Histogram,
+    pub db_pool_in_use: Gauge,
+    pub db_pool_idle: Gauge,
+    pub ready: Gauge,
+    pub lag_refresh_failures: Counter,
 }
 
 impl Metrics {
@@ -196,7 +267,23 @@ impl Metrics {
             in_flight_bytes: metrics::gauge!(IN_FLIGHT_BYTES),
             batch_duration: metrics::histogram!(BATCH_DURATION),
             batch_size: metrics::histogram!(BATCH_SIZE),
+            end_to_end_latency: metrics::histogram!(END_TO_END_LATENCY),
+            db_pool_in_use: metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use"),
+            db_pool_idle: metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle"),
+            ready: metrics::gauge!(READY),
+            lag_refresh_failures: metrics::counter!(LAG_REFRESH_FAILURES),
         }
+    }
+
+    /// Depth gauges of `lanes` processor lanes, with their capacity recorded once.
+    pub fn lanes(&self, lanes: usize, capacity: usize) -> Vec<Gauge> {
+        (0..lanes)
+            .map(|lane| {
+                let lane = lane.to_string();
+                metrics::gauge!(CHANNEL_CAPACITY, "lane" => lane.clone()).set(capacity as f64);
+                metrics::gauge!(CHANNEL_DEPTH, "lane" => lane)
+            })
+            .collect()
     }
 
     pub fn dead_lettered(&self, reason: Reason) -> &Counter {

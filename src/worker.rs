@@ -24,6 +24,7 @@ use crate::health::Health;
 use crate::http;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
+use crate::lag::LagView;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Dispatcher, InFlight, Processor, ProcessorSettings, lanes};
 use crate::retry::{self, Schedule, Verdict};
@@ -53,9 +54,15 @@ impl Worker {
         let http_addr = listener.local_addr()?;
         let pool = db::pool(&cfg.db, cfg.db_max_connections())?;
         // Created here so that a bad librdkafka property fails the start, not a thread later.
+        let tracker = Arc::new(OffsetTracker::new());
+        let lag = Arc::new(LagView::new(
+            &cfg.consumer.group_id,
+            &cfg.consumer.topic,
+            tracker.clone(),
+        ));
         let context = WorkerContext::new(
             cfg.consumer.topic.clone(),
-            Arc::new(OffsetTracker::new()),
+            tracker,
             metrics.clone(),
             cfg.pipeline.rebalance_drain_timeout,
         );
@@ -65,12 +72,19 @@ impl Worker {
 
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
-        let server = http::serve(listener, health.clone(), prometheus, http_stop.clone());
+        let state = http::AppState {
+            health: health.clone(),
+            prometheus,
+            lag: lag.clone(),
+            sampler: Arc::new(http::Sampler::new(pool.clone(), metrics.clone())),
+        };
+        let server = http::serve(listener, state, http_stop.clone());
         let parts = Parts {
             cfg: cfg.clone(),
             pool,
             health,
             metrics,
+            lag,
             stop: stop.clone(),
         };
         let task = tokio::spawn(async move {
@@ -121,6 +135,7 @@ struct Parts {
     pool: PgPool,
     health: Arc<Health>,
     metrics: Metrics,
+    lag: Arc<LagView>,
     stop: CancellationToken,
 }
 
@@ -150,17 +165,16 @@ impl Parts {
         let reached = retry::until_ok(
             schedule,
             &self.stop,
-            || (),
+            || None,
             || async {
                 db::ping(&self.pool, Duration::from_secs(3))
                     .await
-                    .map_err(|_| ())
+                    .map_err(Some)
             },
-            |(), delay| {
-                warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "waiting for PostgreSQL"
-                );
+            |e, delay| {
+                // The reason tells a wrong password from a server that is down.
+                let error = e.map(|e| e.to_string()).unwrap_or_default();
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "waiting for PostgreSQL");
                 Verdict::Retry
             },
         )
@@ -206,8 +220,14 @@ impl Parts {
             in_flight,
             health: self.health.clone(),
             metrics: self.metrics.clone(),
+            lane_depths: self
+                .metrics
+                .lanes(usize::from(p.processors), p.channel_capacity as usize),
+            lag: self.lag.clone(),
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
+                lag_interval: self.cfg.lag_interval,
+                auto_offset_reset: self.cfg.consumer.auto_offset_reset,
                 shutdown_timeout: self.cfg.shutdown_timeout,
             },
             stop: self.stop.clone(),

@@ -94,6 +94,10 @@ impl OrderStore {
         &self.pool
     }
 
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Writes orders and dead letters atomically. `orders` must not hold an order id twice (a
     /// single INSERT .. ON CONFLICT cannot touch a row twice); callers keep the highest version.
     pub async fn write(

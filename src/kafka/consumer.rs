@@ -9,18 +9,21 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::OffsetReset;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::WorkerContext;
 use crate::kafka::tracker::{OffsetTracker, Position};
+use crate::lag::{LagView, Monitor};
 use crate::metrics::Metrics;
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
@@ -38,6 +41,8 @@ const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
 pub(crate) struct ConsumerSettings {
     pub max_payload_bytes: usize,
     pub shutdown_timeout: Duration,
+    pub lag_interval: Duration,
+    pub auto_offset_reset: OffsetReset,
 }
 
 pub(crate) struct ConsumerLoop {
@@ -47,6 +52,9 @@ pub(crate) struct ConsumerLoop {
     pub in_flight: Arc<InFlight>,
     pub health: Arc<Health>,
     pub metrics: Metrics,
+    /// Depth gauge of each lane.
+    pub lane_depths: Vec<Gauge>,
+    pub lag: Arc<LagView>,
     pub settings: ConsumerSettings,
     /// Fired to begin the graceful stop.
     pub stop: CancellationToken,
@@ -59,7 +67,27 @@ impl ConsumerLoop {
     /// durable (and so was committed) before the deadline.
     pub fn run(self) -> Result<bool, Error> {
         let mut pending: VecDeque<Envelope> = VecDeque::new();
-        if let Err(e) = self.poll_until_stopped(&mut pending) {
+        let stop_lag = AtomicBool::new(false);
+        let monitor = Monitor {
+            consumer: &self.consumer,
+            view: &self.lag,
+            reset: self.settings.auto_offset_reset,
+            interval: self.settings.lag_interval,
+            metrics: &self.metrics,
+        };
+        let polled = std::thread::scope(|scope| {
+            // Scoped: the monitor borrows the consumer and has ended before the consumer closes.
+            let lag_thread = std::thread::Builder::new()
+                .name("kafka-lag".into())
+                .spawn_scoped(scope, || monitor.run(&stop_lag));
+            let result = self.poll_until_stopped(&mut pending);
+            stop_lag.store(true, Ordering::Release);
+            if let Err(e) = lag_thread {
+                warn!(error = %e, "could not start the lag monitor thread");
+            }
+            result
+        });
+        if let Err(e) = polled {
             // A lane's processor is gone: leave without waiting for work that cannot finish.
             self.consumer
                 .context()
@@ -124,6 +152,9 @@ impl ConsumerLoop {
                 self.metrics
                     .in_flight_bytes
                     .set(self.in_flight.bytes() as f64);
+                for (gauge, depth) in self.lane_depths.iter().zip(self.dispatcher.depths()) {
+                    gauge.set(depth as f64);
+                }
                 last_store = Instant::now();
             }
         }
@@ -167,7 +198,10 @@ impl ConsumerLoop {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Registered before it is sent, so a fast processor cannot report it first.
-        if self.tracker.register(envelope.position) {
+        if self
+            .tracker
+            .register(envelope.position, envelope.timestamp_ms)
+        {
             self.dispatcher.send(lane, envelope)?;
         }
         Ok(None)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, KafkaProperty};
 use crate::error::Error;
 
 pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
@@ -30,26 +30,27 @@ const GUARDED: [&str; 4] = [
     "group.id",
 ];
 
-pub fn check_overrides(properties: &[(String, String)]) -> Result<(), Error> {
+pub fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
     match properties
         .iter()
-        .find(|(k, _)| GUARDED.contains(&k.as_str()))
+        .find(|p| GUARDED.contains(&p.key.as_str()))
     {
-        Some((k, _)) => Err(Error::Config(format!(
-            "kafka property {k} cannot be overridden: offsets are managed by the worker \
-             (use KAFKA_GROUP_ID and COMMIT_INTERVAL)"
+        Some(p) => Err(Error::Config(format!(
+            "kafka property {} cannot be overridden: offsets are managed by the worker \
+             (use KAFKA_GROUP_ID and COMMIT_INTERVAL)",
+            p.key
         ))),
         None => Ok(()),
     }
 }
 
 /// Settings shared by every client: where the brokers are, who we are, user overrides last.
-pub fn client_config(brokers: &str, properties: &[(String, String)]) -> ClientConfig {
+pub fn client_config(brokers: &str, properties: &[KafkaProperty]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("client.id", client_id());
-    for (k, v) in properties {
-        cfg.set(k, v);
+    for p in properties {
+        cfg.set(&p.key, &p.value);
     }
     cfg
 }
@@ -66,8 +67,8 @@ pub fn consumer_config(
         .set("partition.assignment.strategy", &c.assignment_strategy)
         .set("queued.max.messages.kbytes", c.queue_max_kbytes.to_string())
         .set("enable.partition.eof", "false");
-    for (k, v) in &c.properties {
-        cfg.set(k, v);
+    for p in &c.properties {
+        cfg.set(&p.key, &p.value);
     }
     // Last, so nothing above can change them. Auto-commit only ever sends offsets the tracker
     // stored, and librdkafka reports its results to the commit callback (it does not for
@@ -102,9 +103,9 @@ mod tests {
     #[test]
     fn offset_management_settings_cannot_be_overridden() {
         for key in GUARDED {
-            let err = check_overrides(&[(key.into(), "true".into())]).unwrap_err();
+            let err = check_overrides(&[KafkaProperty::new(key, "true")]).unwrap_err();
             assert!(err.to_string().contains(key));
         }
-        assert!(check_overrides(&[("security.protocol".into(), "SSL".into())]).is_ok());
+        assert!(check_overrides(&[KafkaProperty::new("security.protocol", "SSL")]).is_ok());
     }
 }

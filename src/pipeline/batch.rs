@@ -66,6 +66,28 @@ pub struct Plan<'a> {
     pub superseded: u64,
 }
 
+/// The offsets of a batch as `partition:first-last` ranges, for its log span (a batch holds the
+/// messages of one lane, which may come from several partitions).
+pub fn offset_ranges(batch: &[Decoded]) -> String {
+    let mut ranges: Vec<(i32, i64, i64)> = Vec::new();
+    for d in batch {
+        let p = d.envelope.position;
+        match ranges.iter_mut().find(|r| r.0 == p.partition) {
+            Some(r) => {
+                r.1 = r.1.min(p.offset);
+                r.2 = r.2.max(p.offset);
+            }
+            None => ranges.push((p.partition, p.offset, p.offset)),
+        }
+    }
+    ranges.sort_unstable();
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(p, a, b)| format!("{p}:{a}-{b}"))
+        .collect();
+    parts.join(",")
+}
+
 pub fn plan(batch: &[Decoded]) -> Plan<'_> {
     let mut best: HashMap<Uuid, usize> = HashMap::with_capacity(batch.len());
     let mut plan = Plan::default();
@@ -182,6 +204,17 @@ mod tests {
                 .iter()
                 .all(|d| d.reason == Reason::InvalidJson && d.partition == 2)
         );
+    }
+
+    #[test]
+    fn a_batch_names_its_offset_range_per_partition() {
+        let batch = vec![
+            decoded(4, order(1), 1),
+            rejected(7),
+            decoded(2, order(2), 1),
+            rejected(9),
+        ];
+        assert_eq!(offset_ranges(&batch), "0:2-4,2:7-9");
     }
 
     #[test]

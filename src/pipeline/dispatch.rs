@@ -110,6 +110,11 @@ impl Dispatcher {
     pub fn queued(&self) -> usize {
         self.senders.iter().map(flume::Sender::len).sum()
     }
+
+    /// Messages waiting in each lane.
+    pub fn depths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.senders.iter().map(flume::Sender::len)
+    }
 }
 
 #[cfg(test)]

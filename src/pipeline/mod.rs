@@ -11,7 +11,7 @@ mod dispatch;
 mod envelope;
 mod processor;
 
-pub use batch::{Decoded, Plan, decode, plan};
+pub use batch::{Decoded, Plan, decode, offset_ranges, plan};
 pub use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;
 pub(crate) use processor::{Processor, ProcessorSettings};

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::metrics::Metrics;
-use crate::pipeline::{Decoded, Envelope, InFlight, decode, plan};
+use crate::pipeline::{Decoded, Envelope, InFlight, decode, offset_ranges, plan};
 use crate::retry::{self, Schedule, Verdict};
 
 #[derive(Debug, Clone, Copy)]
@@ -89,14 +89,8 @@ impl Processor {
     }
 
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
-        let first = batch[0].envelope.position;
-        let span = info_span!(
-            "batch",
-            lane = self.lane,
-            partition = first.partition,
-            first_offset = first.offset,
-            messages = batch.len()
-        );
+        let span = info_span!("batch", lane = self.lane, topic = %self.store.topic(),
+                              offsets = %offset_ranges(batch), messages = batch.len());
         let started = Instant::now();
         let written = self.write_durably(batch).instrument(span).await?;
         let elapsed = started.elapsed();
@@ -122,6 +116,11 @@ impl Processor {
             }
         }
         m.dead_lettered(Reason::DbRejected).increment(refused);
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        for ts in batch.iter().filter_map(|d| d.envelope.timestamp_ms) {
+            m.end_to_end_latency
+                .record((now_ms - ts).max(0) as f64 / 1000.0);
+        }
         m.batch_duration.record(elapsed.as_secs_f64());
         m.batch_size.record(batch.len() as f64);
         debug!(

@@ -6,5 +6,6 @@ mod helpers;
 
 mod e2e;
 mod faults;
+mod observability;
 mod pipeline;
 mod schema;

@@ -96,6 +96,12 @@ pub async fn start_worker(
     Worker::start(brokers, &cfg).await.expect("worker starts")
 }
 
+/// Like [`get`], but `None` while nothing listens yet (a process still starting).
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("http://{addr}{path}"))
         .await
@@ -137,6 +143,18 @@ pub struct Binary {
 impl Binary {
     /// Runs `order-worker run` with the test flags plus `extra`, logging to a file.
     pub fn run(brokers: &str, db_url: &str, topic: &str, group: &str, extra: &[&str]) -> Self {
+        Self::run_with_env(brokers, db_url, topic, group, extra, &[])
+    }
+
+    /// Like [`Binary::run`], with environment variables added (they win over the defaults).
+    pub fn run_with_env(
+        brokers: &str,
+        db_url: &str,
+        topic: &str,
+        group: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("worker.log");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -156,6 +174,7 @@ impl Binary {
             .args(&args)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

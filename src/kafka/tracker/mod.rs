@@ -6,6 +6,10 @@
 //! with a crashed task) stops the run, however many later offsets are durable. Completions from a
 //! previous assignment of a partition (an older generation) are ignored, so a revoke followed by
 //! a re-assign can never commit work the new assignment did not see.
+//!
+//! It also remembers the Kafka timestamp of the newest message below each committable offset, so
+//! that once Kafka acknowledges a commit the time lag ("how old is the newest committed message")
+//! is known without reading anything back from the broker.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -13,6 +17,11 @@ use std::time::Instant;
 
 /// Identifies one assignment of one partition; bumps on every assign.
 pub type Generation = u64;
+
+/// Committable offsets remembered with their timestamps until Kafka acknowledges them. Between
+/// storing an offset and its acknowledgement a partition advances a few hundred times at most;
+/// older checkpoints are dropped first.
+const MAX_CHECKPOINTS: usize = 1_024;
 
 /// A dispatched message, as the tracker knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,22 +31,43 @@ pub struct Position {
     pub offset: i64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: i64,
+    durable: bool,
+    /// Kafka timestamp of the message, milliseconds since the epoch.
+    timestamp_ms: Option<i64>,
+}
+
 #[derive(Debug)]
 struct PartitionState {
     generation: Generation,
-    /// Dispatched offsets in order, with whether each is durable. The front is never durable:
-    /// durable offsets at the front are popped as soon as they are marked.
-    in_flight: VecDeque<(i64, bool)>,
+    /// Dispatched offsets in order. The front is never durable: durable slots at the front are
+    /// popped as soon as they are marked.
+    in_flight: VecDeque<Slot>,
     /// One past the last dispatched offset: the committable offset when nothing is in flight.
     next: Option<i64>,
-    /// The last offset Kafka acknowledged as committed.
+    /// The last offset Kafka acknowledged as committed, and the timestamp of the message before it.
     committed: Option<i64>,
+    committed_timestamp_ms: Option<i64>,
+    /// (committable offset, timestamp of the newest durable message below it), oldest first.
+    checkpoints: VecDeque<(i64, Option<i64>)>,
 }
 
 impl PartitionState {
     fn committable(&self) -> Option<i64> {
-        self.in_flight.front().map(|&(o, _)| o).or(self.next)
+        self.in_flight.front().map(|s| s.offset).or(self.next)
     }
+}
+
+/// What the tracker knows of one assigned partition, for lag reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub partition: i32,
+    /// The last committed offset Kafka acknowledged to this instance.
+    pub committed: Option<i64>,
+    /// Kafka timestamp of the newest message below `committed`.
+    pub committed_timestamp_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +107,8 @@ impl OffsetTracker {
                     in_flight: VecDeque::new(),
                     next: None,
                     committed: None,
+                    committed_timestamp_ms: None,
+                    checkpoints: VecDeque::new(),
                 },
             );
         }
@@ -98,7 +130,7 @@ impl OffsetTracker {
 
     /// Records that a message was handed to a processor. Returns false (and records nothing) when
     /// the message belongs to an assignment that has since been revoked: the caller drops it.
-    pub fn register(&self, pos: Position) -> bool {
+    pub fn register(&self, pos: Position, timestamp_ms: Option<i64>) -> bool {
         let mut inner = self.lock();
         let Some(state) = inner.partitions.get_mut(&pos.partition) else {
             return false;
@@ -108,8 +140,13 @@ impl OffsetTracker {
         }
         // Offsets arrive in order; a rewind (an offset reset by the broker) is kept sorted so the
         // run logic still holds.
-        let at = state.in_flight.partition_point(|&(o, _)| o <= pos.offset);
-        state.in_flight.insert(at, (pos.offset, false));
+        let at = state.in_flight.partition_point(|s| s.offset <= pos.offset);
+        let slot = Slot {
+            offset: pos.offset,
+            durable: false,
+            timestamp_ms,
+        };
+        state.in_flight.insert(at, slot);
         state.next = Some(state.next.map_or(pos.offset + 1, |n| n.max(pos.offset + 1)));
         true
     }
@@ -125,15 +162,22 @@ impl OffsetTracker {
                 continue;
             }
             let q = &mut state.in_flight;
-            let start = q.partition_point(|&(o, _)| o < pos.offset);
+            let start = q.partition_point(|s| s.offset < pos.offset);
             if let Some(slot) = (start..q.len())
-                .take_while(|&i| q[i].0 == pos.offset)
-                .find(|&i| !q[i].1)
+                .take_while(|&i| q[i].offset == pos.offset)
+                .find(|&i| !q[i].durable)
             {
-                q[slot].1 = true;
+                q[slot].durable = true;
             }
-            while q.front().is_some_and(|&(_, durable)| durable) {
-                q.pop_front();
+            let mut newest = None;
+            while q.front().is_some_and(|s| s.durable) {
+                newest = q.pop_front();
+            }
+            if let (Some(popped), Some(c)) = (newest, state.committable()) {
+                if state.checkpoints.len() == MAX_CHECKPOINTS {
+                    state.checkpoints.pop_front();
+                }
+                state.checkpoints.push_back((c, popped.timestamp_ms));
             }
         }
         self.progressed.notify_all();
@@ -160,10 +204,39 @@ impl OffsetTracker {
     pub fn mark_committed(&self, offsets: &[(i32, i64)]) {
         let mut inner = self.lock();
         for &(p, o) in offsets {
-            if let Some(s) = inner.partitions.get_mut(&p) {
-                s.committed = Some(s.committed.map_or(o, |c| c.max(o)));
+            let Some(s) = inner.partitions.get_mut(&p) else {
+                continue;
+            };
+            if s.committed.is_some_and(|c| c >= o) {
+                continue;
+            }
+            s.committed = Some(o);
+            while let Some(&(at, ts)) = s.checkpoints.front() {
+                if at > o {
+                    break;
+                }
+                if at == o {
+                    s.committed_timestamp_ms = ts;
+                }
+                s.checkpoints.pop_front();
             }
         }
+    }
+
+    /// Per assigned partition, what was committed and how old the newest committed message is.
+    pub fn progress(&self) -> Vec<Progress> {
+        let inner = self.lock();
+        let mut out: Vec<Progress> = inner
+            .partitions
+            .iter()
+            .map(|(&partition, s)| Progress {
+                partition,
+                committed: s.committed,
+                committed_timestamp_ms: s.committed_timestamp_ms,
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.partition);
+        out
     }
 
     /// Messages dispatched and not yet durable, over all partitions.
@@ -208,160 +281,4 @@ impl OffsetTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn tracker_with(partition: i32) -> (OffsetTracker, Generation) {
-        let t = OffsetTracker::new();
-        t.assign(&[partition]);
-        let g = t.generation(partition).unwrap();
-        (t, g)
-    }
-
-    fn pos(partition: i32, generation: Generation, offset: i64) -> Position {
-        Position {
-            partition,
-            generation,
-            offset,
-        }
-    }
-
-    #[test]
-    fn nothing_is_committable_before_anything_is_dispatched() {
-        let (t, _) = tracker_with(0);
-        assert!(t.commit_candidates(None).is_empty());
-    }
-
-    #[test]
-    fn the_committable_offset_stops_at_the_first_offset_not_yet_durable() {
-        let (t, g) = tracker_with(0);
-        for o in 10..15 {
-            assert!(t.register(pos(0, g, o)));
-        }
-        assert_eq!(t.commit_candidates(None), vec![(0, 10)]);
-        t.complete(&[pos(0, g, 11), pos(0, g, 12), pos(0, g, 14)]);
-        assert_eq!(
-            t.commit_candidates(None),
-            vec![(0, 10)],
-            "10 still in flight"
-        );
-        t.complete(&[pos(0, g, 10)]);
-        assert_eq!(
-            t.commit_candidates(None),
-            vec![(0, 13)],
-            "13 still in flight"
-        );
-        t.complete(&[pos(0, g, 13)]);
-        assert_eq!(t.commit_candidates(None), vec![(0, 15)]);
-        assert_eq!(t.in_flight(), 0);
-    }
-
-    #[test]
-    fn gaps_in_the_offsets_do_not_block_the_run() {
-        // Compacted topics and transaction markers leave holes the consumer never sees.
-        let (t, g) = tracker_with(3);
-        for o in [5, 9, 40] {
-            t.register(pos(3, g, o));
-        }
-        t.complete(&[pos(3, g, 40), pos(3, g, 9), pos(3, g, 5)]);
-        assert_eq!(t.commit_candidates(None), vec![(3, 41)]);
-    }
-
-    #[test]
-    fn partitions_progress_independently() {
-        let t = OffsetTracker::new();
-        t.assign(&[0, 1]);
-        let (g0, g1) = (t.generation(0).unwrap(), t.generation(1).unwrap());
-        t.register(pos(0, g0, 0));
-        t.register(pos(1, g1, 0));
-        t.register(pos(1, g1, 1));
-        t.complete(&[pos(1, g1, 1), pos(1, g1, 0)]);
-        assert_eq!(t.commit_candidates(None), vec![(0, 0), (1, 2)]);
-        assert_eq!(t.commit_candidates(Some(&[1])), vec![(1, 2)]);
-    }
-
-    #[test]
-    fn acknowledged_commits_are_not_proposed_again() {
-        let (t, g) = tracker_with(0);
-        t.register(pos(0, g, 0));
-        t.complete(&[pos(0, g, 0)]);
-        t.mark_committed(&[(0, 1)]);
-        assert!(t.commit_candidates(None).is_empty());
-        t.mark_committed(&[(0, 0)]);
-        assert!(
-            t.commit_candidates(None).is_empty(),
-            "a late ack never moves back"
-        );
-    }
-
-    #[test]
-    fn a_revoked_partition_is_forgotten_and_its_late_completions_ignored() {
-        let (t, g_old) = tracker_with(0);
-        t.register(pos(0, g_old, 100));
-        t.revoke(&[0]);
-        assert!(t.commit_candidates(None).is_empty());
-        assert!(
-            !t.register(pos(0, g_old, 101)),
-            "revoked: dispatch is refused"
-        );
-
-        t.assign(&[0]);
-        let g_new = t.generation(0).unwrap();
-        assert_ne!(g_old, g_new);
-        t.register(pos(0, g_new, 50));
-        t.complete(&[pos(0, g_old, 50), pos(0, g_old, 100)]);
-        assert_eq!(
-            t.commit_candidates(None),
-            vec![(0, 50)],
-            "old generation is ignored"
-        );
-    }
-
-    #[test]
-    fn a_message_from_a_previous_assignment_is_refused_after_reassign() {
-        let (t, g_old) = tracker_with(7);
-        t.revoke(&[7]);
-        t.assign(&[7]);
-        assert!(!t.register(pos(7, g_old, 3)));
-        assert_eq!(t.in_flight(), 0);
-    }
-
-    #[test]
-    fn a_rewound_offset_is_tracked_in_order() {
-        let (t, g) = tracker_with(0);
-        t.register(pos(0, g, 10));
-        t.register(pos(0, g, 4));
-        t.complete(&[pos(0, g, 10)]);
-        assert_eq!(t.commit_candidates(None), vec![(0, 4)]);
-        t.complete(&[pos(0, g, 4)]);
-        assert_eq!(t.commit_candidates(None), vec![(0, 11)]);
-    }
-
-    #[test]
-    fn waiting_for_a_drain_returns_once_the_last_offset_is_durable() {
-        let (t, g) = tracker_with(0);
-        t.register(pos(0, g, 0));
-        let t = std::sync::Arc::new(t);
-        let t2 = t.clone();
-        let worker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            t2.complete(&[pos(0, g, 0)]);
-        });
-        assert!(t.wait_drained(None, Instant::now() + Duration::from_secs(5)));
-        worker.join().unwrap();
-    }
-
-    #[test]
-    fn waiting_for_a_drain_gives_up_at_the_deadline() {
-        let (t, g) = tracker_with(0);
-        t.register(pos(0, g, 0));
-        let start = Instant::now();
-        assert!(!t.wait_drained(Some(&[0]), start + Duration::from_millis(50)));
-        assert!(start.elapsed() >= Duration::from_millis(50));
-        assert!(
-            t.wait_drained(Some(&[1]), start),
-            "other partitions are not waited for"
-        );
-    }
-}
+mod tests;

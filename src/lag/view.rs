@@ -1,0 +1,243 @@
+//! The last lag measurement, served as JSON (`/lag`, for KEDA's metrics-api scaler) and as
+//! Prometheus gauges (for dashboards, alerts and KEDA's prometheus scaler).
+//!
+//! Invariant: the Prometheus series name only partitions this instance owns at the moment of the
+//! scrape, so a revoked partition's series disappears at once and `sum()` over all pods counts
+//! every partition exactly once. The JSON reports the whole group (every partition, owned or
+//! not), so KEDA may ask any one pod and get the group's total.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::kafka::tracker::OffsetTracker;
+use crate::lag::{GroupLag, PartitionLag};
+use crate::metrics::{CONSUMER_LAG, CONSUMER_LAG_SUM, CONSUMER_TIME_LAG, LAG_AGE};
+
+pub struct LagView {
+    group: String,
+    topic: String,
+    last: RwLock<Option<GroupLag>>,
+    tracker: Arc<OffsetTracker>,
+}
+
+#[derive(Serialize)]
+struct Partition {
+    #[serde(flatten)]
+    lag: PartitionLag,
+    owned: bool,
+    /// Age of the newest committed message while the partition has lag; 0 when caught up;
+    /// absent when this instance does not own the partition or has not committed it yet.
+    time_lag_seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    group: &'a str,
+    topic: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    measured_at: OffsetDateTime,
+    /// The whole group's lag: what KEDA's metrics-api trigger reads (`valueLocation: total_lag`).
+    total_lag: i64,
+    /// The lag of the partitions this instance owns.
+    owned_lag: i64,
+    partitions: Vec<Partition>,
+}
+
+impl LagView {
+    pub fn new(group: &str, topic: &str, tracker: Arc<OffsetTracker>) -> Self {
+        Self {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            last: RwLock::new(None),
+            tracker,
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn update(&self, lag: GroupLag) {
+        *self.last.write().unwrap_or_else(|p| p.into_inner()) = Some(lag);
+    }
+
+    /// The last measurement with ownership and time lag as of now.
+    fn partitions(&self, lag: &GroupLag) -> Vec<Partition> {
+        let progress = self.tracker.progress();
+        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        lag.partitions
+            .iter()
+            .map(|p| {
+                let mine = progress.iter().find(|m| m.partition == p.partition);
+                let time_lag_seconds = mine.and_then(|m| {
+                    if p.lag == 0 {
+                        return Some(0.0);
+                    }
+                    let ts = m.committed_timestamp_ms?;
+                    Some((now_ms - ts).max(0) as f64 / 1000.0)
+                });
+                Partition {
+                    lag: *p,
+                    owned: mine.is_some(),
+                    time_lag_seconds,
+                }
+            })
+            .collect()
+    }
+
+    /// The `/lag` document, or `None` before the first measurement.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
+        let lag = guard.as_ref()?;
+        let partitions = self.partitions(lag);
+        let owned_lag = partitions
+            .iter()
+            .filter(|p| p.owned)
+            .map(|p| p.lag.lag)
+            .sum();
+        let report = Report {
+            group: &lag.group,
+            topic: &lag.topic,
+            measured_at: lag.measured_at,
+            total_lag: lag.total(),
+            owned_lag,
+            partitions,
+        };
+        serde_json::to_value(report).ok()
+    }
+
+    /// Appends the lag families to a Prometheus text exposition.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
+        let Some(lag) = guard.as_ref() else {
+            return;
+        };
+        let owned: Vec<Partition> = self
+            .partitions(lag)
+            .into_iter()
+            .filter(|p| p.owned)
+            .collect();
+        let labels = format!(
+            "group=\"{}\",topic=\"{}\"",
+            escape(&lag.group),
+            escape(&lag.topic)
+        );
+        family(out, CONSUMER_LAG);
+        for p in &owned {
+            let _ = writeln!(
+                out,
+                "{}{{{labels},partition=\"{}\"}} {}",
+                CONSUMER_LAG.0, p.lag.partition, p.lag.lag
+            );
+        }
+        family(out, CONSUMER_LAG_SUM);
+        let sum: i64 = owned.iter().map(|p| p.lag.lag).sum();
+        let _ = writeln!(out, "{}{{{labels}}} {sum}", CONSUMER_LAG_SUM.0);
+        family(out, CONSUMER_TIME_LAG);
+        for p in &owned {
+            if let Some(t) = p.time_lag_seconds {
+                let _ = writeln!(
+                    out,
+                    "{}{{{labels},partition=\"{}\"}} {t}",
+                    CONSUMER_TIME_LAG.0, p.lag.partition
+                );
+            }
+        }
+        family(out, LAG_AGE);
+        let age = (OffsetDateTime::now_utc() - lag.measured_at)
+            .as_seconds_f64()
+            .max(0.0);
+        let _ = writeln!(out, "{}{{{labels}}} {age}", LAG_AGE.0);
+    }
+}
+
+fn family(out: &mut String, (name, help): (&str, &str)) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Label values escaped as the exposition format requires.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::tracker::Position;
+
+    fn measured(partitions: &[(i32, Option<i64>, i64)]) -> GroupLag {
+        GroupLag {
+            group: "g\"1".into(),
+            topic: "orders".into(),
+            measured_at: OffsetDateTime::now_utc(),
+            partitions: partitions
+                .iter()
+                .map(|&(partition, committed, end)| PartitionLag {
+                    partition,
+                    committed,
+                    end,
+                    lag: committed.map_or(end, |c| end - c),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_owned_partitions_are_exported_and_the_json_covers_the_group() {
+        let tracker = Arc::new(OffsetTracker::new());
+        tracker.assign(&[1]);
+        let view = LagView::new("g\"1", "orders", tracker.clone());
+        view.update(measured(&[(0, Some(5), 9), (1, Some(2), 10)]));
+        let mut text = String::new();
+        view.render_prometheus(&mut text);
+        assert!(text.contains("order_worker_consumer_lag_messages{group=\"g\\\"1\",topic=\"orders\",partition=\"1\"} 8"), "{text}");
+        assert!(!text.contains("partition=\"0\""), "{text}");
+        assert!(text.contains(
+            "order_worker_consumer_lag_sum_messages{group=\"g\\\"1\",topic=\"orders\"} 8"
+        ));
+        let json = view.json().unwrap();
+        assert_eq!(json["total_lag"], 12);
+        assert_eq!(json["owned_lag"], 8);
+        assert_eq!(json["partitions"][0]["owned"], false);
+
+        tracker.revoke(&[1]);
+        let mut after = String::new();
+        view.render_prometheus(&mut after);
+        assert!(
+            !after.contains("partition=\"1\""),
+            "a revoked partition's series is gone: {after}"
+        );
+    }
+
+    #[test]
+    fn time_lag_is_zero_when_caught_up_and_the_committed_message_age_otherwise() {
+        let tracker = Arc::new(OffsetTracker::new());
+        tracker.assign(&[0, 1]);
+        let long_ago = (OffsetDateTime::now_utc().unix_timestamp() - 60) * 1000;
+        for p in [0, 1] {
+            let pos = Position {
+                partition: p,
+                generation: tracker.generation(p).unwrap(),
+                offset: 0,
+            };
+            tracker.register(pos, Some(long_ago));
+            tracker.complete(&[pos]);
+            tracker.mark_committed(&[(p, 1)]);
+        }
+        let view = LagView::new("g", "orders", tracker);
+        view.update(measured(&[(0, Some(1), 1), (1, Some(1), 50)]));
+        let json = view.json().unwrap();
+        assert_eq!(json["partitions"][0]["time_lag_seconds"], 0.0);
+        let behind = json["partitions"][1]["time_lag_seconds"].as_f64().unwrap();
+        assert!((59.0..70.0).contains(&behind), "{behind}");
+    }
+}
