@@ -425,6 +425,13 @@ fn parse_property(s: &str) -> Result<KafkaProperty, String> {
     }
 }
 
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("expected a number from 0 to 1".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,12 +470,5 @@ mod tests {
         );
         let cli = Cli::parse_with_default(["order-worker", "lag", "--brokers", "b:9092"]).unwrap();
         assert!(matches!(cli.command, Command::Lag(_)));
-    }
-}
-
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err("expected a number from 0 to 1".into()),
     }
 }
