@@ -63,6 +63,71 @@ pub enum Command {
     Dev(DevConfig),
     /// Print a consumer group's lag per partition, with the member owning each partition.
     Lag(LagCommandConfig),
+    /// List dead letters, or replay them to their topic after a fix.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// Show dead letters, oldest first.
+    List(DeadLetterListConfig),
+    /// Re-publish dead letters to their source topic (or --topic) and mark them replayed.
+    Replay(DeadLetterReplayConfig),
+}
+
+/// Which dead letters a `dead-letters` command works on.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterFilter {
+    /// Only this reason (tombstone, invalid_json, schema_violation, invalid_value, ...).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only those created since: a duration back from now (`2h`, `30m`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<time::OffsetDateTime>,
+    /// Only these ids (repeat the flag, or separate with commas).
+    #[arg(long = "id", value_delimiter = ',')]
+    pub ids: Vec<i64>,
+    /// Include dead letters already replayed.
+    #[arg(long)]
+    pub include_replayed: bool,
+    /// At most this many.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterListConfig {
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub filter: DeadLetterFilter,
+    /// Print JSON lines (payloads base64-free: as UTF-8 text where possible) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterReplayConfig {
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub filter: DeadLetterFilter,
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: String,
+    /// Publish to this topic instead of each dead letter's source topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Extra librdkafka producer properties, `key=value` (TLS, SASL).
+    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
+          value_parser = parse_property, hide_env_values = true)]
+    pub properties: Vec<KafkaProperty>,
+    /// Show what would be replayed without publishing or marking anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,6 +308,10 @@ pub struct WorkerConfig {
     /// Apply pending migrations at startup instead of refusing to start (true/false, 1/0).
     #[arg(long, env = "MIGRATE_ON_START", value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate_on_start: bool,
+    /// Also publish every dead letter to this Kafka topic (original key and bytes, reasons in
+    /// `order_worker.errors.*` headers). Source offsets then wait for the topic's acknowledgement.
+    #[arg(long, env = "DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
     /// How often consumer lag is measured from the broker (for /metrics and /lag). Each
     /// measurement costs one request per partition plus one to the group coordinator.
     #[arg(long, env = "LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -423,6 +492,16 @@ fn parse_property(s: &str) -> Result<KafkaProperty, String> {
         Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty::new(k.trim(), v.trim())),
         _ => Err("expected key=value".into()),
     }
+}
+
+fn parse_since(s: &str) -> Result<time::OffsetDateTime, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let back = humantime::parse_duration(s)
+        .map_err(|_| "expected a duration such as 2h or an RFC 3339 time".to_owned())?;
+    let back = time::Duration::try_from(back).map_err(|e| e.to_string())?;
+    Ok(time::OffsetDateTime::now_utc() - back)
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {

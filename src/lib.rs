@@ -24,6 +24,7 @@
 pub mod config;
 pub mod contract;
 pub mod db;
+pub mod dead_letters;
 pub mod dev;
 pub mod error;
 pub mod health;

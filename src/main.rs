@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
-use order_worker::config::{Cli, Command};
-use order_worker::{Worker, db, dev, lag, produce, shutdown, telemetry};
+use order_worker::config::{Cli, Command, DeadLettersCommand};
+use order_worker::{Worker, db, dead_letters, dev, lag, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -79,6 +79,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", lag::print_table(&lag, &owners));
             }
         }
+        Command::DeadLetters { command } => match command {
+            DeadLettersCommand::List(cfg) => println!("{}", dead_letters::list(&cfg).await?),
+            DeadLettersCommand::Replay(cfg) => {
+                let report = dead_letters::replay(&cfg)
+                    .await
+                    .context("failed to replay")?;
+                for (id, why) in &report.skipped {
+                    println!("skipped {id}: {why}");
+                }
+                println!(
+                    "replayed {} dead letter(s); {} failed",
+                    report.published, report.failed
+                );
+                if report.failed > 0 {
+                    bail!(
+                        "{} dead letter(s) were not acknowledged; run the replay again",
+                        report.failed
+                    );
+                }
+            }
+        },
         Command::Dev(cfg) => {
             let stop = CancellationToken::new();
             shutdown::on_signal(stop.clone());

@@ -40,6 +40,7 @@ pub const DB_POOL_CONNECTIONS: &str = "order_worker_db_pool_connections";
 pub const READY: &str = "order_worker_ready";
 pub const BUILD_INFO: &str = "order_worker_build_info";
 pub const LAG_REFRESH_FAILURES: &str = "order_worker_lag_refresh_failures_total";
+pub const DEAD_LETTER_PUBLISH_FAILURES: &str = "order_worker_dead_letter_publish_failures_total";
 
 /// Lag families are rendered from the last measurement (see `lag::LagView`), not through the
 /// `metrics` registry, because a revoked partition's series must disappear; their names and help
@@ -206,6 +207,11 @@ fn describe() {
         Unit::Count,
         "Consumer lag measurements that failed (the previous figures stay)."
     );
+    describe_counter!(
+        DEAD_LETTER_PUBLISH_FAILURES,
+        Unit::Count,
+        "Failed attempts to publish dead letters to the dead-letter topic (retried)."
+    );
 }
 
 /// Handles of every metric, registered once.
@@ -235,6 +241,7 @@ pub struct Metrics {
     pub db_pool_idle: Gauge,
     pub ready: Gauge,
     pub lag_refresh_failures: Counter,
+    pub dead_letter_publish_failures: Counter,
 }
 
 impl Metrics {
@@ -272,6 +279,7 @@ impl Metrics {
             db_pool_idle: metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle"),
             ready: metrics::gauge!(READY),
             lag_refresh_failures: metrics::counter!(LAG_REFRESH_FAILURES),
+            dead_letter_publish_failures: metrics::counter!(DEAD_LETTER_PUBLISH_FAILURES),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::db::{self, OrderStore};
 use crate::error::Error;
 use crate::health::Health;
 use crate::http;
+use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
 use crate::lag::LagView;
@@ -70,6 +71,14 @@ impl Worker {
             kafka::consumer_config(brokers, &cfg.consumer, cfg.pipeline.commit_interval)
                 .create_with_context(context)?;
 
+        let c = &cfg.consumer;
+        let dead_letter_topic = cfg
+            .dead_letter_topic
+            .as_deref()
+            .map(|t| DeadLetterTopic::new(brokers, &c.properties, t, &c.topic, &c.group_id))
+            .transpose()?
+            .map(Arc::new);
+
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
         let state = http::AppState {
@@ -85,6 +94,7 @@ impl Worker {
             health,
             metrics,
             lag,
+            dead_letter_topic,
             stop: stop.clone(),
         };
         let task = tokio::spawn(async move {
@@ -136,6 +146,7 @@ struct Parts {
     health: Arc<Health>,
     metrics: Metrics,
     lag: Arc<LagView>,
+    dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     stop: CancellationToken,
 }
 
@@ -207,6 +218,7 @@ impl Parts {
                 health: self.health.clone(),
                 metrics: self.metrics.clone(),
                 settings,
+                dead_letter_topic: self.dead_letter_topic.clone(),
                 abort: abort.clone(),
             };
             processors.spawn(processor.run());

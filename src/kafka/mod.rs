@@ -9,6 +9,7 @@
 
 mod consumer;
 mod context;
+pub mod dead_letter_topic;
 pub mod producer;
 pub mod tracker;
 

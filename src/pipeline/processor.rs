@@ -2,7 +2,8 @@
 //!
 //! Invariant: a batch's offsets are reported durable to the tracker only after PostgreSQL
 //! committed every row and dead letter of that batch. A transient failure is retried without
-//! limit (never skipped); a row PostgreSQL refuses becomes a dead letter; an abort leaves the
+//! limit (never skipped); a row PostgreSQL refuses becomes a dead letter; with a dead-letter
+//! topic, the batch also waits for the broker to acknowledge its dead letters. An abort leaves the
 //! batch unreported, so its offsets are never committed and Kafka redelivers them.
 
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::contract::{Reason, Rejection};
-use crate::db::{FailureKind, OrderRow, OrderStore, Written};
+use crate::db::{DeadLetterRow, FailureKind, OrderRow, OrderStore, Written};
 use crate::error::Error;
 use crate::health::Health;
+use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::metrics::Metrics;
-use crate::pipeline::{Decoded, Envelope, InFlight, decode, offset_ranges, plan};
+use crate::pipeline::{Decoded, Envelope, InFlight, Plan, decode, offset_ranges, plan};
 use crate::retry::{self, Schedule, Verdict};
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +39,8 @@ pub(crate) struct Processor {
     pub health: Arc<Health>,
     pub metrics: Metrics,
     pub settings: ProcessorSettings,
+    /// Where dead letters are also published, when configured.
+    pub dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     /// Fired when the graceful stop runs out of time: stop retrying, report nothing.
     pub abort: CancellationToken,
 }
@@ -136,13 +140,35 @@ impl Processor {
     }
 
     /// Writes the batch; if PostgreSQL refuses it, isolates the refused rows as dead letters.
+    /// With a dead-letter topic, the batch's dead letters are then published there too.
     async fn write_durably(&self, batch: &[Decoded]) -> Result<Outcome, Error> {
         let plan = plan(batch);
-        let err = match self.write_retrying(&plan.orders, &plan.dead).await {
-            Ok(stats) => return Ok(Outcome { stats, refused: 0 }),
+        let (stats, refusals) = match self.write_retrying(&plan.orders, &plan.dead).await {
+            Ok(stats) => (stats, Vec::new()),
             Err(WriteError::Aborted) => return Err(Error::Aborted),
-            Err(WriteError::Rejected(e)) => e,
+            Err(WriteError::Rejected(e)) => self.isolate_refused(batch, &plan, e).await?,
         };
+        if let Some(topic) = &self.dead_letter_topic {
+            let mut dead = plan.dead.clone();
+            dead.extend(refusals.iter().map(|(i, r)| batch[*i].dead_letter(r)));
+            if !dead.is_empty() {
+                self.publish_retrying(topic, &dead).await?;
+            }
+        }
+        Ok(Outcome {
+            stats,
+            refused: refusals.len() as u64,
+        })
+    }
+
+    /// Writes each order of a refused batch alone; the ones PostgreSQL still refuses become
+    /// dead letters (written with the batch's own). Returns them with their index in the batch.
+    async fn isolate_refused(
+        &self,
+        batch: &[Decoded],
+        plan: &Plan<'_>,
+        err: sqlx::Error,
+    ) -> Result<(Written, Vec<(usize, Rejection)>), Error> {
         warn!(error = %err, rows = plan.orders.len(),
               "PostgreSQL refused the batch; writing its orders one by one to isolate the refused ones");
         let mut stats = Written::default();
@@ -171,16 +197,35 @@ impl Processor {
                 )));
             }
         }
-        Ok(Outcome {
-            stats,
-            refused: refusals.len() as u64,
-        })
+        Ok((stats, refusals))
+    }
+
+    /// Publishes to the dead-letter topic until the broker acknowledges all of them.
+    async fn publish_retrying(
+        &self,
+        topic: &DeadLetterTopic,
+        dead: &[DeadLetterRow<'_>],
+    ) -> Result<(), Error> {
+        retry::until_ok(
+            self.settings.retry,
+            &self.abort,
+            || Error::Aborted,
+            || async { topic.publish(dead).await.map_err(Error::Kafka) },
+            |err, delay| {
+                self.metrics.dead_letter_publish_failures.increment(1);
+                warn!(lane = self.lane, topic = topic.topic(), error = %err,
+                      retry_in_ms = delay.as_millis() as u64,
+                      "publishing dead letters failed; their offsets stay uncommitted, retrying");
+                Verdict::Retry
+            },
+        )
+        .await
     }
 
     async fn write_retrying(
         &self,
         orders: &[OrderRow<'_>],
-        dead: &[crate::db::DeadLetterRow<'_>],
+        dead: &[DeadLetterRow<'_>],
     ) -> Result<Written, WriteError> {
         retry::until_ok(
             self.settings.retry,

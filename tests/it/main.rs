@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod dead_letters;
 mod e2e;
 mod faults;
 mod observability;

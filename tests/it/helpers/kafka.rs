@@ -87,6 +87,40 @@ pub fn publish_raw(brokers: &str, topic: &str, messages: &[RawMessage]) {
     assert_eq!(done.delivered as usize, messages.len());
 }
 
+/// Every message of a topic, read from the beginning without a group (blocking).
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "order-worker-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(5))
+            .expect("watermarks");
+        ends.insert(p, high);
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let total: i64 = ends.values().sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
 /// Reads a group's committed offsets from the coordinator and the log end offsets, the two
 /// numbers every lag tool (KEDA's Kafka scaler included) subtracts.
 pub struct OffsetProbe {

@@ -1,0 +1,77 @@
+//! Reading and marking dead letters, for the `dead-letters` command.
+//!
+//! Invariant: a dead letter is marked replayed only after its re-publication was acknowledged,
+//! and the selection skips replayed ones unless asked; so a replay run can be repeated after any
+//! failure without publishing anything twice except what was in flight when it failed (and the
+//! worker applies a re-published event idempotently).
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+/// A stored dead letter.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub message_key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub payload_size: i32,
+    pub stage: String,
+    pub reason: String,
+    pub error: String,
+    pub kafka_timestamp: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub replayed_at: Option<OffsetDateTime>,
+}
+
+impl DeadLetter {
+    /// Whether `payload` is the message as it was published (not a cut of an oversized one).
+    pub fn is_complete(&self) -> bool {
+        self.payload
+            .as_ref()
+            .is_some_and(|p| p.len() as i64 == i64::from(self.payload_size))
+    }
+}
+
+/// Which dead letters a command works on.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub reason: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub ids: Vec<i64>,
+    pub include_replayed: bool,
+    pub limit: i64,
+}
+
+const SELECT: &str = r#"
+SELECT id, source_topic, source_partition, source_offset, message_key, payload, payload_size,
+       stage, reason, error, kafka_timestamp, created_at, replayed_at
+FROM dead_letters
+WHERE ($1::text IS NULL OR reason = $1)
+  AND ($2::timestamptz IS NULL OR created_at >= $2)
+  AND (cardinality($3::int8[]) = 0 OR id = ANY($3))
+  AND ($4 OR replayed_at IS NULL)
+ORDER BY id
+LIMIT $5
+"#;
+
+pub async fn select(pool: &PgPool, s: &Selection) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(SELECT)
+        .bind(&s.reason)
+        .bind(s.since)
+        .bind(&s.ids)
+        .bind(s.include_replayed)
+        .bind(s.limit)
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn mark_replayed(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
