@@ -223,9 +223,10 @@ fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> R
             }
             // A payload of another contract version fails on its own shape first; name the
             // version instead, it is the actionable fact for the producer.
+            let mut de = serde_json::Deserializer::from_str(text);
             if let Ok(VersionProbe {
                 schema_version: Some(v),
-            }) = serde_json::from_str::<VersionProbe>(text)
+            }) = VersionProbe::deserialize(object_only::ObjectOnly(&mut de))
                 && v.as_u64() != Some(SCHEMA_VERSION)
             {
                 return unsupported(&v.to_string());

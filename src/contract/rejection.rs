@@ -87,15 +87,41 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// Control characters in `detail` are escaped (`\u{0}`): messages from parsers quote the
+    /// producer's input, and a reason must never carry raw control bytes into logs, headers or
+    /// PostgreSQL text (which refuses NUL).
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
+        let detail = detail.into();
+        let detail = if detail.chars().any(char::is_control) {
+            detail
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_unicode().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            detail
+        };
+        Self { reason, detail }
     }
 
     pub fn stage(&self) -> Stage {
         self.reason.stage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_a_detail_are_escaped() {
+        let r = Rejection::new(Reason::SchemaViolation, "unknown variant `\0\n`");
+        assert_eq!(r.detail, "unknown variant `\\u{0}\\u{a}`");
     }
 }
 

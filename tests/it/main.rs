@@ -7,6 +7,7 @@ mod helpers;
 mod dead_letters;
 mod e2e;
 mod faults;
+mod hostile;
 mod observability;
 mod pipeline;
 mod schema;
