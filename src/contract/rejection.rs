@@ -114,6 +114,12 @@ impl Rejection {
     }
 }
 
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.detail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,11 +128,5 @@ mod tests {
     fn control_characters_in_a_detail_are_escaped() {
         let r = Rejection::new(Reason::SchemaViolation, "unknown variant `\0\n`");
         assert_eq!(r.detail, "unknown variant `\\u{0}\\u{a}`");
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason.as_str(), self.detail)
     }
 }
