@@ -12,10 +12,15 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::error::Error;
 use crate::health::Health;
@@ -71,17 +76,54 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `stop` fires.
+/// A request head (request line and headers) larger than this is refused with 431; the
+/// endpoints take no body.
+const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// A client must send its request head within this time (a silent connection is closed).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer, keep-alive included.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves until `stop` fires. Each connection is bounded in head size, in the time to send its
+/// head, and in lifetime, and their number is capped, so a slow or flooding client cannot hold
+/// the probes hostage.
 pub fn serve(
     listener: TcpListener,
     state: AppState,
     stop: CancellationToken,
 ) -> JoinHandle<Result<(), Error>> {
+    let router = router(state);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .map_err(Error::Io)
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        warn!(error = %e, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+                drop(slot);
+            });
+        }
     })
 }
 

@@ -24,7 +24,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// A pool that connects on demand, so the worker starts (and reports unready) while PostgreSQL is
 /// still down, and recovers by itself when it returns.
 pub fn pool(cfg: &DbConfig, max_connections: u32) -> Result<PgPool, Error> {
-    let options = cfg.database_url.connect_options()?;
+    // Named, so operators (and the TLS test) find the worker's sessions in pg_stat_activity.
+    let options = cfg
+        .database_url
+        .connect_options()?
+        .application_name("order-worker");
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -102,6 +102,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_and_sasl_scram_are_built_in() {
+        use rdkafka::consumer::BaseConsumer;
+        let props = [
+            KafkaProperty::new("security.protocol", "SASL_SSL"),
+            KafkaProperty::new("sasl.mechanism", "SCRAM-SHA-512"),
+            KafkaProperty::new("sasl.username", "svc"),
+            KafkaProperty::new("sasl.password", "secret"),
+        ];
+        let mut cfg = client_config("127.0.0.1:1", &props);
+        cfg.set("group.id", "g");
+        let consumer: Result<BaseConsumer, _> = cfg.create();
+        assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+
+    #[test]
     fn offset_management_settings_cannot_be_overridden() {
         for key in GUARDED {
             let err = check_overrides(&[KafkaProperty::new(key, "true")]).unwrap_err();

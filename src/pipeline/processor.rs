@@ -95,6 +95,8 @@ impl Processor {
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
         let span = info_span!("batch", lane = self.lane, topic = %self.store.topic(),
                               offsets = %offset_ranges(batch), messages = batch.len());
+        #[cfg(debug_assertions)]
+        panic_if_requested(batch);
         let started = Instant::now();
         let written = self.write_durably(batch).instrument(span).await?;
         let elapsed = started.elapsed();
@@ -261,4 +263,18 @@ struct Outcome {
     stats: Written,
     /// Valid events PostgreSQL refused (now dead letters).
     refused: u64,
+}
+
+/// Test hook, compiled into debug builds only: `ORDER_WORKER_TEST_PANIC_CUSTOMER=<id>` makes a
+/// processor panic on a batch holding an event of that customer, so the integration tests can
+/// check what a panic does (the worker stops non-zero and the batch is never committed).
+#[cfg(debug_assertions)]
+fn panic_if_requested(batch: &[Decoded]) {
+    if let Ok(customer) = std::env::var("ORDER_WORKER_TEST_PANIC_CUSTOMER")
+        && batch
+            .iter()
+            .any(|d| d.outcome.as_ref().is_ok_and(|e| e.customer_id == customer))
+    {
+        panic!("injected panic (ORDER_WORKER_TEST_PANIC_CUSTOMER={customer})");
+    }
 }

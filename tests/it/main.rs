@@ -11,3 +11,4 @@ mod hostile;
 mod observability;
 mod pipeline;
 mod schema;
+mod security;

@@ -171,15 +171,53 @@ pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Extra `postgres` options (`-c name=value ...`).
+    options: String,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server with TLS on, using a self-signed certificate for `localhost` it generates in its
+    /// own directory; returns the certificate's path too (clients verify against it).
+    pub fn start_tls() -> (Self, PathBuf) {
+        let pg = Self::start_with(true);
+        let crt = pg.dir.path().join("server.crt");
+        (pg, crt)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("ow-pg-")
             .tempdir()
             .expect("tempdir");
+        let mut options = String::new();
+        if tls {
+            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            run(Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&crt));
+            run(Command::new("chmod").arg("600").arg(&key));
+            options = format!(
+                "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            );
+        }
         if is_root() {
             // postgres refuses to run as root; the data directory must belong to its user.
             run(Command::new("chown")
@@ -187,7 +225,12 @@ impl PrivatePostgres {
                 .arg(dir.path()));
         }
         let port = super::free_port();
-        let pg = Self { dir, bin, port };
+        let pg = Self {
+            dir,
+            bin,
+            port,
+            options,
+        };
         run(pg
             .tool(
                 "initdb",
@@ -217,9 +260,10 @@ impl PrivatePostgres {
 
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let log = self.dir.path().join("server.log");
         run(self
