@@ -47,3 +47,16 @@ ensure_database() {
 pg_url() {
   echo "postgres://postgres:$PG_PASSWORD@127.0.0.1:5432/$1"
 }
+
+# tansu, the Kafka-compatible broker the end-to-end and chaos tests run as a separate process;
+# built from crates.io once per machine (15-20 minutes the first time). Exports TANSU_BIN.
+ensure_tansu() {
+  if [ -z "${TANSU_BIN:-}" ]; then
+    local bin=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
+    if [ ! -x "$bin" ]; then
+      echo "==> installing tansu 0.6.0 (first time on this machine: 15-20 minutes)"
+      cargo install tansu --version 0.6.0 --locked --features libsql
+    fi
+    export TANSU_BIN=$bin
+  fi
+}

@@ -5,11 +5,11 @@
 #     (built from crates.io once per machine: about 15-20 minutes the first time);
 #   - cargo-nextest (each test in its own process);
 #   - promtool (Debian package prometheus), which checks a live scrape of /metrics.
-# Then: formatting, clippy with warnings as errors, unit and integration tests.
+# Then: formatting, clippy with warnings as errors, unit and integration tests, and the chaos
+# suite's short profile (scripts/chaos.sh; it prints its table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
 
 ensure_postgres
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$(pg_url postgres)}
@@ -22,17 +22,13 @@ if ! command -v cargo-nextest >/dev/null; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-if [ -z "${TANSU_BIN:-}" ]; then
-  if [ ! -x "$CARGO_BIN/tansu" ]; then
-    echo "==> installing tansu 0.6.0 (first time on this machine: 15-20 minutes)"
-    cargo install tansu --version 0.6.0 --locked --features libsql
-  fi
-  export TANSU_BIN=$CARGO_BIN/tansu
-fi
+ensure_tansu
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "==> tests"
-cargo nextest run --locked --all-targets "$@"
+cargo nextest run --locked --all-targets -E 'not binary(chaos)' "$@"
+echo "==> chaos suite (short profile)"
+scripts/chaos.sh short

@@ -164,20 +164,44 @@ impl OffsetProbe {
     }
 
     pub fn ends(&self) -> BTreeMap<i32, i64> {
+        self.watermarks()
+            .into_iter()
+            .map(|(p, (_, high))| (p, high))
+            .collect()
+    }
+
+    /// Partitions whose log no longer starts at offset 0: the broker dropped messages (the mock
+    /// cluster keeps at most 5 MiB or 100k messages per partition), so a "lost" count there
+    /// would measure the broker, not the worker.
+    pub fn truncated(&self) -> Vec<i32> {
+        self.watermarks()
+            .into_iter()
+            .filter(|(_, (low, _))| *low > 0)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    fn watermarks(&self) -> BTreeMap<i32, (i64, i64)> {
         (0..self.partitions)
             .map(|p| {
-                let (_, high) = self
+                let marks = self
                     .consumer
                     .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
                     .expect("watermarks");
-                (p, high)
+                (p, marks)
             })
             .collect()
     }
 
-    /// Waits until the group has committed the end of every partition.
+    /// Waits until the group has committed the end of every partition, which proves nothing
+    /// if the broker dropped the head of a partition, so that must not have happened.
     pub async fn wait_caught_up(&self, what: &str) {
         super::eventually(what, CAUGHT_UP, || async { self.caught_up() }).await;
+        let truncated = self.truncated();
+        assert!(
+            truncated.is_empty(),
+            "{what}: the broker dropped the head of partitions {truncated:?}"
+        );
     }
 
     /// Whether the group has committed exactly the end of every partition.
@@ -192,7 +216,10 @@ impl OffsetProbe {
 /// A tansu broker process with its own SQLite storage (it survives a restart of the broker).
 pub struct Tansu {
     child: Child,
-    _dir: tempfile::TempDir,
+    #[allow(dead_code)] // read by `restart`, which the chaos suite uses
+    dir: tempfile::TempDir,
+    #[allow(dead_code)]
+    port: u16,
     pub brokers: String,
 }
 
@@ -203,8 +230,22 @@ impl Tansu {
             .tempdir()
             .expect("tempdir");
         let port = super::free_port();
+        let child = Self::spawn(dir.path(), port);
+        Self {
+            child,
+            dir,
+            port,
+            brokers: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .expect("log file");
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
@@ -214,25 +255,30 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start tansu (run ./scripts/test.sh, which installs it, or set TANSU_BIN)");
-        let brokers = format!("127.0.0.1:{port}");
+        let address = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&brokers).is_err() {
+        while TcpStream::connect(&address).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "tansu did not listen on {brokers}"
+                "tansu did not listen on {address}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
-            child,
-            _dir: dir,
-            brokers,
-        }
+        child
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
+    #[allow(dead_code)] // used by the chaos suite
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = Self::spawn(self.dir.path(), self.port);
     }
 }
 

@@ -132,6 +132,14 @@ pub async fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f6
     sample(&text, name, labels).unwrap_or_else(|| panic!("{name}{labels:?} is not exported"))
 }
 
+/// The worker binary: `ORDER_WORKER_BIN` (e.g. a release build, for memory figures), else the
+/// binary cargo built for these tests.
+pub fn worker_bin() -> PathBuf {
+    std::env::var_os("ORDER_WORKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_order-worker").into())
+}
+
 /// The built `order-worker` binary running as a child process.
 pub struct Binary {
     child: Child,
@@ -170,7 +178,7 @@ impl Binary {
             .position(|a| a == "127.0.0.1:0")
             .expect("http flag");
         args[http_flag] = http.to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_order-worker"))
+        let child = Command::new(worker_bin())
             .args(&args)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -205,6 +213,20 @@ impl Binary {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Resident memory of the process now, in bytes (VmRSS), if it still runs.
+    #[allow(dead_code)] // used by the chaos suite
+    /// The process's peak resident set size so far (the kernel's high-water mark, so no
+    /// sampling can miss a spike).
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?;
+        kb.parse::<u64>().ok().map(|kb| kb * 1024)
     }
 
     pub fn log_text(&self) -> String {

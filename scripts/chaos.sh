@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The chaos suite: streams known events through worker kills, PostgreSQL and broker outages,
+# rebalances, SIGTERM at full speed and a large backlog, then compares PostgreSQL with the
+# oracle. Prints one table (also written to target/chaos/<profile>.md); fails if any scenario
+# lost an event or applied one twice.
+#
+#   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~4 minutes
+#   scripts/chaos.sh long     # long profile: 12 kills, 1M-event backlog, release binary
+#
+# Sizes per profile: tests/chaos/main.rs (`profile`). The long profile runs the release binary,
+# so its memory figure is the one we ship (docs/reliability.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+PROFILE=${1:-short}
+case $PROFILE in
+  short) ;;
+  long)
+    echo "==> cargo build --release"
+    cargo build --release --locked
+    export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/target/release/order-worker}
+    ;;
+  *) echo "usage: $0 [short|long]" >&2; exit 2 ;;
+esac
+
+ensure_postgres
+export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$(pg_url postgres)}
+ensure_tansu
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+mkdir -p target/chaos
+LOG=target/chaos/$PROFILE.log
+TABLE=target/chaos/$PROFILE.md
+status=0
+CHAOS_PROFILE=$PROFILE cargo nextest run --locked --test chaos --no-capture 2>&1 | tee "$LOG" \
+  || status=$?
+
+{
+  echo "Chaos suite, profile $PROFILE, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+  echo
+  echo "| scenario | events produced | orders in final state | dead letters | lost | applied twice or regressed | seconds | notes |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  grep -a '^CHAOS-ROW|' "$LOG" | cut -d'|' -f3- | awk -F'|' -v OFS=' | ' '{ $1 = $1; print "| " $0 " |" }'
+} >"$TABLE"
+echo
+cat "$TABLE"
+scenarios=$(grep -c '^CHAOS-ROW|' "$LOG" || true)
+echo
+echo "$scenarios scenarios reported; table in $TABLE"
+exit "$status"
