@@ -6,6 +6,7 @@
 #
 #   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~4 minutes
 #   scripts/chaos.sh long     # long profile: 12 kills, 1M-event backlog, release binary
+#   scripts/chaos.sh long backlog   # further arguments go to nextest (here: a filter)
 #
 # Sizes per profile: tests/chaos/main.rs (`profile`). The long profile runs the release binary,
 # so its memory figure is the one we ship (docs/reliability.md).
@@ -14,9 +15,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 PROFILE=${1:-short}
+shift || true
+NEXTEST_PROFILE=default
 case $PROFILE in
   short) ;;
   long)
+    NEXTEST_PROFILE=chaos-long
     echo "==> cargo build --release"
     cargo build --release --locked
     export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/target/release/order-worker}
@@ -33,8 +37,8 @@ mkdir -p target/chaos
 LOG=target/chaos/$PROFILE.log
 TABLE=target/chaos/$PROFILE.md
 status=0
-CHAOS_PROFILE=$PROFILE cargo nextest run --locked --test chaos --no-capture 2>&1 | tee "$LOG" \
-  || status=$?
+CHAOS_PROFILE=$PROFILE cargo nextest run --locked --profile "$NEXTEST_PROFILE" --test chaos \
+  --no-capture "$@" 2>&1 | tee "$LOG" || status=$?
 
 {
   echo "Chaos suite, profile $PROFILE, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"

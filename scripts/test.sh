@@ -5,8 +5,10 @@
 #     (built from crates.io once per machine: about 15-20 minutes the first time);
 #   - cargo-nextest (each test in its own process);
 #   - promtool (Debian package prometheus), which checks a live scrape of /metrics.
-# Then: formatting, clippy with warnings as errors, unit and integration tests, and the chaos
-# suite's short profile (scripts/chaos.sh; it prints its table).
+# Then: the deployment files (scripts/check-deploy.sh: Dockerfile, k8s/, alerts, dashboard;
+# it installs hadolint, kubernetes-validate, checkov and yamllint), formatting, clippy with
+# warnings as errors, unit and integration tests, and the chaos suite's short profile
+# (scripts/chaos.sh; it prints its table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -24,6 +26,8 @@ if ! command -v cargo-nextest >/dev/null; then
 fi
 ensure_tansu
 
+echo "==> deployment files (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

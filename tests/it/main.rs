@@ -5,6 +5,7 @@
 mod helpers;
 
 mod dead_letters;
+mod deploy;
 mod e2e;
 mod faults;
 mod hostile;
