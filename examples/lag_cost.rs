@@ -1,353 +1,262 @@
-//! Cost and freshness of two ways to export per-partition consumer lag.
+//! Cost and freshness of the ways to export per-partition consumer lag (`docs/lag-cost.md`).
 //!
-//! Run: `cargo run --release --example lag_cost`
-//! (env: `LAG_COST_ROUNDS`, default 3; `LAG_COST_WINDOW_SECS`, default 10).
+//! Run: `cargo run --release --example lag_cost` (5-6 minutes). Environment:
+//! `LAG_COST_ROUNDS` (3), `LAG_COST_WINDOW_SECS` (4), `LAG_COST_INTERVAL_MS` (1000: the refresh
+//! interval of every variant), `LAG_COST_PARTITIONS` (`4,32,128`), `LAG_COST_FETCH_WAIT_MS`
+//! (the consumers' `fetch.wait.max.ms`; librdkafka's default, 500, when unset).
 //!
-//! Everything runs in this process against librdkafka's mock cluster (a real
-//! Kafka-protocol server on loopback). For P in {4, 32, 128} partitions it
-//! measures, over a fixed window, the process CPU time of one consumer that is
-//! assigned to all P partitions and polls in a loop:
+//! Everything runs in this process against librdkafka's mock cluster (one broker, a real
+//! Kafka-protocol server on loopback). For each partition count P and variant, a fresh consumer
+//! is assigned all P partitions, consumes everything and keeps polling; the group's committed
+//! offset is 50 everywhere. Each variant refreshes the lag of every partition once per interval:
 //!
-//! * `off`     statistics disabled, no lag queries (the baseline);
-//! * `A 1000`  `statistics.interval.ms=1000`, lag parsed from the stats JSON in
-//!   `ClientContext::stats_raw`;
-//! * `A 100`   the same with `statistics.interval.ms=100`;
-//! * `B`       statistics disabled; every 1 s one `committed_offsets` for all P
-//!   partitions plus one `fetch_watermarks` per partition;
-//! * `B2`      like B but the end offsets come from one `offsets_for_times`
-//!   call with `Offset::End` (one ListOffsets request per broker) instead of P
-//!   `fetch_watermarks` calls. Not part of the original question; measured
-//!   because it is the obvious batched form of B.
+//! * `off`: no lag at all (the baseline the other rows are compared with);
+//! * `stats`: `statistics.interval.ms` = interval; `stats_raw` reads each partition's
+//!   `hi_offset` and `consumer_lag` with a minimal serde struct;
+//! * `per-partition`: the requests `order_worker::lag::measure` made before this measurement:
+//!   Metadata, one OffsetFetch for all partitions, then `fetch_watermarks` per partition (two
+//!   ListOffsets: low and high);
+//! * `batched`: Metadata, OffsetFetch and one `offsets_for_times(Offset::End)`, which is one
+//!   ListOffsets per leader broker for all partitions: what `measure` does now, on its own
+//!   client (its freshness row calls the worker's `measure`).
 //!
-//! CPU is `CLOCK_PROCESS_CPUTIME_ID` (all threads, including the in-process
-//! mock broker). The mock broker thread (`rdk:mock`) is also read on its own
-//! from `/proc/self/task/*/schedstat`, so the client-side share can be shown:
-//! in production the broker-side work runs on the Kafka brokers, not in the
-//! worker.
+//! Queries run on the consuming consumer (`same consumer`, as the worker did) or on a second
+//! client of the group that is never assigned anything (`own client`). As in the worker's
+//! monitor, the next refresh is due one interval after the previous one ended.
 //!
-//! Freshness: the partitions are paused, more messages are produced to every
-//! partition, and after 3 s each method is asked for end offset and lag. The
-//! worker pauses partitions exactly when it is backlogged.
+//! CPU is `CLOCK_PROCESS_CPUTIME_ID` minus the mock broker's thread (`rdk:mock`, from
+//! `/proc/self/task/*/schedstat`): what the worker itself would spend. The broker's share is
+//! shown apart. Each round runs every (P, variant) window, variants in a rotated order; the
+//! table shows medians over rounds. Freshness, after each first-round window: the partitions
+//! are paused (the worker pauses when it is behind), messages are produced to all of them, and
+//! two intervals later the variant is asked.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use order_worker::config::OffsetReset;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaResult;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::statistics::Statistics;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 
-const PARTITION_COUNTS: [i32; 3] = [4, 32, 128];
-/// Messages per partition produced before the first measurement.
+/// Messages per partition before the first window, and the group's committed offset.
 const INITIAL_MSGS: i64 = 100;
-/// Offset committed for every partition, so lag = end - COMMITTED.
 const COMMITTED: i64 = 50;
 /// Messages per partition produced while the partitions are paused.
 const PAUSED_MSGS: i64 = 25;
-const REFRESH_BENCH_REPS: u32 = 50;
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(5);
 
-// ---------------------------------------------------------------- CPU clocks
-
-fn clock_ns(clock: nix::libc::clockid_t) -> u64 {
+/// (CPU of the whole process, CPU of the mock broker thread), in ns.
+fn cpu_ns() -> (u64, u64) {
     let mut ts = nix::libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; the clock ids used are
-    // always supported on Linux.
-    let rc = unsafe { nix::libc::clock_gettime(clock, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec, and the clock id exists on Linux.
+    let rc = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// CPU time of the whole process (all threads, live and exited).
-fn process_cpu_ns() -> u64 {
-    clock_ns(nix::libc::CLOCK_PROCESS_CPUTIME_ID)
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu_ns() -> u64 {
-    clock_ns(nix::libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-/// CPU time of the mock cluster's broker thread(s), in ns.
-fn mock_broker_cpu_ns() -> u64 {
-    let mut sum = 0;
-    let Ok(dir) = fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    for entry in dir.flatten() {
-        let path = entry.path();
-        let comm = fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != "rdk:mock" {
-            continue;
-        }
-        let sched = fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        sum += sched
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    sum
-}
-
-#[derive(Clone, Copy, Default, Debug)]
-struct CpuSample {
-    process_ns: u64,
-    mock_ns: u64,
-}
-
-impl CpuSample {
-    fn now() -> Self {
-        Self {
-            process_ns: process_cpu_ns(),
-            mock_ns: mock_broker_cpu_ns(),
+    let mut mock = 0;
+    for task in fs::read_dir("/proc/self/task").into_iter().flatten() {
+        let read = |f: &str| fs::read_to_string(task.as_ref().ok()?.path().join(f)).ok();
+        if read("comm").is_some_and(|c| c.trim() == "rdk:mock") {
+            let sched = read("schedstat").unwrap_or_default();
+            let ns = sched.split_whitespace().next().map(str::parse::<u64>);
+            mock += ns.and_then(Result::ok).unwrap_or(0);
         }
     }
-
-    fn since(self, start: Self) -> Self {
-        Self {
-            process_ns: self.process_ns.saturating_sub(start.process_ns),
-            mock_ns: self.mock_ns.saturating_sub(start.mock_ns),
-        }
-    }
+    (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64, mock)
 }
 
-// ------------------------------------------------------- method A: statistics
+// ------------------------------------------------------------ statistics
 
-/// Only the fields the worker would need; serde skips the rest of the document.
+/// Only what the worker would export; serde skips the rest of the document.
 #[derive(Deserialize)]
-struct MiniStats {
+struct Stats {
     #[serde(default)]
-    topics: BTreeMap<String, MiniTopic>,
+    topics: BTreeMap<String, StatsTopic>,
 }
 
 #[derive(Deserialize)]
-struct MiniTopic {
-    partitions: BTreeMap<String, MiniPartition>,
+struct StatsTopic {
+    partitions: BTreeMap<String, StatsPartition>,
 }
 
-#[derive(Deserialize, Clone, Debug)]
-struct MiniPartition {
+#[derive(Deserialize)]
+struct StatsPartition {
     partition: i32,
     hi_offset: i64,
-    #[allow(dead_code)]
-    ls_offset: i64,
-    committed_offset: i64,
     consumer_lag: i64,
-    fetch_state: String,
 }
 
-#[derive(Default)]
-struct StatsLog {
-    docs: u64,
-    bytes_total: u64,
-    bytes_max: usize,
-    /// Wall time spent in `serde_json::from_slice` for `MiniStats`.
-    parse_ns: u64,
-    /// CPU time of the whole `stats_raw` callback (parse + bookkeeping).
-    callback_cpu_ns: u64,
-    last_doc: Vec<u8>,
-    /// When the latest document arrived, and its partitions of our topic.
-    last: Option<(Instant, BTreeMap<i32, MiniPartition>)>,
-}
-
-struct LagContext {
-    topic: String,
-    log: Mutex<StatsLog>,
-    errors: AtomicU64,
-}
-
-impl LagContext {
-    fn new(topic: &str) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            log: Mutex::new(StatsLog::default()),
-            errors: AtomicU64::new(0),
-        }
-    }
-
-    fn reset(&self) {
-        let mut log = self.log.lock().unwrap();
-        log.docs = 0;
-        log.bytes_total = 0;
-        log.bytes_max = 0;
-        log.parse_ns = 0;
-        log.callback_cpu_ns = 0;
-    }
-
-    fn latest(&self) -> Option<(Instant, BTreeMap<i32, MiniPartition>)> {
-        self.log.lock().unwrap().last.clone()
-    }
-}
-
-impl ClientContext for LagContext {
-    fn stats_raw(&self, raw: &[u8]) {
-        let cpu0 = thread_cpu_ns();
-        let t0 = Instant::now();
-        let parsed: Result<MiniStats, _> = serde_json::from_slice(raw);
-        let parse_ns = t0.elapsed().as_nanos() as u64;
-        let parts = match parsed {
-            Ok(mut stats) => stats.topics.remove(&self.topic).map(|t| {
-                t.partitions
-                    .into_values()
-                    .filter(|p| p.partition >= 0)
-                    .map(|p| (p.partition, p))
-                    .collect::<BTreeMap<_, _>>()
-            }),
-            Err(e) => {
-                eprintln!("stats parse error: {e}");
-                None
-            }
-        };
-        let mut log = self.log.lock().unwrap();
-        log.docs += 1;
-        log.bytes_total += raw.len() as u64;
-        log.bytes_max = log.bytes_max.max(raw.len());
-        log.parse_ns += parse_ns;
-        log.last_doc.clear();
-        log.last_doc.extend_from_slice(raw);
-        if let Some(parts) = parts {
-            log.last = Some((Instant::now(), parts));
-        }
-        log.callback_cpu_ns += thread_cpu_ns().saturating_sub(cpu0);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        eprintln!("librdkafka error: {error}: {reason}");
-    }
-}
-
-impl ConsumerContext for LagContext {}
-
-type LagConsumer = BaseConsumer<LagContext>;
-
-// ------------------------------------------------------ method B: queries
-
-/// Per partition: (end offset, committed offset).
+/// Per partition: (end offset, lag).
 type Snapshot = BTreeMap<i32, (i64, i64)>;
 
-fn all_partitions(topic: &str, p: i32) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(p as usize);
-    for i in 0..p {
-        tpl.add_partition(topic, i);
-    }
-    tpl
+#[derive(Default)]
+struct Seen {
+    /// Documents, their bytes, and the wall time spent parsing them.
+    docs: u64,
+    bytes: u64,
+    parse_ns: u64,
+    /// When the latest document arrived, and what it said about our topic.
+    latest: Option<(Instant, Snapshot)>,
 }
 
-fn committed(c: &LagConsumer, topic: &str, p: i32) -> KafkaResult<BTreeMap<i32, i64>> {
-    let tpl = c.committed_offsets(all_partitions(topic, p), CALL_TIMEOUT)?;
-    Ok((0..p)
-        .map(|i| {
-            let off = match tpl.find_partition(topic, i).map(|e| e.offset()) {
-                Some(Offset::Offset(n)) => n,
-                _ => -1,
-            };
-            (i, off)
-        })
-        .collect())
+struct Ctx {
+    topic: String,
+    seen: Mutex<Seen>,
 }
 
-/// Method B: one OffsetFetch plus `fetch_watermarks` per partition.
-fn refresh_b(c: &LagConsumer, topic: &str, p: i32) -> KafkaResult<Snapshot> {
-    let comm = committed(c, topic, p)?;
-    let mut out = Snapshot::new();
-    for i in 0..p {
-        let (_lo, hi) = c.fetch_watermarks(topic, i, CALL_TIMEOUT)?;
-        out.insert(i, (hi, comm[&i]));
-    }
-    Ok(out)
-}
-
-/// Method B2: one OffsetFetch plus one `offsets_for_times(Offset::End)`.
-fn refresh_b2(c: &LagConsumer, topic: &str, p: i32) -> KafkaResult<Snapshot> {
-    let comm = committed(c, topic, p)?;
-    let mut q = TopicPartitionList::with_capacity(p as usize);
-    for i in 0..p {
-        q.add_partition_offset(topic, i, Offset::End)?;
-    }
-    let ends = c.offsets_for_times(q, CALL_TIMEOUT)?;
-    let mut out = Snapshot::new();
-    for i in 0..p {
-        let end = match ends.find_partition(topic, i).map(|e| e.offset()) {
-            Some(Offset::Offset(n)) => n,
-            _ => -1,
+impl ClientContext for Ctx {
+    fn stats_raw(&self, raw: &[u8]) {
+        let t0 = Instant::now();
+        let topic = match serde_json::from_slice::<Stats>(raw) {
+            Ok(mut s) => s.topics.remove(&self.topic),
+            Err(e) => return eprintln!("stats parse error: {e}"),
         };
-        out.insert(i, (end, comm[&i]));
-    }
-    Ok(out)
-}
-
-// ------------------------------------------------------------------ harness
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Method {
-    Off,
-    A1000,
-    A100,
-    B,
-    B2,
-}
-
-impl Method {
-    const ALL: [Method; 5] = [
-        Method::Off,
-        Method::A1000,
-        Method::A100,
-        Method::B,
-        Method::B2,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Method::Off => "off (no lag)",
-            Method::A1000 => "A stats 1000ms",
-            Method::A100 => "A stats 100ms",
-            Method::B => "B watermarks 1s",
-            Method::B2 => "B2 batched 1s",
-        }
-    }
-
-    fn stats_interval_ms(self) -> u32 {
-        match self {
-            Method::A1000 => 1000,
-            Method::A100 => 100,
-            _ => 0,
+        let entry = |p: StatsPartition| (p.partition, (p.hi_offset, p.consumer_lag));
+        let snap = topic.map(|t| t.partitions.into_values().map(entry).collect());
+        let mut seen = self.seen.lock().unwrap();
+        seen.parse_ns += t0.elapsed().as_nanos() as u64;
+        seen.docs += 1;
+        seen.bytes += raw.len() as u64;
+        if let Some(snap) = snap {
+            seen.latest = Some((Instant::now(), snap));
         }
     }
 }
 
-#[derive(Clone, Default, Debug)]
-struct Run {
-    window: CpuSample,
-    window_secs: f64,
-    stats_docs: u64,
-    stats_bytes_avg: f64,
-    stats_bytes_max: usize,
-    stats_parse_us: f64,
-    stats_callback_cpu_ms: f64,
-    refreshes: u32,
-    refresh_wall_ms: f64,
-    refresh_cpu_ms: f64,
-    fresh: Option<String>,
+impl ConsumerContext for Ctx {}
+
+type Client = BaseConsumer<Ctx>;
+
+fn seen(c: &Client) -> MutexGuard<'_, Seen> {
+    c.context().seen.lock().unwrap()
+}
+
+// --------------------------------------------------------------- queries
+
+fn ok<T>(what: &str, r: KafkaResult<T>) -> Option<T> {
+    r.map_err(|e| eprintln!("{what} failed: {e}")).ok()
+}
+
+/// Lets a refresh be cut short between requests (on the consuming consumer one request can
+/// wait a whole `fetch.wait.max.ms`), and counts the requests that finished.
+#[derive(Default)]
+struct Progress {
+    stop: AtomicBool,
+    requests: AtomicU64,
+}
+
+impl Progress {
+    /// Counts a finished request; `None` once stopped.
+    fn done<T>(&self, r: T) -> Option<T> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        (!self.stop.load(Ordering::Relaxed)).then_some(r)
+    }
+}
+
+/// One refresh from the broker: Metadata, OffsetFetch, then ListOffsets.
+fn refresh(c: &Client, t: &Topic, batched: bool, progress: &Progress) -> Option<Snapshot> {
+    let md = ok("metadata", c.fetch_metadata(Some(&t.name), TIMEOUT));
+    let md = progress.done(md?)?;
+    let topic = md.topics().first()?;
+    let ids: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    let tpl = partitions(&t.name, &ids, Offset::End);
+    let committed = ok("committed", c.committed_offsets(tpl.clone(), TIMEOUT));
+    let committed = progress.done(committed?)?;
+    let mut ends = Vec::new();
+    if batched {
+        let got = ok("offsets_for_times", c.offsets_for_times(tpl, TIMEOUT));
+        for e in progress.done(got?)?.elements() {
+            ends.push((e.partition(), e.offset().to_raw().unwrap_or(-1)));
+        }
+    } else {
+        for p in ids {
+            let wm = ok("watermarks", c.fetch_watermarks(&t.name, p, TIMEOUT));
+            ends.push((p, progress.done(wm?)?.1));
+        }
+    }
+    let committed = |p| committed.find_partition(&t.name, p)?.offset().to_raw();
+    let lag = |(p, end)| (p, (end, end - committed(p).unwrap_or(0)));
+    Some(ends.into_iter().map(lag).collect())
+}
+
+/// "yes", or how far `snap` is from the truth.
+fn verdict(snap: &Snapshot, t: &Topic) -> String {
+    let truth = (t.end, t.end - COMMITTED);
+    let stale = (0..t.p).filter(|i| snap.get(i) != Some(&truth)).count();
+    let (end, lag) = snap.get(&0).copied().unwrap_or((-1, -1));
+    let (p, (true_end, true_lag)) = (t.p, truth);
+    match stale {
+        0 => format!("yes (end {end}, lag {lag})"),
+        n => format!("NO: {n}/{p} stale (end {end}, lag {lag}; true {true_end}, {true_lag})"),
+    }
+}
+
+// --------------------------------------------------------------- harness
+
+/// A way to refresh lag: statistics, or broker queries (`query: Some(batched)`), these on the
+/// consuming consumer or on a client of their own (`own`).
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    stats: bool,
+    query: Option<bool>,
+    own: bool,
+}
+
+const fn variant(label: &'static str, stats: bool, query: Option<bool>, own: bool) -> Variant {
+    Variant {
+        label,
+        stats,
+        query,
+        own,
+    }
+}
+
+const VARIANTS: [Variant; 6] = [
+    variant("off (no lag)", false, None, false),
+    variant("stats (statistics.interval.ms)", true, None, false),
+    variant(
+        "per-partition, same consumer (before)",
+        false,
+        Some(false),
+        false,
+    ),
+    variant("per-partition, own client", false, Some(false), true),
+    variant("batched, same consumer", false, Some(true), false),
+    variant("batched, own client (now)", false, Some(true), true),
+];
+
+impl Variant {
+    fn is_off(self) -> bool {
+        !self.stats && self.query.is_none()
+    }
+
+    /// Requests of one refresh (the two ListOffsets of a `fetch_watermarks` count as one).
+    fn requests(self, p: i32) -> f64 {
+        let per_partition = self.query == Some(false);
+        if per_partition {
+            f64::from(p) + 2.0
+        } else {
+            3.0
+        }
+    }
 }
 
 struct Topic {
     name: String,
-    p: i32,
     group: String,
-    /// Current end offset of every partition (all partitions get the same count).
+    p: i32,
+    /// End offset of every partition (all get the same number of messages).
     end: i64,
 }
 
@@ -355,550 +264,340 @@ struct Env {
     bootstrap: String,
     producer: BaseProducer,
     window: Duration,
+    interval: Duration,
 }
 
-fn produce(env: &Env, topic: &Topic, per_partition: i64) {
-    let payload = vec![b'x'; 200];
-    for i in 0..topic.p {
+/// One window of one variant.
+#[derive(Default)]
+struct Sample {
+    worker_ms_s: f64,
+    broker_ms_s: f64,
+    /// Statistics documents, or refreshes (one cut short by the window's end counts pro rata).
+    refreshes: f64,
+    /// Wall ms of each refresh that finished in the window.
+    walls: Vec<f64>,
+    /// Wall ms per request, for an estimate when no refresh finished.
+    ms_per_request: f64,
+    /// Statistics: mean document size, and mean time to parse one.
+    doc_kib: f64,
+    parse_us: f64,
+    fresh: Option<String>,
+}
+
+fn produce(env: &Env, t: &mut Topic, per_partition: i64) {
+    let payload = [b'x'; 200];
+    for p in 0..t.p {
         for n in 0..per_partition {
-            let key = format!("{i}-{n}");
-            let mut rec = BaseRecord::to(&topic.name)
-                .partition(i)
-                .key(&key)
-                .payload(&payload);
-            loop {
-                match env.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        env.producer.poll(Duration::from_millis(10));
-                        rec = r;
-                    }
-                }
+            let key = format!("{p}-{n}");
+            let rec = BaseRecord::to(&t.name).partition(p).key(&key);
+            let mut rec = rec.payload(&payload[..]);
+            while let Err((_, r)) = env.producer.send(rec) {
+                env.producer.poll(Duration::from_millis(10));
+                rec = r;
             }
         }
-        env.producer.poll(Duration::ZERO);
     }
-    env.producer
-        .flush(Duration::from_secs(30))
-        .expect("flush produced messages");
+    env.producer.flush(TIMEOUT * 6).expect("flush");
+    t.end += per_partition;
 }
 
-fn consumer_config(env: &Env, topic: &Topic, stats_ms: u32) -> ClientConfig {
+fn client(env: &Env, t: &Topic, stats: bool) -> Client {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &env.bootstrap)
-        .set("group.id", &topic.group)
+        .set("group.id", &t.group)
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    if stats_ms > 0 {
-        cfg.set("statistics.interval.ms", stats_ms.to_string());
+    if stats {
+        let ms = env.interval.as_millis().to_string();
+        cfg.set("statistics.interval.ms", ms);
     }
-    cfg
+    if let Ok(ms) = std::env::var("LAG_COST_FETCH_WAIT_MS") {
+        cfg.set("fetch.wait.max.ms", ms);
+    }
+    let (topic, seen) = (t.name.clone(), Mutex::default());
+    let ctx = Ctx { topic, seen };
+    cfg.create_with_context(ctx).expect("client")
 }
 
-fn setup_topic(
-    env: &Env,
-    mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    p: i32,
-) -> Topic {
-    let mut topic = Topic {
-        name: format!("orders-p{p}"),
+fn partitions(topic: &str, ids: &[i32], offset: Offset) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for &p in ids {
+        tpl.add_partition_offset(topic, p, offset).unwrap();
+    }
+    tpl
+}
+
+fn all_partitions(t: &Topic, offset: Offset) -> TopicPartitionList {
+    partitions(&t.name, &(0..t.p).collect::<Vec<_>>(), offset)
+}
+
+fn setup_topic(env: &Env, mock: &MockCluster<'static, DefaultProducerContext>, p: i32) -> Topic {
+    let (name, group) = (format!("orders-p{p}"), format!("lag-cost-p{p}"));
+    let mut t = Topic {
+        name,
+        group,
         p,
-        group: format!("lag-cost-p{p}"),
         end: 0,
     };
-    mock.create_topic(&topic.name, p, 1).expect("create topic");
-    produce(env, &topic, INITIAL_MSGS);
-    topic.end = INITIAL_MSGS;
-    // Commit explicit offsets for the group, as the worker does after a batch.
-    let committer: LagConsumer = consumer_config(env, &topic, 0)
-        .create_with_context(LagContext::new(&topic.name))
-        .expect("committer");
-    let mut tpl = TopicPartitionList::with_capacity(p as usize);
-    for i in 0..p {
-        tpl.add_partition_offset(&topic.name, i, Offset::Offset(COMMITTED))
-            .unwrap();
-    }
-    committer.assign(&tpl).expect("assign committer");
-    committer
-        .commit(&tpl, CommitMode::Sync)
-        .expect("commit offsets");
-    topic
+    mock.create_topic(&t.name, p, 1).expect("create topic");
+    produce(env, &mut t, INITIAL_MSGS);
+    let tpl = all_partitions(&t, Offset::Offset(COMMITTED));
+    let committer = client(env, &t, false);
+    committer.commit(&tpl, CommitMode::Sync).expect("commit");
+    t
 }
 
-/// A consumer assigned to all partitions from the committed offsets, with a
-/// thread polling it (messages and stats callbacks are served by `poll`).
-struct Polling {
-    consumer: Arc<LagConsumer>,
-    stop: Arc<AtomicBool>,
-    consumed: Arc<AtomicU64>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Polling {
-    fn start(env: &Env, topic: &Topic, stats_ms: u32) -> Self {
-        let consumer: Arc<LagConsumer> = Arc::new(
-            consumer_config(env, topic, stats_ms)
-                .create_with_context(LagContext::new(&topic.name))
-                .expect("consumer"),
-        );
-        consumer
-            .assign(&all_partitions(&topic.name, topic.p))
-            .expect("assign");
-        let stop = Arc::new(AtomicBool::new(false));
-        let consumed = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (consumer, stop, consumed) = (consumer.clone(), stop.clone(), consumed.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match consumer.poll(Duration::from_millis(100)) {
-                        Some(Ok(_msg)) => {
-                            consumed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(Err(e)) => eprintln!("consumer error: {e}"),
-                        None => {}
-                    }
-                }
-            })
-        };
-        Self {
-            consumer,
-            stop,
-            consumed,
-            thread: Some(thread),
-        }
+/// One window of `v`: a fresh consumer assigned to every partition (from the committed offsets)
+/// is polled on a thread until it has consumed everything; then CPU is measured while `v`
+/// refreshes and, with `fresh`, freshness is checked.
+fn window(env: &Env, t: &mut Topic, v: Variant, fresh: bool) -> Sample {
+    let c = client(env, t, v.stats);
+    let own = v.own.then(|| client(env, t, false));
+    if let Some(q) = &own {
+        refresh(q, t, false, &Progress::default()); // connect before the window
     }
-
-    /// Waits until the backlog after the committed offsets is consumed, then settles.
-    fn warm_up(&self, expect: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.consumed.load(Ordering::Relaxed) < expect && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        let got = self.consumed.load(Ordering::Relaxed);
-        if got < expect {
-            eprintln!("warning: consumed {got} of {expect} backlog messages before the window");
-        }
-        thread::sleep(Duration::from_secs(2));
-    }
-}
-
-impl Drop for Polling {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn check_snapshot(snap: &Snapshot, end: i64) -> (bool, String) {
-    let want_lag = end - COMMITTED;
-    let bad: Vec<_> = snap
-        .iter()
-        .filter(|(_, (hi, c))| *hi != end || *c != COMMITTED)
-        .collect();
-    let (hi, c) = snap.values().next().copied().unwrap_or((-1, -1));
-    if bad.is_empty() {
-        (true, format!("yes (end {hi}, lag {})", hi - c))
-    } else {
-        (
-            false,
-            format!(
-                "no ({} of {} partitions wrong; e.g. end {hi} lag {} want {end}/{want_lag})",
-                bad.len(),
-                snap.len(),
-                hi - c
-            ),
-        )
-    }
-}
-
-fn check_stats(parts: &BTreeMap<i32, MiniPartition>, p: i32, end: i64) -> (bool, String) {
-    let want_lag = end - COMMITTED;
-    let ok = parts.len() == p as usize
-        && parts
-            .values()
-            .all(|x| x.hi_offset == end && x.consumer_lag == want_lag);
-    let stale = parts
-        .values()
-        .filter(|x| x.hi_offset != end || x.consumer_lag != want_lag)
-        .count();
-    let sample = parts.values().next();
-    let desc = match sample {
-        Some(x) => format!(
-            "hi {} lag {} committed {} state {}",
-            x.hi_offset, x.consumer_lag, x.committed_offset, x.fetch_state
-        ),
-        None => "no partitions in stats".to_owned(),
-    };
-    if ok {
-        (true, format!("yes ({desc})"))
-    } else {
-        (
-            false,
-            format!("no ({stale} of {p} stale; {desc}; want hi {end} lag {want_lag})"),
-        )
-    }
-}
-
-/// Pause, produce, wait 3 s, ask the method. Resume afterwards and (for A)
-/// report how long it takes to become correct again.
-fn freshness(env: &Env, topic: &mut Topic, method: Method, pol: &Polling) -> String {
-    let c = &pol.consumer;
-    let tpl = all_partitions(&topic.name, topic.p);
-    c.pause(&tpl).expect("pause");
-    thread::sleep(Duration::from_millis(500));
-    let before = pol.consumed.load(Ordering::Relaxed);
-    produce(env, topic, PAUSED_MSGS);
-    topic.end += PAUSED_MSGS;
-    let produced_at = Instant::now();
-    thread::sleep(Duration::from_secs(3));
-    let consumed_while_paused = pol.consumed.load(Ordering::Relaxed) - before;
-    let mut verdict = match method {
-        Method::A1000 | Method::A100 => match c.context().latest() {
-            Some((at, parts)) if at > produced_at => check_stats(&parts, topic.p, topic.end).1,
-            Some(_) => "no (no stats document since the produce)".to_owned(),
-            None => "no (no stats document at all)".to_owned(),
-        },
-        Method::B => match refresh_b(c, &topic.name, topic.p) {
-            Ok(s) => check_snapshot(&s, topic.end).1,
-            Err(e) => format!("error: {e}"),
-        },
-        Method::B2 => match refresh_b2(c, &topic.name, topic.p) {
-            Ok(s) => check_snapshot(&s, topic.end).1,
-            Err(e) => format!("error: {e}"),
-        },
-        Method::Off => String::new(),
-    };
-    if consumed_while_paused > 0 {
-        verdict.push_str(&format!(
-            " [{consumed_while_paused} msgs consumed while paused]"
-        ));
-    }
-    c.resume(&tpl).expect("resume");
-    if matches!(method, Method::A1000 | Method::A100) {
-        let resumed = Instant::now();
-        let deadline = resumed + Duration::from_secs(10);
-        let mut fixed = None;
-        while Instant::now() < deadline {
-            if let Some((at, parts)) = c.context().latest()
-                && at > resumed
-                && check_stats(&parts, topic.p, topic.end).0
-            {
-                fixed = Some(at - resumed);
-                break;
-            }
+    let q = own.as_ref().unwrap_or(&c);
+    let tpl = all_partitions(t, Offset::Stored);
+    c.assign(&tpl).expect("assign");
+    let (stop_poll, consumed) = (AtomicBool::new(false), AtomicU64::new(0));
+    let caught_up = |t: &Topic| {
+        let deadline = Instant::now() + TIMEOUT * 4;
+        let backlog = ((t.end - COMMITTED) * i64::from(t.p)) as u64;
+        while consumed.load(Ordering::Relaxed) < backlog && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
-        match fixed {
-            Some(d) => {
-                verdict.push_str(&format!("; correct {:.1} s after resume", d.as_secs_f64()))
+    };
+    thread::scope(|s| {
+        s.spawn(|| {
+            while !stop_poll.load(Ordering::Relaxed) {
+                match c.poll(Duration::from_millis(100)) {
+                    Some(Ok(_)) => _ = consumed.fetch_add(1, Ordering::Relaxed),
+                    Some(Err(e)) => eprintln!("consumer error: {e}"),
+                    None => {}
+                }
             }
-            None => verdict.push_str("; still wrong 10 s after resume"),
+        });
+        caught_up(t);
+        thread::sleep(Duration::from_millis(500));
+        let mut sample = measure_cpu(env, t, v, &c, q);
+        if fresh && !v.is_off() {
+            sample.fresh = Some(freshness(env, t, v, &c, q));
+            caught_up(t);
         }
-    }
-    // Let the consumer drain what was produced while paused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let want = before + (PAUSED_MSGS * topic.p as i64) as u64;
-    while pol.consumed.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(50));
-    }
-    verdict
+        stop_poll.store(true, Ordering::Relaxed);
+        sample
+    })
 }
 
-fn measure(env: &Env, topic: &mut Topic, method: Method, check_fresh: bool) -> Run {
-    let pol = Polling::start(env, topic, method.stats_interval_ms());
-    pol.warm_up(((topic.end - COMMITTED) * topic.p as i64) as u64);
-    let c = &pol.consumer;
-    let ctx = c.context();
-    ctx.reset();
-
-    let mut run = Run::default();
-    let t0 = Instant::now();
-    let cpu0 = CpuSample::now();
-    match method {
-        Method::B | Method::B2 => {
-            let mut next = t0;
-            while next < t0 + env.window {
-                let r = if method == Method::B {
-                    refresh_b(c, &topic.name, topic.p)
-                } else {
-                    refresh_b2(c, &topic.name, topic.p)
-                };
-                if let Err(e) = r {
-                    eprintln!("refresh failed: {e}");
-                }
-                run.refreshes += 1;
-                next += Duration::from_secs(1);
-                if let Some(d) = next.checked_duration_since(Instant::now()) {
-                    thread::sleep(d);
-                }
-            }
-            if let Some(d) = (t0 + env.window).checked_duration_since(Instant::now()) {
-                thread::sleep(d);
-            }
-        }
-        _ => thread::sleep(env.window),
-    }
-    run.window = CpuSample::now().since(cpu0);
-    run.window_secs = t0.elapsed().as_secs_f64();
-
-    {
-        let log = ctx.log.lock().unwrap();
-        run.stats_docs = log.docs;
-        if log.docs > 0 {
-            run.stats_bytes_avg = log.bytes_total as f64 / log.docs as f64;
-            run.stats_parse_us = log.parse_ns as f64 / log.docs as f64 / 1e3;
-        }
-        run.stats_bytes_max = log.bytes_max;
-        run.stats_callback_cpu_ms = log.callback_cpu_ns as f64 / 1e6;
-    }
-
-    // Back-to-back refreshes: wall and process CPU per refresh.
-    if matches!(method, Method::B | Method::B2) {
-        let w0 = Instant::now();
-        let c0 = process_cpu_ns();
-        for _ in 0..REFRESH_BENCH_REPS {
-            let r = if method == Method::B {
-                refresh_b(c, &topic.name, topic.p)
-            } else {
-                refresh_b2(c, &topic.name, topic.p)
+/// CPU over one window while `v` refreshes (on `q`) every interval.
+fn measure_cpu(env: &Env, t: &Topic, v: Variant, c: &Client, q: &Client) -> Sample {
+    let (progress, (tx, rx)) = (Progress::default(), mpsc::channel::<()>());
+    let seen0 = {
+        let s = seen(c); // one guard: a second `seen(c)` in the same statement would deadlock
+        (s.docs, s.bytes, s.parse_ns)
+    };
+    let (cpu0, t0) = (cpu_ns(), Instant::now());
+    let (cpu1, secs, (walls, busy)) = thread::scope(|s| {
+        let refresher = s.spawn(|| {
+            let (mut walls, mut busy, rx) = (Vec::new(), 0.0, rx);
+            let Some(batched) = v.query else {
+                return (walls, busy);
             };
-            r.expect("refresh");
-        }
-        let n = f64::from(REFRESH_BENCH_REPS);
-        run.refresh_wall_ms = w0.elapsed().as_secs_f64() * 1e3 / n;
-        run.refresh_cpu_ms = (process_cpu_ns() - c0) as f64 / 1e6 / n;
+            loop {
+                let r0 = Instant::now();
+                let done = refresh(q, t, batched, &progress).is_some();
+                let ms = r0.elapsed().as_secs_f64() * 1e3;
+                busy += ms;
+                walls.extend(done.then_some(ms));
+                // Dropping the sender at the window's end ends this wait at once.
+                if rx.recv_timeout(env.interval) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    return (walls, busy);
+                }
+            }
+        });
+        thread::sleep(env.window);
+        progress.stop.store(true, Ordering::Relaxed);
+        drop(tx);
+        let (cpu1, secs) = (cpu_ns(), t0.elapsed().as_secs_f64());
+        (cpu1, secs, refresher.join().unwrap())
+    });
+    let seen = seen(c);
+    let docs = (seen.docs - seen0.0) as f64;
+    let requests = progress.requests.load(Ordering::Relaxed) as f64;
+    let broker = cpu1.1 - cpu0.1;
+    Sample {
+        worker_ms_s: (cpu1.0 - cpu0.0 - broker) as f64 / 1e6 / secs,
+        broker_ms_s: broker as f64 / 1e6 / secs,
+        refreshes: if v.stats {
+            docs
+        } else {
+            requests / v.requests(t.p)
+        },
+        walls,
+        ms_per_request: busy / requests,
+        doc_kib: (seen.bytes - seen0.1) as f64 / docs / 1024.0,
+        parse_us: (seen.parse_ns - seen0.2) as f64 / docs / 1e3,
+        fresh: None,
     }
-
-    if check_fresh && method != Method::Off {
-        run.fresh = Some(freshness(env, topic, method, &pol));
-    }
-    run
 }
 
-/// Time parsing one stats document with the minimal struct and with the
-/// crate's full `Statistics` (what the default `stats_raw` does).
-fn parse_costs(doc: &[u8]) -> (f64, f64) {
-    let reps = 50;
-    let t = Instant::now();
-    for _ in 0..reps {
-        let s: MiniStats = serde_json::from_slice(doc).unwrap();
-        std::hint::black_box(s);
+/// Pauses the partitions, produces to all of them, and asks `v` two intervals later; for
+/// `stats`, also how long after the resume it is right again.
+fn freshness(env: &Env, t: &mut Topic, v: Variant, c: &Client, q: &Client) -> String {
+    let tpl = all_partitions(t, Offset::Stored);
+    c.pause(&tpl).expect("pause");
+    thread::sleep(Duration::from_millis(500));
+    produce(env, t, PAUSED_MSGS);
+    let produced = Instant::now();
+    thread::sleep(env.interval * 2 + Duration::from_millis(500));
+    let r0 = Instant::now();
+    let snap = match v.query {
+        // The worker's own code answers for the row of the form it uses.
+        Some(true) if v.own => {
+            let reset = OffsetReset::Earliest;
+            let lag = order_worker::lag::measure(q, &t.group, &t.name, reset, TIMEOUT);
+            let parts = ok("measure", lag).map(|g| g.partitions);
+            parts.map(|ps| ps.iter().map(|p| (p.partition, (p.end, p.lag))).collect())
+        }
+        Some(batched) => refresh(q, t, batched, &Progress::default()),
+        None => {
+            let latest = seen(c).latest.clone();
+            latest.filter(|(at, _)| *at > produced).map(|l| l.1)
+        }
+    };
+    let took = r0.elapsed().as_secs_f64() * 1e3;
+    let answer = match snap {
+        Some(snap) if v.stats => verdict(&snap, t),
+        None if v.stats => "NO: no statistics since the messages were produced".into(),
+        Some(snap) => format!("{}, {took:.0} ms", verdict(&snap, t)),
+        None => "error".into(),
+    };
+    c.resume(&tpl).expect("resume");
+    let resumed = Instant::now();
+    if !v.stats {
+        return answer;
     }
-    let mini = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-    let t = Instant::now();
-    for _ in 0..reps {
-        let s: Statistics = serde_json::from_slice(doc).unwrap();
-        std::hint::black_box(s);
+    loop {
+        let latest = seen(c).latest.clone();
+        match latest {
+            Some((at, snap)) if at > resumed && verdict(&snap, t).starts_with("yes") => {
+                let secs = (at - resumed).as_secs_f64();
+                return answer + &format!("; right {secs:.1} s after resume");
+            }
+            _ if resumed.elapsed() > Duration::from_secs(10) => {
+                return answer + "; still wrong 10 s after resume";
+            }
+            _ => thread::sleep(Duration::from_millis(20)),
+        }
     }
-    let full = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-    (mini, full)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let value = std::env::var(name).ok();
+    value.and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
-    let rounds = env_num("LAG_COST_ROUNDS", 3).max(1) as usize;
-    let window = Duration::from_secs(env_num("LAG_COST_WINDOW_SECS", 10).max(1));
-
+    let rounds = env_or("LAG_COST_ROUNDS", 3usize).max(1);
     let mock = MockCluster::new(1).expect("mock cluster");
-    let bootstrap = mock.bootstrap_servers();
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
+    let mut producer = ClientConfig::new();
+    producer.set("bootstrap.servers", mock.bootstrap_servers());
     let env = Env {
-        bootstrap,
-        producer,
-        window,
+        bootstrap: mock.bootstrap_servers(),
+        producer: producer.set("linger.ms", "5").create().expect("producer"),
+        window: Duration::from_secs(env_or("LAG_COST_WINDOW_SECS", 4u64).max(1)),
+        interval: Duration::from_millis(env_or("LAG_COST_INTERVAL_MS", 1000u64).max(10)),
     };
+    let counts = env_or("LAG_COST_PARTITIONS", "4,32,128".to_owned());
+    let counts = counts.split(',').filter_map(|x| x.trim().parse().ok());
+    let mut topics: Vec<Topic> = counts.map(|p| setup_topic(&env, &mock, p)).collect();
+    let (win, interval) = (env.window, env.interval);
+    eprintln!("{rounds} rounds of {win:?} windows, refresh interval {interval:?}");
 
-    let mut topics: Vec<Topic> = PARTITION_COUNTS
-        .iter()
-        .map(|&p| setup_topic(&env, &mock, p))
-        .collect();
-    eprintln!(
-        "mock cluster at {}; {} rounds of {} s windows; topics ready",
-        env.bootstrap,
-        rounds,
-        window.as_secs()
-    );
-
-    // results[topic][method] = one Run per round
-    let mut results: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); Method::ALL.len()]; topics.len()];
-    let mut sample_docs: Vec<Vec<u8>> = vec![Vec::new(); topics.len()];
+    let started = Instant::now();
+    // samples[topic][variant]: one per round.
+    let mut samples: Vec<Vec<Vec<Sample>>> = topics.iter().map(|_| vec![]).collect();
     for round in 0..rounds {
-        for (ti, topic) in topics.iter_mut().enumerate() {
-            let mut order: Vec<usize> = (0..Method::ALL.len()).collect();
-            order.rotate_left(round % Method::ALL.len());
-            for mi in order {
-                let method = Method::ALL[mi];
-                let run = measure(&env, topic, method, round == 0);
+        for (t, by_variant) in topics.iter_mut().zip(&mut samples) {
+            by_variant.resize_with(VARIANTS.len(), Vec::new);
+            for k in 0..VARIANTS.len() {
+                let vi = (k + round) % VARIANTS.len();
+                let s = window(&env, t, VARIANTS[vi], round == 0);
+                let (secs, label, p) = (started.elapsed().as_secs_f64(), VARIANTS[vi].label, t.p);
+                let (worker, broker, n) = (s.worker_ms_s, s.broker_ms_s, s.refreshes);
                 eprintln!(
-                    "round {} P={:>3} {:<16} cpu {:>7.1} ms (mock broker {:>6.1}) docs {} refreshes {}{}",
-                    round + 1,
-                    topic.p,
-                    method.label(),
-                    run.window.process_ns as f64 / 1e6,
-                    run.window.mock_ns as f64 / 1e6,
-                    run.stats_docs,
-                    run.refreshes,
-                    run.fresh
-                        .as_deref()
-                        .map(|f| format!(" fresh: {f}"))
-                        .unwrap_or_default()
+                    "[{secs:>3.0} s] round {} P={p:<3} {label:<37} worker {worker:>5.2} ms/s, \
+                     broker {broker:>5.2} ms/s, {n:.1} refreshes",
+                    round + 1
                 );
-                results[ti][mi].push(run);
-            }
-        }
-        // Keep one stats document per P (from an A 1000 consumer) for the parse timing.
-        if round == 0 {
-            for (ti, topic) in topics.iter().enumerate() {
-                let pol = Polling::start(&env, topic, 1000);
-                thread::sleep(Duration::from_millis(2500));
-                sample_docs[ti] = pol.consumer.context().log.lock().unwrap().last_doc.clone();
+                by_variant[vi].push(s);
             }
         }
     }
-
-    print_table(&topics, &results, &sample_docs, rounds, window);
+    let asked = interval * 2 + Duration::from_millis(500);
+    println!(
+        "\nCPU in ms per second of wall time, median of {rounds} rounds of {win:?} windows \
+         [min-max]; refresh interval {interval:?}; worker = the process minus the mock broker's \
+         thread; delta = minus `off` in the same round. `fresh while paused`: asked {asked:?} \
+         after new messages reached paused partitions.\n"
+    );
+    println!(
+        "| P | variant | worker CPU ms/s | delta worker ms/s | worker ms per refresh \
+         | delta broker ms/s | refresh wall ms | fresh while paused |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    for (t, by_variant) in topics.iter().zip(&samples) {
+        for (v, ss) in VARIANTS.iter().zip(by_variant) {
+            let cells = row(*v, t, ss, &by_variant[0], win);
+            println!("| {} | {} | {cells} |", t.p, v.label);
+        }
+    }
 }
 
-fn print_table(
-    topics: &[Topic],
-    results: &[Vec<Vec<Run>>],
-    sample_docs: &[Vec<u8>],
-    rounds: usize,
-    window: Duration,
-) {
-    let scale = 10.0 / window.as_secs_f64();
-    println!();
-    println!(
-        "CPU = process CPU ms per 10 s window, median of {rounds} round(s) [min-max]; \
-         delta = minus the `off` consumer; client = excluding the in-process mock broker thread."
-    );
-    println!();
-    println!(
-        "| P | method | CPU ms/10 s [min-max] | delta all | delta client | bytes/stats doc | stats_raw: parse us/doc / CPU ms per 10 s | wall ms/refresh | CPU ms/refresh | A/B delta CPU all / client | fresh when paused |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (ti, topic) in topics.iter().enumerate() {
-        let cpu = |mi: usize| -> (f64, f64, f64, f64) {
-            let runs = &results[ti][mi];
-            let all: Vec<f64> = runs
-                .iter()
-                .map(|r| r.window.process_ns as f64 / 1e6 * scale)
-                .collect();
-            let client: Vec<f64> = runs
-                .iter()
-                .map(|r| (r.window.process_ns - r.window.mock_ns) as f64 / 1e6 * scale)
-                .collect();
-            let min = all.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = all.iter().cloned().fold(0.0, f64::max);
-            (median(all), median(client), min, max)
-        };
-        let (off_all, off_client, _, _) = cpu(0);
-        let (b_all, b_client, _, _) = cpu(3);
-        let (d_b_all, d_b_client) = (b_all - off_all, b_client - off_client);
-        for (mi, method) in Method::ALL.iter().enumerate() {
-            let runs = &results[ti][mi];
-            let (all, client, min, max) = cpu(mi);
-            let (d_all, d_client) = (all - off_all, client - off_client);
-            let first = &runs[0];
-            let is_a = matches!(method, Method::A1000 | Method::A100);
-            let is_b = matches!(method, Method::B | Method::B2);
-            let bytes = if is_a {
-                let avg = median(runs.iter().map(|r| r.stats_bytes_avg).collect());
-                format!("{avg:.0} ({} docs)", first.stats_docs)
-            } else {
-                "-".into()
-            };
-            let parse = if is_a {
-                format!(
-                    "{:.0} / {:.1}",
-                    median(runs.iter().map(|r| r.stats_parse_us).collect()),
-                    median(
-                        runs.iter()
-                            .map(|r| r.stats_callback_cpu_ms * scale)
-                            .collect()
-                    )
-                )
-            } else {
-                "-".into()
-            };
-            let (wall, rcpu) = if is_b {
-                (
-                    format!(
-                        "{:.2}",
-                        median(runs.iter().map(|r| r.refresh_wall_ms).collect())
-                    ),
-                    format!(
-                        "{:.2}",
-                        median(runs.iter().map(|r| r.refresh_cpu_ms).collect())
-                    ),
-                )
-            } else {
-                ("-".into(), "-".into())
-            };
-            let ratio = if is_a {
-                format!("{:.1} / {:.1}", d_all / d_b_all, d_client / d_b_client)
-            } else {
-                "-".into()
-            };
-            let (dall, dclient) = if *method == Method::Off {
-                ("-".to_owned(), "-".to_owned())
-            } else {
-                (format!("{d_all:+.0}"), format!("{d_client:+.0}"))
-            };
-            println!(
-                "| {} | {} | {:.0} [{:.0}-{:.0}] | {} | {} | {} | {} | {} | {} | {} | {} |",
-                topic.p,
-                method.label(),
-                all,
-                min,
-                max,
-                dall,
-                dclient,
-                bytes,
-                parse,
-                wall,
-                rcpu,
-                ratio,
-                first.fresh.as_deref().unwrap_or("-")
-            );
+/// The table cells of one (P, variant) after the first two, from its samples and `off`'s.
+fn row(v: Variant, t: &Topic, ss: &[Sample], off: &[Sample], window: Duration) -> String {
+    let col = |f: &dyn Fn(&Sample) -> f64| median(ss.iter().map(f).collect());
+    let pairs = || ss.iter().zip(off);
+    let delta =
+        |f: &dyn Fn(&Sample, &Sample) -> f64| median(pairs().map(|(s, o)| f(s, o)).collect());
+    let worker: Vec<f64> = ss.iter().map(|s| s.worker_ms_s).collect();
+    let lo = worker.iter().copied().fold(f64::MAX, f64::min);
+    let hi = worker.iter().copied().fold(0.0, f64::max);
+    let deltas = if v.is_off() {
+        "- | - | -".to_owned()
+    } else {
+        let dw = |s: &Sample, o: &Sample| s.worker_ms_s - o.worker_ms_s;
+        let per_refresh = delta(&|s, o| dw(s, o) * window.as_secs_f64() / s.refreshes);
+        let broker = delta(&|s, o| s.broker_ms_s - o.broker_ms_s);
+        format!("{:+.2} | {per_refresh:.2} | {broker:+.2}", delta(&dw))
+    };
+    let walls: Vec<f64> = ss.iter().flat_map(|s| s.walls.iter().copied()).collect();
+    let per_request = col(&|s| s.ms_per_request);
+    let wall = match v.query {
+        None if v.stats => {
+            let (kib, us) = (col(&|s| s.doc_kib), col(&|s| s.parse_us));
+            format!("- (document {kib:.0} KiB, parsed in {us:.0} us)")
         }
-    }
-    println!();
-    println!("Parse time of one stats document (50 reps, this thread, wall):");
-    println!("| P | bytes | minimal struct us | rdkafka::statistics::Statistics us |");
-    println!("|---|---|---|---|");
-    for (ti, topic) in topics.iter().enumerate() {
-        let doc = &sample_docs[ti];
-        if doc.is_empty() {
-            println!("| {} | - | - | - |", topic.p);
-            continue;
+        None => "-".into(),
+        Some(_) if walls.is_empty() => {
+            let est = per_request * v.requests(t.p);
+            format!("~{est:.0} (estimate: none finished in a window; {per_request:.0} ms/request)")
         }
-        let (mini, full) = parse_costs(doc);
-        println!("| {} | {} | {mini:.0} | {full:.0} |", topic.p, doc.len());
-    }
+        Some(_) => format!("{:.0} (n={})", median(walls.clone()), walls.len()),
+    };
+    let fresh = ss.iter().find_map(|s| s.fresh.as_deref()).unwrap_or("-");
+    format!(
+        "{:.2} [{lo:.2}-{hi:.2}] | {deltas} | {wall} | {fresh}",
+        median(worker)
+    )
 }

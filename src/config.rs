@@ -313,7 +313,7 @@ pub struct WorkerConfig {
     #[arg(long, env = "DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
     /// How often consumer lag is measured from the broker (for /metrics and /lag). Each
-    /// measurement costs one request per partition plus one to the group coordinator.
+    /// measurement is three batched requests, whatever the partition count.
     #[arg(long, env = "LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub lag_interval: Duration,
     /// Time allowed for a graceful stop (drain, flush, final commit). Keep it below the pod's

@@ -25,7 +25,7 @@ use crate::http;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
-use crate::lag::LagView;
+use crate::lag::{LagView, Quiet};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Dispatcher, InFlight, Processor, ProcessorSettings, lanes};
 use crate::retry::{self, Schedule, Verdict};
@@ -70,8 +70,9 @@ impl Worker {
         let consumer: BaseConsumer<WorkerContext> =
             kafka::consumer_config(brokers, &cfg.consumer, cfg.pipeline.commit_interval)
                 .create_with_context(context)?;
-
         let c = &cfg.consumer;
+        let lag_reader = crate::lag::reader(brokers, &c.properties, &c.group_id)?;
+
         let dead_letter_topic = cfg
             .dead_letter_topic
             .as_deref()
@@ -98,7 +99,7 @@ impl Worker {
             stop: stop.clone(),
         };
         let task = tokio::spawn(async move {
-            let result = parts.run(consumer).await;
+            let result = parts.run(consumer, lag_reader).await;
             http_stop.cancel();
             let _ = server.await;
             result
@@ -151,7 +152,11 @@ struct Parts {
 }
 
 impl Parts {
-    async fn run(self, consumer: BaseConsumer<WorkerContext>) -> Result<(), Error> {
+    async fn run(
+        self,
+        consumer: BaseConsumer<WorkerContext>,
+        lag_reader: BaseConsumer<Quiet>,
+    ) -> Result<(), Error> {
         if !self.wait_for_database().await {
             return Ok(());
         }
@@ -162,7 +167,7 @@ impl Parts {
             db::check_schema(&self.pool).await?;
         }
         let monitor = tokio::spawn(monitor_database(self.pool.clone(), self.health.clone()));
-        let result = self.pipeline(consumer).await;
+        let result = self.pipeline(consumer, lag_reader).await;
         monitor.abort();
         result
     }
@@ -194,7 +199,11 @@ impl Parts {
         reached.is_ok()
     }
 
-    async fn pipeline(&self, consumer: BaseConsumer<WorkerContext>) -> Result<(), Error> {
+    async fn pipeline(
+        &self,
+        consumer: BaseConsumer<WorkerContext>,
+        lag_reader: BaseConsumer<Quiet>,
+    ) -> Result<(), Error> {
         let p = &self.cfg.pipeline;
         let tracker = consumer.context().tracker.clone();
         let in_flight = Arc::new(InFlight::new(p.max_in_flight_bytes));
@@ -236,6 +245,7 @@ impl Parts {
                 .metrics
                 .lanes(usize::from(p.processors), p.channel_capacity as usize),
             lag: self.lag.clone(),
+            lag_reader,
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
                 lag_interval: self.cfg.lag_interval,

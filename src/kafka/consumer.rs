@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::WorkerContext;
 use crate::kafka::tracker::{OffsetTracker, Position};
-use crate::lag::{LagView, Monitor};
+use crate::lag::{LagView, Monitor, Quiet};
 use crate::metrics::Metrics;
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
@@ -55,6 +55,8 @@ pub(crate) struct ConsumerLoop {
     /// Depth gauge of each lane.
     pub lane_depths: Vec<Gauge>,
     pub lag: Arc<LagView>,
+    /// Measures the lag on connections of its own (see `lag::reader`).
+    pub lag_reader: BaseConsumer<Quiet>,
     pub settings: ConsumerSettings,
     /// Fired to begin the graceful stop.
     pub stop: CancellationToken,
@@ -69,14 +71,14 @@ impl ConsumerLoop {
         let mut pending: VecDeque<Envelope> = VecDeque::new();
         let stop_lag = AtomicBool::new(false);
         let monitor = Monitor {
-            consumer: &self.consumer,
+            consumer: &self.lag_reader,
             view: &self.lag,
             reset: self.settings.auto_offset_reset,
             interval: self.settings.lag_interval,
             metrics: &self.metrics,
         };
         let polled = std::thread::scope(|scope| {
-            // Scoped: the monitor borrows the consumer and has ended before the consumer closes.
+            // Scoped: the monitor borrows its client and has ended before the loop's fields drop.
             let lag_thread = std::thread::Builder::new()
                 .name("kafka-lag".into())
                 .spawn_scoped(scope, || monitor.run(&stop_lag));

@@ -8,15 +8,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use tracing::{debug, warn};
+use rdkafka::consumer::Consumer;
+use tracing::warn;
 
 use crate::config::LagCommandConfig;
 use crate::error::Error;
-use crate::lag::{GroupLag, measure};
+use crate::lag::{GroupLag, measure, reader};
 
 /// The member that owns a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,28 +23,9 @@ pub struct Owner {
     pub host: String,
 }
 
-/// librdkafka's own log lines would interleave with the table; failures reach the user as
-/// errors instead.
-struct Quiet;
-
-impl ClientContext for Quiet {
-    fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
-        debug!(target: "librdkafka", fac, "{message}");
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        debug!(target: "librdkafka", error = %error, "{reason}");
-    }
-}
-
-impl ConsumerContext for Quiet {}
-
 /// The group's lag and, where the broker can describe the group, who owns each partition.
 pub fn describe(cfg: &LagCommandConfig) -> Result<(GroupLag, HashMap<i32, Owner>), Error> {
-    let mut config = crate::kafka::client_config(&cfg.brokers, &cfg.properties);
-    config
-        .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
+    let consumer = reader(&cfg.brokers, &cfg.properties, &cfg.group_id)?;
     let timeout = Duration::from_secs(10);
     let reset = cfg.auto_offset_reset;
     let lag = measure(&consumer, &cfg.group_id, &cfg.topic, reset, timeout)?;

@@ -9,17 +9,19 @@
 mod describe;
 mod view;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::config::OffsetReset;
+use crate::config::{KafkaProperty, OffsetReset};
 use crate::metrics::Metrics;
 
 pub use describe::{describe, print_table};
@@ -54,7 +56,12 @@ impl GroupLag {
 }
 
 /// Reads the group's lag on every partition of `topic`. `consumer` must carry the group's
-/// `group.id`; it does not need to be a member (reading offsets does not join the group).
+/// `group.id` and should not be the consuming client: it never needs to be a member (reading
+/// offsets does not join the group), and a consuming client would queue these requests behind
+/// its own fetch long-polls (measured in docs/lag-cost.md).
+///
+/// Three round trips whatever the partition count: Metadata, OffsetFetch to the coordinator, and
+/// one batched ListOffsets per broker (plus one for log starts when a partition has no commit).
 pub fn measure<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     group: &str,
@@ -73,23 +80,43 @@ pub fn measure<C: ConsumerContext>(
     }
     let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
     ids.sort_unstable();
-    let mut tpl = TopicPartitionList::with_capacity(ids.len());
-    for &p in &ids {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let committed = offsets(
+        &ids,
+        |tpl| consumer.committed_offsets(tpl, timeout),
+        topic,
+        None,
+    )?;
+    let ends = offsets(
+        &ids,
+        |tpl| consumer.offsets_for_times(tpl, timeout),
+        topic,
+        Some(Offset::End),
+    )?;
+    let uncommitted: Vec<i32> = ids
+        .iter()
+        .copied()
+        .filter(|p| committed[p].is_none())
+        .collect();
+    let starts = match reset {
+        OffsetReset::Earliest if !uncommitted.is_empty() => offsets(
+            &uncommitted,
+            |tpl| consumer.offsets_for_times(tpl, timeout),
+            topic,
+            Some(Offset::Beginning),
+        )?,
+        _ => HashMap::new(),
+    };
     let mut partitions = Vec::with_capacity(ids.len());
     for p in ids {
-        let (low, end) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let committed = committed
-            .find_partition(topic, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+        let Some(end) = ends[&p] else {
+            return Err(KafkaError::OffsetFetch(
+                rdkafka::types::RDKafkaErrorCode::OffsetNotAvailable,
+            ));
+        };
+        let committed = committed[&p];
         let lag = match (committed, reset) {
             (Some(c), _) => end - c,
-            (None, OffsetReset::Earliest) => end - low,
+            (None, OffsetReset::Earliest) => end - starts.get(&p).copied().flatten().unwrap_or(0),
             (None, OffsetReset::Latest) => 0,
         };
         partitions.push(PartitionLag {
@@ -105,6 +132,62 @@ pub fn measure<C: ConsumerContext>(
         measured_at: OffsetDateTime::now_utc(),
         partitions,
     })
+}
+
+/// One batched request for `partitions` (each asking for `ask`, or unset), answered as
+/// partition -> offset; `None` where the broker has no offset (no commit yet). A partition's
+/// own error fails the whole measurement: half a picture would under-report lag.
+fn offsets(
+    partitions: &[i32],
+    request: impl FnOnce(TopicPartitionList) -> KafkaResult<TopicPartitionList>,
+    topic: &str,
+    ask: Option<Offset>,
+) -> KafkaResult<HashMap<i32, Option<i64>>> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        match ask {
+            Some(offset) => tpl.add_partition_offset(topic, p, offset)?,
+            None => drop(tpl.add_partition(topic, p)),
+        }
+    }
+    let answer = request(tpl)?;
+    let mut out: HashMap<i32, Option<i64>> = partitions.iter().map(|&p| (p, None)).collect();
+    for e in answer.elements_for_topic(topic) {
+        e.error()?;
+        if let (Some(slot), Offset::Offset(o)) = (out.get_mut(&e.partition()), e.offset()) {
+            *slot = Some(o);
+        }
+    }
+    Ok(out)
+}
+
+/// librdkafka's own log lines would interleave with the `lag` command's table and repeat what
+/// the monitor reports; failures reach the caller as errors instead.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
+        debug!(target: "librdkafka", fac, "{message}");
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+/// A client that reads the group's offsets without ever joining it (no rebalance), on its own
+/// connections (no queueing behind a consumer's fetches).
+pub fn reader(
+    brokers: &str,
+    properties: &[KafkaProperty],
+    group: &str,
+) -> KafkaResult<BaseConsumer<Quiet>> {
+    let mut config = crate::kafka::client_config(brokers, properties);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    config.create_with_context(Quiet)
 }
 
 /// How the worker refreshes its lag figures.
