@@ -25,7 +25,7 @@ use crate::http;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
-use crate::lag::{LagView, Quiet};
+use crate::lag::{LagView, Monitor, Quiet};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Dispatcher, InFlight, Processor, ProcessorSettings, lanes};
 use crate::retry::{self, Schedule, Verdict};
@@ -244,12 +244,16 @@ impl Parts {
             lane_depths: self
                 .metrics
                 .lanes(usize::from(p.processors), p.channel_capacity as usize),
-            lag: self.lag.clone(),
-            lag_reader,
+            _lag_monitor: Monitor {
+                reader: lag_reader,
+                view: self.lag.clone(),
+                reset: self.cfg.consumer.auto_offset_reset,
+                interval: self.cfg.lag_interval,
+                metrics: self.metrics.clone(),
+            }
+            .spawn()?,
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
-                lag_interval: self.cfg.lag_interval,
-                auto_offset_reset: self.cfg.consumer.auto_offset_reset,
                 shutdown_timeout: self.cfg.shutdown_timeout,
             },
             stop: self.stop.clone(),

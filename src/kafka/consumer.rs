@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use metrics::Gauge;
@@ -18,12 +18,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::OffsetReset;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::WorkerContext;
 use crate::kafka::tracker::{OffsetTracker, Position};
-use crate::lag::{LagView, Monitor, Quiet};
+use crate::lag::MonitorHandle;
 use crate::metrics::Metrics;
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
@@ -41,8 +40,6 @@ const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
 pub(crate) struct ConsumerSettings {
     pub max_payload_bytes: usize,
     pub shutdown_timeout: Duration,
-    pub lag_interval: Duration,
-    pub auto_offset_reset: OffsetReset,
 }
 
 pub(crate) struct ConsumerLoop {
@@ -54,9 +51,8 @@ pub(crate) struct ConsumerLoop {
     pub metrics: Metrics,
     /// Depth gauge of each lane.
     pub lane_depths: Vec<Gauge>,
-    pub lag: Arc<LagView>,
-    /// Measures the lag on connections of its own (see `lag::reader`).
-    pub lag_reader: BaseConsumer<Quiet>,
+    /// Keeps the lag monitor running while this loop lives.
+    pub _lag_monitor: MonitorHandle,
     pub settings: ConsumerSettings,
     /// Fired to begin the graceful stop.
     pub stop: CancellationToken,
@@ -69,26 +65,7 @@ impl ConsumerLoop {
     /// durable (and so was committed) before the deadline.
     pub fn run(self) -> Result<bool, Error> {
         let mut pending: VecDeque<Envelope> = VecDeque::new();
-        let stop_lag = AtomicBool::new(false);
-        let monitor = Monitor {
-            consumer: &self.lag_reader,
-            view: &self.lag,
-            reset: self.settings.auto_offset_reset,
-            interval: self.settings.lag_interval,
-            metrics: &self.metrics,
-        };
-        let polled = std::thread::scope(|scope| {
-            // Scoped: the monitor borrows its client and has ended before the loop's fields drop.
-            let lag_thread = std::thread::Builder::new()
-                .name("kafka-lag".into())
-                .spawn_scoped(scope, || monitor.run(&stop_lag));
-            let result = self.poll_until_stopped(&mut pending);
-            stop_lag.store(true, Ordering::Release);
-            if let Err(e) = lag_thread {
-                warn!(error = %e, "could not start the lag monitor thread");
-            }
-            result
-        });
+        let polled = self.poll_until_stopped(&mut pending);
         if let Err(e) = polled {
             // A lane's processor is gone: leave without waiting for work that cannot finish.
             self.consumer

@@ -10,6 +10,7 @@ mod describe;
 mod view;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -190,27 +191,46 @@ pub fn reader(
     config.create_with_context(Quiet)
 }
 
-/// How the worker refreshes its lag figures.
-pub(crate) struct Monitor<'a, C: ConsumerContext> {
-    pub consumer: &'a BaseConsumer<C>,
-    pub view: &'a LagView,
+/// How the worker refreshes its lag figures: on a thread of its own, since the broker requests
+/// block and the consumer thread must keep polling meanwhile.
+pub(crate) struct Monitor {
+    pub reader: BaseConsumer<Quiet>,
+    pub view: Arc<LagView>,
     pub reset: OffsetReset,
     pub interval: Duration,
-    pub metrics: &'a Metrics,
+    pub metrics: Metrics,
 }
 
-impl<C: ConsumerContext> Monitor<'_, C> {
-    /// Measures every `interval` until `stop` is set. Runs on a thread of its own: the broker
-    /// requests block, and the consumer thread must keep polling meanwhile.
-    pub fn run(&self, stop: &AtomicBool) {
+/// Stops the monitor when dropped, without waiting for it: a measurement in progress may take
+/// its full timeout against a slow broker, and the graceful stop must not wait for that.
+pub(crate) struct MonitorHandle(Arc<AtomicBool>);
+
+impl Drop for MonitorHandle {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Monitor {
+    pub fn spawn(self) -> std::io::Result<MonitorHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("kafka-lag".into())
+            .spawn(move || self.run(&flag))?;
+        Ok(MonitorHandle(stop))
+    }
+
+    /// Measures every `interval` until `stop` is set.
+    fn run(&self, stop: &AtomicBool) {
         // Independent of the interval: a slow broker delays the next refresh, it does not make
         // every refresh fail.
         let timeout = Duration::from_secs(5);
         let mut due = Instant::now();
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= due {
-                let v = self.view;
-                match measure(self.consumer, v.group(), v.topic(), self.reset, timeout) {
+                let v = &self.view;
+                match measure(&self.reader, v.group(), v.topic(), self.reset, timeout) {
                     Ok(lag) => v.update(lag),
                     Err(e) => {
                         self.metrics.lag_refresh_failures.increment(1);
