@@ -1,0 +1,237 @@
+//! The order-worker benchmark: one run, one set of generated events, five measurements, one table.
+//!
+//! Run it with `./scripts/bench.sh` (builds the release binary and this example, starts
+//! PostgreSQL, writes the table to `target/bench/<timestamp>.md`), or directly:
+//! `cargo run --release --example bench` after `cargo build --release`.
+//!
+//! What it measures, all against the same deterministic stream (`order_worker::synth`: 1-5 line
+//! items per order, many orders with several versions each, 1% invalid, 2% re-sent duplicates):
+//!
+//! 1. **Ceiling**: the stream's rows loaded into an identical, empty `orders` table (a fresh
+//!    database migrated by `order-worker migrate`) by the fastest methods PostgreSQL offers here:
+//!    the worker's own UNNEST upsert over 2 and 4 connections, and COPY into a staging table +
+//!    one INSERT ... SELECT DISTINCT ON. Every method must leave the oracle's final state.
+//! 2. **End to end**: the stream published first as a backlog, then the release binary started
+//!    (`order-worker run`, a subprocess); time from process start until the group has committed
+//!    every partition's end offset; the worker's peak RSS (VmHWM) and idle RSS afterwards.
+//! 3. **Naive baseline**: a hand-written consumer in this process: per message one
+//!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
+//!    offset commit, for a fixed window after its first message.
+//! 4. **Latency**: a fresh worker, the same generator (spread over 20x more order ids, so that
+//!    almost every message writes a row of its own) published at half the measured end-to-end
+//!    rate with each message's send time as its Kafka timestamp; latency = the `applied_at`
+//!    (`created_at` for dead letters) of the row the message wrote minus that timestamp.
+//! 5. **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
+//!
+//! The broker is librdkafka's mock cluster, inside this process: its CPU is measured separately
+//! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
+//!
+//! Environment (all optional):
+//! - `BENCH_EVENTS` (500000), `BENCH_ORDERS` (events / 5), `BENCH_PARTITIONS` (128),
+//!   `BENCH_INVALID_RATIO` (0.01), `BENCH_DUPLICATE_RATIO` (0.02), `BENCH_SEED` (1);
+//! - `BENCH_DATABASE_URL` (postgres://postgres:postgres@127.0.0.1:5432/postgres): a server where
+//!   the benchmark may create and drop databases named `ow_bench_*`; `BENCH_KEEP_DBS=1` keeps them;
+//! - `BENCH_WORKER_BIN` (target/release/order-worker); `BENCH_WORKER_ARGS`: extra flags for every
+//!   worker run (e.g. `--processors 8 --batch-max-rows 2000`); `BENCH_WORKER_RUST_LOG` (info);
+//! - `BENCH_PHASES` (size,ceiling,e2e,naive,latency,startup): a subset runs only those (latency
+//!   without e2e needs `BENCH_LATENCY_RATE`);
+//! - `BENCH_ROUNDS` (3): how many times the ceiling and the end-to-end run alternate (the table
+//!   shows medians; each round's ratio is taken against its own ceiling);
+//! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000);
+//! - `BENCH_NAIVE_SECS` (20);
+//! - `BENCH_LATENCY_SECS` (20), `BENCH_LATENCY_RATE` (half the end-to-end rate),
+//!   `BENCH_LATENCY_WARMUP_SECS` (3, samples sent before are dropped; keep it well under
+//!   `BENCH_LATENCY_SECS`), `BENCH_LATENCY_ARGS` (`--kafka-property fetch.wait.max.ms=10`; set
+//!   but empty: none);
+//! - `BENCH_STARTUP_RUNS` (7), `BENCH_STARTUP_COMPARE_TLS` (1: also with `sslmode=disable`),
+//!   `BENCH_IDLE_SECS` (5);
+//! - `BENCH_VARIANTS`: more end-to-end runs with other worker flags, `label=flags;label=flags`,
+//!   e.g. `p8=--processors 8;b5k=--batch-max-rows 5000`, reported in a table of their own;
+//! - `BENCH_OUT`: also write the report (Markdown) to this file; `BENCH_LOG_DIR` (target/bench):
+//!   where worker logs go.
+//!
+//! One module per concern: `settings` (the variables above), `stream` (events, oracle, backlog),
+//! `bench` (what the phases share), one module per phase (`ceiling` with its `loaders`, `e2e`,
+//! `naive`, `latency`, `startup`), `report` and `details` (the output); underneath, `kafka`, `pg`,
+//! `worker` (the subprocess), `metrics` (its HTTP endpoints), `timeline` and `cpu`. This file
+//! runs the phases in order.
+
+mod bench;
+mod ceiling;
+mod cpu;
+mod details;
+mod e2e;
+mod kafka;
+mod latency;
+mod loaders;
+mod metrics;
+mod naive;
+mod pg;
+mod report;
+mod settings;
+mod startup;
+mod stream;
+mod timeline;
+mod worker;
+
+use std::time::Instant;
+
+use rdkafka::mocking::MockCluster;
+
+use bench::{Bench, IDLE_TOPIC, LATENCY_TOPIC, TOPIC, log};
+use ceiling::{RoundResult, ceiling};
+use e2e::{E2eResult, end_to_end};
+use pg::Server;
+use report::{Results, Setup};
+use settings::Settings;
+use stream::Expected;
+
+fn main() {
+    let s = Settings::from_env();
+    std::fs::create_dir_all(&s.log_dir).expect("log dir");
+    let run_id = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]_[hour][minute][second]"
+        ))
+        .expect("run id");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load_before = details::load_average();
+    let started = Instant::now();
+    assert!(
+        s.bin.exists(),
+        "{} not found: build it first (cargo build --release)",
+        s.bin.display()
+    );
+
+    // The events.
+    log(format!(
+        "generating {} events over {} orders (seed {})",
+        s.events, s.spec.orders, s.spec.seed
+    ));
+    let (messages, mix) = stream::generate(&s.spec, s.events);
+    let payload_bytes: usize = messages
+        .iter()
+        .map(|m| m.payload.as_ref().map_or(0, Vec::len))
+        .sum();
+    let expected = Expected::of(&s.spec, s.events, mix);
+
+    // The broker, with the backlog.
+    let mock = MockCluster::new(1).expect("mock cluster");
+    for topic in [TOPIC, LATENCY_TOPIC, IDLE_TOPIC] {
+        mock.create_topic(topic, s.partitions, 1)
+            .expect("create topic");
+    }
+    let brokers = mock.bootstrap_servers();
+    log(format!("mock cluster at {brokers}; publishing the backlog"));
+    let (placement, per_partition_max) = stream::publish_backlog(&brokers, &s, &messages);
+    let rows = stream::rows(&messages, &placement);
+
+    let server = Server {
+        admin_url: s.admin_url.clone(),
+    };
+    let pg_settings: Vec<String> = [
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "max_wal_size",
+    ]
+    .iter()
+    .map(|n| format!("{n}={}", rt.block_on(server.setting(n))))
+    .collect();
+
+    let mut b = Bench {
+        server,
+        s,
+        rt,
+        run_id,
+        brokers,
+        placement,
+        expected,
+        databases: Vec::new(),
+    };
+
+    let size =
+        b.s.runs("size")
+            .then(|| startup::measure_size(&b.s.bin, &b.s.log_dir));
+    // Ceiling and end to end, alternating, `BENCH_ROUNDS` times: the machine's other load
+    // changes by the minute, and a ceiling measured next to its end-to-end run is what the ratio
+    // needs.
+    let args = b.s.worker_args.clone();
+    let mut digest = None;
+    let mut rounds: Vec<RoundResult> = Vec::new();
+    for round in 0..b.s.rounds {
+        let ceiling = if b.s.runs("ceiling") {
+            ceiling(&mut b, &rows, round, &mut digest)
+        } else {
+            Vec::new()
+        };
+        let e2e = b.s.runs("e2e").then(|| {
+            let label = if b.s.rounds > 1 {
+                format!("main-r{}", round + 1)
+            } else {
+                "main".into()
+            };
+            end_to_end(&mut b, &label, &args, digest.as_deref())
+        });
+        rounds.push(RoundResult { ceiling, e2e });
+    }
+    drop(rows);
+    drop(messages);
+    let naive = b.s.runs("naive").then(|| naive::naive_baseline(&mut b));
+    let e2e_rate = report::e2e_rate(&rounds, b.s.events);
+    let latency_rate = b.s.latency_rate.or(e2e_rate.map(|r| r / 2.0));
+    let latency = match (b.s.runs("latency"), latency_rate) {
+        (true, Some(rate)) => Some(latency::latency(&mut b, rate)),
+        (true, None) => {
+            log("latency skipped: needs the e2e phase or BENCH_LATENCY_RATE");
+            None
+        }
+        _ => None,
+    };
+    let startup =
+        b.s.runs("startup")
+            .then(|| startup::startup(&mut b, "", &[]));
+    // The same without TLS to PostgreSQL (the default `sslmode=prefer` negotiates it with a
+    // server that has `ssl = on`), to show what the TLS setup costs at startup and in memory.
+    let startup_plain = (b.s.runs("startup") && b.s.startup_compare_tls)
+        .then(|| startup::startup(&mut b, "_notls", &["?sslmode=disable".to_owned()]));
+    let variants: Vec<E2eResult> =
+        b.s.variants
+            .clone()
+            .iter()
+            .map(|(label, extra)| {
+                let args = b.s.worker_args_with(extra);
+                end_to_end(&mut b, label, &args, digest.as_deref())
+            })
+            .collect();
+
+    let results = Results {
+        size,
+        rounds,
+        naive,
+        latency,
+        startup,
+        startup_plain,
+        variants,
+        setup: Setup {
+            load_before,
+            started,
+            payload_bytes,
+            per_partition_max,
+            pg_settings,
+        },
+    };
+    let report = report::render(&b, &results);
+    println!("{report}");
+    if let Some(out) = &b.s.out {
+        std::fs::write(out, &report).expect("write the report");
+        log(format!("report written to {}", out.display()));
+    }
+    b.drop_all_dbs();
+    drop(mock);
+}

@@ -1,0 +1,115 @@
+//! The harness's settings, read once from the environment (`BENCH_*`; the list with defaults is
+//! in the header of `main.rs`).
+
+use std::path::PathBuf;
+
+use order_worker::synth::SynthSpec;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not valid")),
+        _ => default,
+    }
+}
+
+pub struct Settings {
+    pub events: usize,
+    pub spec: SynthSpec,
+    pub partitions: i32,
+    pub admin_url: String,
+    pub bin: PathBuf,
+    pub worker_args: Vec<String>,
+    pub latency_args: Vec<String>,
+    pub phases: Vec<String>,
+    pub rounds: usize,
+    pub ceiling_conns: Vec<usize>,
+    pub ceiling_batch: usize,
+    pub naive_secs: u64,
+    pub latency_secs: f64,
+    pub latency_rate: Option<f64>,
+    pub latency_warmup_secs: f64,
+    pub startup_runs: usize,
+    pub startup_compare_tls: bool,
+    pub idle_secs: u64,
+    pub variants: Vec<(String, Vec<String>)>,
+    pub out: Option<PathBuf>,
+    pub log_dir: PathBuf,
+    pub keep_dbs: bool,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        let events: usize = env_or("BENCH_EVENTS", 500_000);
+        let orders: u64 = env_or("BENCH_ORDERS", (events as u64 / 5).max(1));
+        let split = |s: String| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+        let list = |name: &str, default: &str| -> Vec<String> {
+            env_or(name, default.to_owned())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let variants = env_or("BENCH_VARIANTS", String::new())
+            .split(';')
+            .filter_map(|v| {
+                let (label, args) = v.split_once('=')?;
+                Some((label.trim().to_owned(), split(args.to_owned())))
+            })
+            .collect();
+        let rate: f64 = env_or("BENCH_LATENCY_RATE", 0.0);
+        Self {
+            events,
+            spec: SynthSpec {
+                orders,
+                invalid_ratio: env_or("BENCH_INVALID_RATIO", 0.01),
+                duplicate_ratio: env_or("BENCH_DUPLICATE_RATIO", 0.02),
+                seed: env_or("BENCH_SEED", 1),
+            },
+            partitions: env_or("BENCH_PARTITIONS", 128),
+            admin_url: env_or(
+                "BENCH_DATABASE_URL",
+                "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned(),
+            ),
+            bin: env_or("BENCH_WORKER_BIN", "target/release/order-worker".to_owned()).into(),
+            worker_args: split(env_or("BENCH_WORKER_ARGS", String::new())),
+            // Set but empty means none.
+            latency_args: split(
+                std::env::var("BENCH_LATENCY_ARGS")
+                    .unwrap_or("--kafka-property fetch.wait.max.ms=10".to_owned()),
+            ),
+            phases: list("BENCH_PHASES", "size,ceiling,e2e,naive,latency,startup"),
+            rounds: env_or("BENCH_ROUNDS", 3).max(1),
+            ceiling_conns: list("BENCH_CEILING_CONNS", "2,4")
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .filter(|c| *c > 0)
+                .collect(),
+            ceiling_batch: env_or("BENCH_CEILING_BATCH", 1_000),
+            naive_secs: env_or("BENCH_NAIVE_SECS", 20),
+            latency_secs: env_or("BENCH_LATENCY_SECS", 20.0),
+            latency_rate: (rate > 0.0).then_some(rate),
+            latency_warmup_secs: env_or("BENCH_LATENCY_WARMUP_SECS", 3.0),
+            startup_runs: env_or("BENCH_STARTUP_RUNS", 7).max(1),
+            startup_compare_tls: env_or("BENCH_STARTUP_COMPARE_TLS", 1u8) == 1,
+            idle_secs: env_or("BENCH_IDLE_SECS", 5),
+            variants,
+            out: std::env::var("BENCH_OUT").ok().map(PathBuf::from),
+            log_dir: env_or("BENCH_LOG_DIR", "target/bench".to_owned()).into(),
+            keep_dbs: env_or("BENCH_KEEP_DBS", 0u8) == 1,
+        }
+    }
+
+    pub fn runs(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+
+    /// `BENCH_WORKER_ARGS` followed by `extra`: the flags of one worker run.
+    pub fn worker_args_with(&self, extra: &[String]) -> Vec<String> {
+        let mut args = self.worker_args.clone();
+        args.extend(extra.iter().cloned());
+        args
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The benchmark: starts the local PostgreSQL (idempotently), builds the release binary and the
+# harness (examples/bench), runs it, and writes the report to stdout and to
+# target/bench/<timestamp>.md (worker logs and drain timelines next to it, in
+# target/bench/<timestamp>/).
+#
+# What it measures and how: docs/performance.md. Everything is configured by environment
+# variables, all optional (defaults in brackets):
+#   BENCH_EVENTS [500000]        events in the backlog (the mock broker keeps 100k messages or
+#   BENCH_PARTITIONS [128]       5 MiB per partition: keep events/partitions well under that)
+#   BENCH_ORDERS [events/5]      distinct orders (several versions each)
+#   BENCH_INVALID_RATIO [0.01], BENCH_DUPLICATE_RATIO [0.02], BENCH_SEED [1]
+#   BENCH_ROUNDS [3]             ceiling + end-to-end pairs (the table shows medians)
+#   BENCH_CEILING_CONNS [2,4], BENCH_CEILING_BATCH [1000]
+#   BENCH_NAIVE_SECS [20]        measuring window of the naive consumer
+#   BENCH_LATENCY_SECS [20], BENCH_LATENCY_RATE [half the end-to-end rate],
+#   BENCH_LATENCY_WARMUP_SECS [3], BENCH_LATENCY_ARGS [--kafka-property fetch.wait.max.ms=10]
+#   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
+#   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
+#                                NAME=value words are environment variables of the worker and
+#                                ?name=value words are added to its database URL
+#   BENCH_VARIANTS               more end-to-end runs: "label=flags;label=flags"
+#   BENCH_WORKER_RUST_LOG [info] the workers' RUST_LOG, e.g. "info,librdkafka=debug" together
+#                                with BENCH_WORKER_ARGS="--kafka-property debug=fetch"
+#   BENCH_PHASES [size,ceiling,e2e,naive,latency,startup]
+#   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
+#                                creates and drops databases named ow_bench_* there
+#   BENCH_KEEP_DBS [0]           1 keeps them
+# Example: BENCH_EVENTS=200000 BENCH_VARIANTS="p8=--processors 8" ./scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+if [ -z "${BENCH_DATABASE_URL:-}" ]; then
+  ensure_postgres
+  export BENCH_DATABASE_URL
+  BENCH_DATABASE_URL=$(pg_url postgres)
+fi
+
+echo "==> building the release binary and the benchmark harness" >&2
+cargo build --release --locked --bin order-worker
+cargo build --release --locked --example bench
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "target/bench/$stamp"
+export BENCH_OUT="target/bench/$stamp.md"
+export BENCH_LOG_DIR="target/bench/$stamp"
+export BENCH_WORKER_BIN=${BENCH_WORKER_BIN:-target/release/order-worker}
+
+echo "==> running the benchmark (several minutes; progress on stderr)" >&2
+./target/release/examples/bench
+echo "==> report: $BENCH_OUT; worker logs and drain timelines: $BENCH_LOG_DIR/" >&2
