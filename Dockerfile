@@ -40,12 +40,12 @@ COPY . .
 # build.rs puts the revision into order_worker_build_info; the context has no .git. Declared
 # after the dependency layer, so a new revision only rebuilds the crate itself.
 ARG GIT_REVISION=unknown
-# The same command as scripts/run.sh: rdkafka's `ssl` feature (librdkafka with OpenSSL: TLS,
-# SASL PLAIN/SCRAM/OAUTHBEARER) and sqlx's native-tls, both on the system OpenSSL.
+# The same command as scripts/run.sh: rdkafka's `ssl` feature (librdkafka with the system
+# OpenSSL: TLS, SASL PLAIN/SCRAM/OAUTHBEARER); sqlx uses rustls with webpki roots built in.
 RUN cargo build --release --locked
 # The runtime root filesystem, nothing else: the binary; exactly the shared libraries ldd
 # resolves for it (glibc, libgcc_s, libssl3/libcrypto3, zlib: the builder's Debian 12 packages
-# the binary was linked against); CA certificates for Kafka and PostgreSQL TLS; a nonroot user;
+# the binary was linked against); CA certificates for Kafka TLS; a nonroot user;
 # and, so image scanners (Trivy, Grype) see those packages and their versions, os-release and
 # one dpkg status file per package in /var/lib/dpkg/status.d, the layout distroless uses.
 RUN set -eux; \
@@ -86,8 +86,8 @@ LABEL org.opencontainers.image.title="order-worker" \
       org.opencontainers.image.revision="${GIT_REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /app/rootfs/ /
-# OpenSSL (librdkafka and sqlx) finds the CA bundle through this; its compiled-in default
-# (/usr/lib/ssl) does not exist here.
+# OpenSSL (librdkafka) finds the CA bundle through this; its compiled-in default (/usr/lib/ssl)
+# does not exist here. PostgreSQL TLS (rustls) ignores it: a private CA goes in sslrootcert.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532

@@ -212,8 +212,9 @@ pub struct ConsumerConfig {
     )]
     pub assignment_strategy: String,
     /// Bound of librdkafka's prefetch queue in KiB (queued.max.messages.kbytes). librdkafka's own
-    /// default is 64 MiB; 16 MiB keeps memory small and still covers about 100k small events.
-    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 16_384,
+    /// default is 64 MiB; 4 MiB (about 9k events of 0.5 KB) keeps the pipeline fed and memory
+    /// small (measured in docs/performance.md).
+    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 4_096,
           value_parser = clap::value_parser!(u32).range(1..=2_097_151))]
     pub queue_max_kbytes: u32,
     /// Extra librdkafka properties, `key=value`, comma-separated or repeated (TLS, SASL, tuning),
@@ -246,9 +247,11 @@ pub struct PipelineConfig {
     #[arg(long, env = "WORKER_PROCESSORS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub processors: u16,
-    /// Capacity (messages) of each processor's bounded channel. When a channel is full the
-    /// consumer pauses its partitions instead of buffering more.
-    #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 2_000,
+    /// Capacity (messages) of each processor's bounded channel. When a channel stays full the
+    /// consumer pauses its partitions instead of buffering more. The channel holds what arrives
+    /// while its processor writes a batch; the consumer refills it far faster than PostgreSQL
+    /// writes one, so more capacity only holds memory (docs/performance.md).
+    #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub channel_capacity: u32,
     /// Largest batch written in one transaction. 1,000 rows reached the ingest ceiling measured

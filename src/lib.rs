@@ -18,7 +18,7 @@
 //! - [`contract`]: the event contract v1, decoding and validation;
 //! - [`db`]: migrations, the batched idempotent writes, error classification;
 //! - [`worker`]: wiring and the ordered stop; [`http`], [`health`], [`metrics`], [`lag`] around it;
-//! - [`config`] (every setting), [`retry`], [`shutdown`], [`telemetry`];
+//! - [`config`] (every setting), [`retry`], [`shutdown`], [`telemetry`], [`memory`];
 //! - [`synth`], [`produce`], [`dev`]: synthetic events, the `produce` and `dev` commands.
 
 pub mod config;
@@ -31,6 +31,7 @@ pub mod health;
 pub mod http;
 pub mod kafka;
 pub mod lag;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;

@@ -1,11 +1,12 @@
 //! The consumer thread: polls Kafka, hands messages to the lanes, pauses when they are full,
 //! commits durable progress, and drains on stop.
 //!
-//! Invariant: the thread never blocks for longer than a poll slice while it owns partitions, so
-//! librdkafka's rebalance and commit callbacks run promptly and the member is never evicted for
-//! not polling; when the lanes are full it pauses all its partitions (librdkafka then purges what
-//! it prefetched and resumes from the first message not handed over), so at most the messages
-//! already returned by `poll` wait here, never a backlog.
+//! Invariant: while it owns partitions the thread polls at least every PAUSE_AFTER (a message
+//! that waits for room in a full lane holds it no longer than that), so librdkafka's rebalance
+//! and commit callbacks run promptly and the member is never evicted for not polling. When the
+//! lanes stay full it pauses all its partitions (librdkafka then purges what it prefetched and
+//! resumes from the first message not handed over), so at most the messages already returned by
+//! `poll` wait here, never a backlog.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::health::Health;
 use crate::kafka::WorkerContext;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::lag::MonitorHandle;
+use crate::memory;
 use crate::metrics::Metrics;
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
@@ -30,9 +32,14 @@ use crate::pipeline::{Dispatcher, Envelope, InFlight};
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often durable progress is handed to librdkafka (which commits it every COMMIT_INTERVAL).
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest the thread waits for room in a lane before pausing, or before polling again while
-/// paused (to serve callbacks).
-const BACKPRESSURE_WAIT: Duration = Duration::from_millis(50);
+/// Longest one attempt to hand a message over waits for room in its lane.
+const OFFER_SLICE: Duration = Duration::from_millis(10);
+/// How long the pipeline may stay full before the partitions are paused. A full lane is the
+/// normal state of a backlog (it empties every batch write), and a pause costs the prefetch: it
+/// is for a database that stopped keeping up, not for a slow batch (docs/performance.md).
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// How long without messages and with nothing in flight before freed memory is given back.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Part of the shutdown timeout kept for the final commit and leaving the group.
 const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
 
@@ -79,65 +86,82 @@ impl ConsumerLoop {
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
         let mut paused = false;
+        // Since when the message at the head of `pending` has found no room.
+        let mut blocked_since: Option<Instant> = None;
         let mut last_store = Instant::now();
+        let mut last_message = Instant::now();
+        let mut trimmed = false;
         while !self.stop.is_cancelled() {
             self.health.consumer_polled();
             while let Some(envelope) = pending.pop_front() {
-                if let Some(back) = self.offer(envelope, BACKPRESSURE_WAIT)? {
+                if let Some(back) = self.offer(envelope, OFFER_SLICE)? {
                     pending.push_front(back);
                     break;
                 }
             }
-            if paused && pending.is_empty() && self.dispatcher.has_slack() {
-                self.set_paused(false);
-                paused = false;
+            if pending.is_empty() {
+                blocked_since = None;
+                if paused {
+                    self.set_paused(false);
+                    paused = false;
+                }
+            } else if !paused
+                && blocked_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER
+            {
+                self.set_paused(true);
+                paused = true;
             }
-            let timeout = if pending.is_empty() {
-                POLL_TIMEOUT
-            } else {
-                Duration::ZERO
-            };
-            match self.consumer.poll(timeout) {
-                None => {}
-                Some(Ok(message)) => {
-                    self.metrics.consumed.increment(1);
-                    if let Some(envelope) = self.envelope(&message) {
-                        // A lane that is full for a moment is not a reason to pause (and lose the
-                        // prefetch): only one that stays full for the whole wait is.
-                        let left = if pending.is_empty() {
-                            self.offer(envelope, BACKPRESSURE_WAIT)?
-                        } else {
-                            Some(envelope)
-                        };
-                        if let Some(envelope) = left {
+            // A message that waits for room holds the place of the next ones: polling on would
+            // only pile them up here. Paused, nothing arrives, and polling serves callbacks.
+            if pending.is_empty() || paused {
+                let timeout = if pending.is_empty() {
+                    POLL_TIMEOUT
+                } else {
+                    Duration::ZERO
+                };
+                match self.consumer.poll(timeout) {
+                    None => {}
+                    Some(Ok(message)) => {
+                        self.metrics.consumed.increment(1);
+                        (last_message, trimmed) = (Instant::now(), false);
+                        if let Some(envelope) = self.envelope(&message) {
                             pending.push_back(envelope);
-                            if !paused {
-                                self.set_paused(true);
-                                paused = true;
-                            }
                         }
                     }
-                }
-                Some(Err(e)) => {
-                    self.metrics.consumer_errors.increment(1);
-                    warn!(error = %e, "kafka consumer error");
+                    Some(Err(e)) => {
+                        self.metrics.consumer_errors.increment(1);
+                        warn!(error = %e, "kafka consumer error");
+                    }
                 }
             }
             if last_store.elapsed() >= STORE_INTERVAL {
                 self.store();
-                self.metrics
-                    .in_flight_messages
-                    .set(self.tracker.in_flight() as f64);
-                self.metrics
-                    .in_flight_bytes
-                    .set(self.in_flight.bytes() as f64);
-                for (gauge, depth) in self.lane_depths.iter().zip(self.dispatcher.depths()) {
-                    gauge.set(depth as f64);
+                self.report_depths();
+                if !trimmed
+                    && pending.is_empty()
+                    && self.tracker.in_flight() == 0
+                    && last_message.elapsed() >= IDLE_AFTER
+                {
+                    self.tracker.shrink();
+                    memory::release_free_heap();
+                    trimmed = true;
                 }
                 last_store = Instant::now();
             }
         }
         Ok(())
+    }
+
+    fn report_depths(&self) {
+        self.metrics
+            .in_flight_messages
+            .set(self.tracker.in_flight() as f64);
+        self.metrics
+            .in_flight_bytes
+            .set(self.in_flight.bytes() as f64);
+        for (gauge, depth) in self.lane_depths.iter().zip(self.dispatcher.depths()) {
+            gauge.set(depth as f64);
+        }
     }
 
     /// Owns a polled message: its coordinates, generation and (bounded) bytes.

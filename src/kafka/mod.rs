@@ -31,6 +31,11 @@ const GUARDED: [&str; 4] = [
     "group.id",
 ];
 
+/// How long a partition waits to be fetched again after the prefetch queue was full.
+const FETCH_QUEUE_BACKOFF_MS: &str = "20";
+/// Longest a broker holds a Fetch that found no data (librdkafka's default is 500 ms).
+const FETCH_WAIT_MAX_MS: &str = "100";
+
 pub fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
     match properties
         .iter()
@@ -67,6 +72,12 @@ pub fn consumer_config(
         .set("auto.offset.reset", c.auto_offset_reset.as_str())
         .set("partition.assignment.strategy", &c.assignment_strategy)
         .set("queued.max.messages.kbytes", c.queue_max_kbytes.to_string())
+        // librdkafka's 1 s default idles a partition that long whenever the (small) queue bound
+        // is reached; its documentation advises lowering it with the bound.
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        // While some partitions back off, a Fetch may name only partitions already drained; the
+        // broker then holds it (and every other partition of that broker) for this long.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("enable.partition.eof", "false");
     for p in &c.properties {
         cfg.set(&p.key, &p.value);

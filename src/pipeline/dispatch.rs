@@ -84,17 +84,6 @@ impl Dispatcher {
         !self.senders[lane].is_full() && self.in_flight.has_room(weight)
     }
 
-    /// Whether every lane is at most half full and half the byte budget is free: the point at
-    /// which paused partitions resume. Resuming earlier would pause again within a few messages,
-    /// and each pause makes librdkafka drop what it prefetched.
-    pub fn has_slack(&self) -> bool {
-        let lanes = self.senders.iter().all(|s| {
-            let capacity = s.capacity().unwrap_or(usize::MAX);
-            s.len() <= capacity / 2
-        });
-        lanes && self.in_flight.bytes() <= self.in_flight.limit / 2
-    }
-
     /// Sends to a lane that [`has_room`](Self::has_room). Fails only when the lane's processor is
     /// gone, which the worker treats as fatal.
     pub fn send(&self, lane: usize, envelope: Envelope) -> Result<(), Error> {
@@ -176,20 +165,6 @@ mod tests {
         assert!(!d.has_room(0, w));
         budget.release(w);
         assert!(d.has_room(0, w));
-    }
-
-    #[test]
-    fn slack_returns_only_once_every_lane_is_half_empty() {
-        let (tx, rx) = lanes(2, 4);
-        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        for _ in 0..4 {
-            d.send(0, envelope("a", 0)).unwrap();
-        }
-        assert!(!d.has_slack());
-        rx[0].try_recv().unwrap();
-        assert!(!d.has_slack(), "3 of 4 is more than half");
-        rx[0].try_recv().unwrap();
-        assert!(d.has_slack());
     }
 
     #[test]

@@ -122,7 +122,15 @@ async fn a_worker_killed_while_writes_are_stuck_has_committed_none_of_them_and_a
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 3);
     publish(&mock.brokers, &topic, &spec, half);
 
-    let first = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
+    // Lanes with room for the whole second half, so all of it is consumed while none of it can
+    // become durable.
+    let first = Binary::run(
+        &mock.brokers,
+        &db.url,
+        &topic,
+        &group,
+        &["--channel-capacity", "4000"],
+    );
     probe
         .wait_caught_up("the first half is durable and committed")
         .await;

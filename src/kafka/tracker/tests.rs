@@ -192,3 +192,27 @@ fn a_commit_with_no_checkpoint_keeps_the_previous_timestamp() {
     assert_eq!(t.progress()[0].committed, Some(9));
     assert_eq!(t.progress()[0].committed_timestamp_ms, Some(7));
 }
+
+#[test]
+fn shrinking_after_a_burst_frees_room_and_changes_no_answer() {
+    let (t, g) = tracker_with(0);
+    let burst: Vec<Position> = (0..5_000).map(|o| pos(0, g, o)).collect();
+    for &p in &burst {
+        t.register_at(p);
+    }
+    t.complete(&burst[1..]);
+    let before = (t.commit_candidates(None), t.in_flight());
+    t.shrink();
+    assert_eq!((t.commit_candidates(None), t.in_flight()), before);
+    assert!(t.lock().partitions[&0].in_flight.capacity() >= 1);
+
+    t.complete(&burst[..1]);
+    t.shrink();
+    assert_eq!(t.commit_candidates(None), vec![(0, 5_000)]);
+    let inner = t.lock();
+    assert_eq!(
+        inner.partitions[&0].in_flight.capacity(),
+        0,
+        "the burst's slots are given back"
+    );
+}

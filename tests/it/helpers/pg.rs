@@ -180,12 +180,12 @@ impl PrivatePostgres {
         Self::start_with(false)
     }
 
-    /// A server with TLS on, using a self-signed certificate for `localhost` it generates in its
-    /// own directory; returns the certificate's path too (clients verify against it).
+    /// A server with TLS on, using a certificate for `localhost` signed by a CA it generates in
+    /// its own directory; returns the CA certificate's path too (clients verify against it).
     pub fn start_tls() -> (Self, PathBuf) {
         let pg = Self::start_with(true);
-        let crt = pg.dir.path().join("server.crt");
-        (pg, crt)
+        let ca = pg.dir.path().join("ca.crt");
+        (pg, ca)
     }
 
     fn start_with(tls: bool) -> Self {
@@ -196,11 +196,21 @@ impl PrivatePostgres {
             .expect("tempdir");
         let mut options = String::new();
         if tls {
-            let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            // A CA and a server certificate it signed: verify-full must build a real chain
+            // (rustls refuses a CA certificate presented as the server's own).
+            let path = |name: &str| dir.path().join(name);
+            let (ca_crt, ca_key) = (path("ca.crt"), path("ca.key"));
+            let (crt, key, csr) = (path("server.crt"), path("server.key"), path("server.csr"));
             run(Command::new("openssl")
                 .args([
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                 ])
+                .args(["-subj", "/CN=order-worker test CA", "-keyout"])
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca_crt));
+            run(Command::new("openssl")
+                .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
                 .args([
                     "-subj",
                     "/CN=localhost",
@@ -209,6 +219,24 @@ impl PrivatePostgres {
                 ])
                 .arg("-keyout")
                 .arg(&key)
+                .arg("-out")
+                .arg(&csr));
+            run(Command::new("openssl")
+                .args([
+                    "x509",
+                    "-req",
+                    "-days",
+                    "2",
+                    "-copy_extensions",
+                    "copy",
+                    "-in",
+                ])
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&ca_crt)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-CAcreateserial")
                 .arg("-out")
                 .arg(&crt));
             run(Command::new("chmod").arg("600").arg(&key));
