@@ -6,8 +6,8 @@
 #
 # What it measures and how: docs/performance.md. Everything is configured by environment
 # variables, all optional (defaults in brackets):
-#   BENCH_EVENTS [500000]        events in the backlog (the mock broker keeps 100k messages or
-#   BENCH_PARTITIONS [128]       5 MiB per partition: keep events/partitions well under that)
+#   BENCH_EVENTS [1000000]       events in the backlog (the mock broker keeps 100k messages or
+#   BENCH_PARTITIONS [256]       5 MiB per partition: keep events/partitions well under that)
 #   BENCH_ORDERS [events/5]      distinct orders (several versions each)
 #   BENCH_INVALID_RATIO [0.01], BENCH_DUPLICATE_RATIO [0.02], BENCH_SEED [1]
 #   BENCH_ROUNDS [3]             ceiling + end-to-end pairs (the table shows medians)

@@ -27,7 +27,7 @@
 //! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
 //!
 //! Environment (all optional):
-//! - `BENCH_EVENTS` (500000), `BENCH_ORDERS` (events / 5), `BENCH_PARTITIONS` (128),
+//! - `BENCH_EVENTS` (1000000), `BENCH_ORDERS` (events / 5), `BENCH_PARTITIONS` (256),
 //!   `BENCH_INVALID_RATIO` (0.01), `BENCH_DUPLICATE_RATIO` (0.02), `BENCH_SEED` (1);
 //! - `BENCH_DATABASE_URL` (postgres://postgres:postgres@127.0.0.1:5432/postgres): a server where
 //!   the benchmark may create and drop databases named `ow_bench_*`; `BENCH_KEEP_DBS=1` keeps them;

@@ -42,7 +42,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> Self {
-        let events: usize = env_or("BENCH_EVENTS", 500_000);
+        let events: usize = env_or("BENCH_EVENTS", 1_000_000);
         let orders: u64 = env_or("BENCH_ORDERS", (events as u64 / 5).max(1));
         let split = |s: String| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
         let list = |name: &str, default: &str| -> Vec<String> {
@@ -68,7 +68,7 @@ impl Settings {
                 duplicate_ratio: env_or("BENCH_DUPLICATE_RATIO", 0.02),
                 seed: env_or("BENCH_SEED", 1),
             },
-            partitions: env_or("BENCH_PARTITIONS", 128),
+            partitions: env_or("BENCH_PARTITIONS", 256),
             admin_url: env_or(
                 "BENCH_DATABASE_URL",
                 "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned(),
