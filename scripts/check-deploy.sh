@@ -77,7 +77,8 @@ rendering() { echo "$TMP/$(echo "$1" | tr / _)"; }
 step "tools"
 pip_pin() { # pip_pin DIST VERSION
   local have
-  have=$(python3 -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}')
+  # pip show fails for a package that is not installed (a fresh machine): that is "none".
+  have=$(python3 -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}' || true)
   if [ "$have" != "$2" ]; then
     echo "    installing $1==$2 (have: ${have:-none})"
     python3 -m pip install --quiet --disable-pip-version-check "$1==$2"
