@@ -215,15 +215,25 @@ impl Binary {
         }
     }
 
-    /// Resident memory of the process now, in bytes (VmRSS), if it still runs.
+    /// The process's peak resident set size so far in bytes (VmHWM, the kernel's high-water
+    /// mark, so no sampling can miss a spike), if it still runs.
     #[allow(dead_code)] // used by the chaos suite
-    /// The process's peak resident set size so far (the kernel's high-water mark, so no
-    /// sampling can miss a spike).
     pub fn peak_rss_bytes(&self) -> Option<u64> {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// The heap and stacks the process holds now in bytes (RssAnon: its resident memory without
+    /// the pages of its binary and libraries), if it still runs.
+    #[allow(dead_code)] // used by the chaos suite
+    pub fn anon_rss_bytes(&self) -> Option<u64> {
+        self.status_bytes("RssAnon:")
+    }
+
+    fn status_bytes(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let kb = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?;
         kb.parse::<u64>().ok().map(|kb| kb * 1024)
