@@ -81,7 +81,7 @@ pub fn end_to_end(b: &mut Bench, label: &str, args: &[String], digest: Option<&s
         }
         if last_probe.elapsed() >= Duration::from_millis(100) {
             last_probe = Instant::now();
-            if probe.caught_up(&b.placement.ends) {
+            if probe.caught_up() {
                 committed = Some(worker.started.elapsed());
                 break;
             }

@@ -1,16 +1,18 @@
 //! The broker side: publishing the generated messages (all at once, or paced with their send time
-//! as the Kafka timestamp), and reading a group's committed offsets the way lag tools do.
+//! as the Kafka timestamp), and reading a group's progress with the worker's own lag reader.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use order_worker::config::OffsetReset;
+use order_worker::lag::{self, Quiet};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
 
 /// A message as generated: key and value.
 pub struct Msg {
@@ -25,8 +27,6 @@ pub struct Placement {
     pub sent_ms: Vec<i64>,
     pub failed: u64,
     pub elapsed: Duration,
-    /// Per partition, one past the highest acknowledged offset.
-    pub ends: BTreeMap<i32, i64>,
 }
 
 struct Deliveries {
@@ -109,67 +109,44 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
     let elapsed = started.elapsed();
     let ctx = producer.context();
     let coords = std::mem::take(&mut *ctx.coords.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut ends = BTreeMap::new();
-    for &(p, o) in &coords {
-        if p >= 0 {
-            let e = ends.entry(p).or_insert(0);
-            *e = (*e).max(o + 1);
-        }
-    }
     Placement {
         coords,
         sent_ms,
         failed: ctx.failed.load(Ordering::Relaxed),
         elapsed,
-        ends,
     }
 }
 
-/// Reads a group's committed offsets and the partitions' watermarks without joining the group.
+/// Reads a group's progress and the partitions' watermarks without joining the group: the
+/// worker's own lag reader (`order_worker::lag`), which is tested against an independent admin
+/// view in tests/it.
 pub struct Probe {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Quiet>,
+    group: String,
     topic: String,
     partitions: i32,
 }
 
 impl Probe {
     pub fn new(brokers: &str, group: &str, topic: &str, partitions: i32) -> Self {
-        let consumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("probe consumer");
         Self {
-            consumer,
+            consumer: lag::reader(brokers, &[], group).expect("probe consumer"),
+            group: group.into(),
             topic: topic.into(),
             partitions,
         }
     }
 
-    pub fn committed(&self) -> BTreeMap<i32, i64> {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition(&self.topic, p);
-        }
-        let Ok(committed) = self.consumer.committed_offsets(tpl, Duration::from_secs(5)) else {
-            return BTreeMap::new();
-        };
-        committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Whether the group committed the end of every non-empty partition of `ends`.
-    pub fn caught_up(&self, ends: &BTreeMap<i32, i64>) -> bool {
-        let committed = self.committed();
-        ends.iter()
-            .all(|(p, end)| *end == 0 || committed.get(p).is_some_and(|c| c >= end))
+    /// Whether the group committed the end of every partition (an empty one counts as done).
+    pub fn caught_up(&self) -> bool {
+        lag::measure(
+            &self.consumer,
+            &self.group,
+            &self.topic,
+            OffsetReset::Earliest,
+            Duration::from_secs(5),
+        )
+        .is_ok_and(|l| l.total() == 0)
     }
 
     /// (low, high) watermarks per partition.

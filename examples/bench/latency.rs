@@ -91,7 +91,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut caught_up = false;
     while Instant::now() < deadline {
-        if probe.caught_up(&placement.ends) {
+        if probe.caught_up() {
             caught_up = true;
             break;
         }

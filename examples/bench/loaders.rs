@@ -7,38 +7,11 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::{Duration, Instant};
 
 use order_worker::contract::OrderEvent;
+// The worker's own upsert, so the ceiling pays exactly the per-row work the worker asks for.
+use order_worker::db::UPSERT_ORDERS;
 use sqlx::{Connection, Executor, PgConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-/// The worker's own upsert (`src/db/store.rs`, UPSERT_ORDERS), verbatim, so the ceiling pays
-/// exactly the per-row work the worker asks PostgreSQL for.
-pub const UPSERT_ORDERS: &str = r#"
-INSERT INTO orders AS o (order_id, version, customer_id, status, currency, total_minor, items,
-                         occurred_at, last_event_id, last_event_type,
-                         source_topic, source_partition, source_offset)
-SELECT u.order_id, u.version, u.customer_id, u.status, u.currency, u.total_minor, u.items::jsonb,
-       u.occurred_at, u.event_id, u.event_type, $1, u.src_partition, u.src_offset
-FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
-            $9::timestamptz[], $10::uuid[], $11::text[], $12::int4[], $13::int8[])
-     AS u(order_id, version, customer_id, status, currency, total_minor, items,
-          occurred_at, event_id, event_type, src_partition, src_offset)
-ON CONFLICT (order_id) DO UPDATE SET
-    version          = EXCLUDED.version,
-    customer_id      = EXCLUDED.customer_id,
-    status           = EXCLUDED.status,
-    currency         = EXCLUDED.currency,
-    total_minor      = EXCLUDED.total_minor,
-    items            = EXCLUDED.items,
-    occurred_at      = EXCLUDED.occurred_at,
-    last_event_id    = EXCLUDED.last_event_id,
-    last_event_type  = EXCLUDED.last_event_type,
-    source_topic     = EXCLUDED.source_topic,
-    source_partition = EXCLUDED.source_partition,
-    source_offset    = EXCLUDED.source_offset,
-    applied_at       = now()
-WHERE o.version < EXCLUDED.version
-"#;
 
 const COLUMNS: &str = "order_id, version, customer_id, status, currency, total_minor, items, \
      occurred_at, last_event_id, last_event_type, source_topic, source_partition, source_offset";

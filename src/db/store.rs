@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::contract::{OrderEvent, Reason};
 
-const UPSERT_ORDERS: &str = r#"
+/// The upsert of a batch of orders: public so the benchmark's ceiling asks PostgreSQL for exactly
+/// the same per-row work (examples/bench/loaders.rs).
+pub const UPSERT_ORDERS: &str = r#"
 INSERT INTO orders AS o (order_id, version, customer_id, status, currency, total_minor, items,
                          occurred_at, last_event_id, last_event_type,
                          source_topic, source_partition, source_offset)

@@ -137,10 +137,11 @@ impl ConsumerLoop {
             if last_store.elapsed() >= STORE_INTERVAL {
                 self.store();
                 self.report_depths();
+                // Cheapest tests first: the tracker's count takes its lock.
                 if !trimmed
                     && pending.is_empty()
-                    && self.tracker.in_flight() == 0
                     && last_message.elapsed() >= IDLE_AFTER
+                    && self.tracker.in_flight() == 0
                 {
                     self.tracker.shrink();
                     memory::release_free_heap();
