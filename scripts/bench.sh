@@ -10,11 +10,15 @@
 #   BENCH_PARTITIONS [256]       5 MiB per partition: keep events/partitions well under that)
 #   BENCH_ORDERS [events/5]      distinct orders (several versions each)
 #   BENCH_INVALID_RATIO [0.01], BENCH_DUPLICATE_RATIO [0.02], BENCH_SEED [1]
+#   BENCH_GROUP_DELAY_MS [0]     the mock broker's group.initial.rebalance.delay.ms (Kafka's
+#                                default 3000 adds 3 s to every end-to-end run's group join)
 #   BENCH_ROUNDS [3]             ceiling + end-to-end pairs (the table shows medians)
 #   BENCH_CEILING_CONNS [2,4], BENCH_CEILING_BATCH [1000]
 #   BENCH_NAIVE_SECS [20]        measuring window of the naive consumer
 #   BENCH_LATENCY_SECS [20], BENCH_LATENCY_RATE [half the end-to-end rate],
 #   BENCH_LATENCY_WARMUP_SECS [3], BENCH_LATENCY_ARGS [--kafka-property fetch.wait.max.ms=10]
+#   BENCH_LATENCY_PARTITIONS [16] partitions of the latency topic (the mock broker's Fetch cost
+#                                grows with the produced batches a partition holds)
 #   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
 #   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
 #                                NAME=value words are environment variables of the worker and

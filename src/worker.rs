@@ -26,6 +26,7 @@ use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
 use crate::lag::{LagView, Monitor, Quiet};
+use crate::memory::IdleRelease;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Dispatcher, InFlight, Processor, ProcessorSettings, lanes};
 use crate::retry::{self, Schedule, Verdict};
@@ -252,9 +253,14 @@ impl Parts {
                 metrics: self.metrics.clone(),
             }
             .spawn()?,
+            idle_release: IdleRelease {
+                pool: self.pool.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            },
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
                 shutdown_timeout: self.cfg.shutdown_timeout,
+                commit_interval: p.commit_interval,
             },
             stop: self.stop.clone(),
             abort: abort.clone(),

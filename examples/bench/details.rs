@@ -64,7 +64,8 @@ pub fn details(b: &Bench, r: &Results) -> String {
     );
     let _ = writeln!(
         d,
-        "- Broker: librdkafka mock cluster (1 broker) inside the harness, {} partitions (at most {} messages in one; low watermarks all 0); backlog published in {:.1} s.",
+        "- Broker: librdkafka mock cluster (1 broker) inside the harness, `group.initial.rebalance.delay.ms={}` (`BENCH_GROUP_DELAY_MS`), {} partitions (at most {} messages in one; low watermarks all 0); backlog published in {:.1} s.",
+        b.s.group_delay_ms,
         b.s.partitions,
         per_partition_max,
         b.placement.elapsed.as_secs_f64()
@@ -128,7 +129,8 @@ pub fn details(b: &Bench, r: &Results) -> String {
         let _ = writeln!(d, "\n## 4. Latency\n");
         let _ = writeln!(
             d,
-            "- Worker flags: `{}` (`fetch.wait.max.ms`: see below). Target rate {} events/s, achieved {} events/s; {} messages; {} samples (rows whose last write came from a message sent after the {:.0} s warm-up){}{}.",
+            "- Topic of {} partitions (`BENCH_LATENCY_PARTITIONS`; see below). Worker flags: `{}` (`fetch.wait.max.ms`: see below). Target rate {} events/s, achieved {} events/s; {} messages; {} samples (rows whose last write came from a message sent after the {:.0} s warm-up){}{}.",
+            b.s.latency_partitions,
             flags(&l.args),
             rate_str(l.rate),
             rate_str(l.achieved),
@@ -182,6 +184,15 @@ pub fn details(b: &Bench, r: &Results) -> String {
              `BENCH_LATENCY_ARGS` (default `--kafka-property fetch.wait.max.ms=10`) so the \
              broker's hold costs at most 10 ms, close to a real broker's behaviour; set it empty \
              to see the mock's own figure."
+        );
+        let _ = writeln!(
+            d,
+            "- Partitions: the mock broker finds the batch holding a fetched offset by walking the \
+             partition's list of produced batches from the start (librdkafka's \
+             `rd_kafka_mock_msgset_find`, marked \"FIXME: Maintain an index\"). Paced publishing \
+             makes batches of one or a few messages, so on 256 partitions every Fetch walks \
+             hundreds of thousands of batches after a few seconds and the broker, not the worker, \
+             sets the latency. 16 partitions make batches of ~20 messages at this rate."
         );
     }
     if start.is_some() {

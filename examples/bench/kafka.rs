@@ -117,6 +117,53 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
     }
 }
 
+/// librdkafka's mock cluster, owned by a producer client created for it (librdkafka's
+/// `test.mock.num.brokers`), so that the harness can also set what `MockCluster` does not expose.
+pub struct Broker {
+    client: BaseProducer,
+}
+
+impl Broker {
+    /// One mock broker. `group_delay_ms` is its `group.initial.rebalance.delay.ms`: how long the
+    /// first member of an empty group waits for others before it is assigned (3000 on the mock,
+    /// as on a Kafka broker by default; Kafka's shipped `server.properties` sets 0 for
+    /// development and testing).
+    pub fn start(group_delay_ms: i32) -> Self {
+        let client: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .create()
+            .expect("mock cluster");
+        // SAFETY: the handle belongs to `client`, which outlives this call.
+        unsafe {
+            let mock =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(client.client().native_ptr());
+            assert!(
+                !mock.is_null(),
+                "test.mock.num.brokers made no mock cluster"
+            );
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mock, group_delay_ms);
+        }
+        Self { client }
+    }
+
+    fn mock(&self) -> rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.client
+            .client()
+            .mock_cluster()
+            .expect("the mock cluster")
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.mock()
+            .create_topic(topic, partitions, 1)
+            .expect("create topic");
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.mock().bootstrap_servers()
+    }
+}
+
 /// Reads a group's progress and the partitions' watermarks without joining the group: the
 /// worker's own lag reader (`order_worker::lag`), which is tested against an independent admin
 /// view in tests/it.

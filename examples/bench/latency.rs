@@ -77,7 +77,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         .wait_ready(Duration::from_secs(30), Duration::from_millis(5))
         .expect("worker ready for the latency phase");
     worker
-        .wait_assigned(b.s.partitions as usize, Duration::from_secs(60))
+        .wait_assigned(b.s.latency_partitions as usize, Duration::from_secs(60))
         .expect("worker owns the latency topic's partitions");
     let sampler = Sampler::start(&worker);
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
@@ -87,7 +87,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     ));
     let placement = kafka::publish(&b.brokers, LATENCY_TOPIC, &messages, rate);
     let achieved = count as f64 / placement.elapsed.as_secs_f64().max(1e-9);
-    let probe = Probe::new(&b.brokers, &group, LATENCY_TOPIC, b.s.partitions);
+    let probe = Probe::new(&b.brokers, &group, LATENCY_TOPIC, b.s.latency_partitions);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut caught_up = false;
     while Instant::now() < deadline {

@@ -27,6 +27,9 @@
 //! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
 //!
 //! Environment (all optional):
+//! - `BENCH_GROUP_DELAY_MS` (0): the mock broker's `group.initial.rebalance.delay.ms`, the wait
+//!   of a group's first member before its assignment (Kafka's default is 3000; its shipped
+//!   `server.properties` sets 0 for development and testing);
 //! - `BENCH_EVENTS` (1000000), `BENCH_ORDERS` (events / 5), `BENCH_PARTITIONS` (256),
 //!   `BENCH_INVALID_RATIO` (0.01), `BENCH_DUPLICATE_RATIO` (0.02), `BENCH_SEED` (1);
 //! - `BENCH_DATABASE_URL` (postgres://postgres:postgres@127.0.0.1:5432/postgres): a server where
@@ -40,6 +43,9 @@
 //! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000);
 //! - `BENCH_NAIVE_SECS` (20);
 //! - `BENCH_LATENCY_SECS` (20), `BENCH_LATENCY_RATE` (half the end-to-end rate),
+//!   `BENCH_LATENCY_PARTITIONS` (16: the mock broker looks a fetched offset up by walking the
+//!   partition's list of produced batches, so a steady trickle over many partitions, one batch
+//!   per message, makes every Fetch slower the longer the run lasts),
 //!   `BENCH_LATENCY_WARMUP_SECS` (3, samples sent before are dropped; keep it well under
 //!   `BENCH_LATENCY_SECS`), `BENCH_LATENCY_ARGS` (`--kafka-property fetch.wait.max.ms=10`; set
 //!   but empty: none);
@@ -75,8 +81,6 @@ mod timeline;
 mod worker;
 
 use std::time::Instant;
-
-use rdkafka::mocking::MockCluster;
 
 use bench::{Bench, IDLE_TOPIC, LATENCY_TOPIC, TOPIC, log};
 use ceiling::{RoundResult, ceiling};
@@ -120,11 +124,11 @@ fn main() {
     let expected = Expected::of(&s.spec, s.events, mix);
 
     // The broker, with the backlog.
-    let mock = MockCluster::new(1).expect("mock cluster");
-    for topic in [TOPIC, LATENCY_TOPIC, IDLE_TOPIC] {
-        mock.create_topic(topic, s.partitions, 1)
-            .expect("create topic");
+    let mock = kafka::Broker::start(s.group_delay_ms);
+    for topic in [TOPIC, IDLE_TOPIC] {
+        mock.create_topic(topic, s.partitions);
     }
+    mock.create_topic(LATENCY_TOPIC, s.latency_partitions);
     let brokers = mock.bootstrap_servers();
     log(format!("mock cluster at {brokers}; publishing the backlog"));
     let (placement, per_partition_max) = stream::publish_backlog(&brokers, &s, &messages);

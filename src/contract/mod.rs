@@ -193,8 +193,26 @@ pub fn decode(
 
 fn parse(text: &str) -> Result<WireEvent, Rejection> {
     let mut de = serde_json::Deserializer::from_str(text);
+    // Tracking the field path costs about half of the decode (docs/performance.md): only a payload
+    // that fails is parsed again with it, for the rejection's message.
+    match WireEvent::deserialize(object_only::ObjectOnly(&mut de)) {
+        Ok(wire) => complete(de, wire),
+        Err(_) => parse_tracking_path(text),
+    }
+}
+
+fn parse_tracking_path(text: &str) -> Result<WireEvent, Rejection> {
+    let mut de = serde_json::Deserializer::from_str(text);
     let wire: WireEvent = serde_path_to_error::deserialize(object_only::ObjectOnly(&mut de))
         .map_err(|err| classify(text, err))?;
+    complete(de, wire)
+}
+
+/// Refuses trailing input and other contract versions.
+fn complete(
+    mut de: serde_json::Deserializer<serde_json::de::StrRead<'_>>,
+    wire: WireEvent,
+) -> Result<WireEvent, Rejection> {
     de.end().map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,

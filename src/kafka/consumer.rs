@@ -24,7 +24,7 @@ use crate::health::Health;
 use crate::kafka::WorkerContext;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::lag::MonitorHandle;
-use crate::memory;
+use crate::memory::IdleRelease;
 use crate::metrics::Metrics;
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
@@ -47,6 +47,8 @@ const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
 pub(crate) struct ConsumerSettings {
     pub max_payload_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// librdkafka's auto-commit interval; also the least time between two idle commits.
+    pub commit_interval: Duration,
 }
 
 pub(crate) struct ConsumerLoop {
@@ -58,6 +60,8 @@ pub(crate) struct ConsumerLoop {
     pub metrics: Metrics,
     /// Depth gauge of each lane.
     pub lane_depths: Vec<Gauge>,
+    /// What is given back once the pipeline goes idle.
+    pub idle_release: IdleRelease,
     /// Keeps the lag monitor running while this loop lives.
     pub _lag_monitor: MonitorHandle,
     pub settings: ConsumerSettings,
@@ -91,6 +95,7 @@ impl ConsumerLoop {
         let mut last_store = Instant::now();
         let mut last_message = Instant::now();
         let mut trimmed = false;
+        let mut last_idle_commit: Option<Instant> = None;
         while !self.stop.is_cancelled() {
             self.health.consumer_polled();
             while let Some(envelope) = pending.pop_front() {
@@ -138,13 +143,16 @@ impl ConsumerLoop {
                 self.store();
                 self.report_depths();
                 // Cheapest tests first: the tracker's count takes its lock.
-                if !trimmed
-                    && pending.is_empty()
-                    && last_message.elapsed() >= IDLE_AFTER
-                    && self.tracker.in_flight() == 0
+                let drained = pending.is_empty() && self.tracker.in_flight() == 0;
+                if drained
+                    && last_idle_commit
+                        .is_none_or(|at| at.elapsed() >= self.settings.commit_interval)
                 {
+                    self.commit_drained(&mut last_idle_commit);
+                }
+                if !trimmed && drained && last_message.elapsed() >= IDLE_AFTER {
                     self.tracker.shrink();
-                    memory::release_free_heap();
+                    self.idle_release.run();
                     trimmed = true;
                 }
                 last_store = Instant::now();
@@ -239,6 +247,17 @@ impl ConsumerLoop {
                 }
             }
             Err(e) => warn!(error = %e, pause, "could not pause/resume partitions"),
+        }
+    }
+
+    /// Everything taken is durable: commit it now rather than at the next auto-commit, so the
+    /// lag reads zero as soon as a backlog is done (KEDA scales down on it). At most once per
+    /// commit interval, so a trickle of messages does not turn into a commit per message.
+    fn commit_drained(&self, last: &mut Option<Instant>) {
+        match self.consumer.context().commit_async(&self.consumer) {
+            Ok(0) => {}
+            Ok(_) => *last = Some(Instant::now()),
+            Err(e) => debug!(error = %e, "idle commit failed; the auto-commit retries it"),
         }
     }
 

@@ -54,11 +54,17 @@ impl Processor {
     /// Runs until the lane is closed and drained (graceful stop) or the abort token fires.
     pub async fn run(self) -> Result<(), Error> {
         let max = self.settings.batch_max_rows;
-        let mut batch: Vec<Decoded> = Vec::with_capacity(max);
+        let mut batch: Vec<Decoded> = Vec::new();
         loop {
+            if self.rx.is_empty() {
+                // Not in a backlog: give the batch's room (up to ~0.5 MiB) back until it is
+                // needed; in a backlog the lane is never empty here and the room is kept.
+                batch = Vec::new();
+            }
             let Ok(first) = self.rx.recv_async().await else {
                 return Ok(());
             };
+            batch.reserve(max.min(self.rx.len() + 1));
             batch.push(self.decode(first));
             let deadline = tokio::time::Instant::now() + self.settings.linger;
             let mut closed = false;

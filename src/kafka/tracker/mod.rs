@@ -18,10 +18,14 @@ use std::time::Instant;
 /// Identifies one assignment of one partition; bumps on every assign.
 pub type Generation = u64;
 
-/// Committable offsets remembered with their timestamps until Kafka acknowledges them. Between
-/// storing an offset and its acknowledgement a partition advances a few hundred times at most;
+/// Proposed commit offsets remembered with their timestamps until Kafka acknowledges them. A
+/// proposal is taken every 100 ms and acknowledged within about a second: a few dozen at most;
 /// older checkpoints are dropped first.
-const MAX_CHECKPOINTS: usize = 1_024;
+const MAX_CHECKPOINTS: usize = 256;
+/// A partition's queue of dispatched offsets keeps at most this much room once it empties: the
+/// consumer takes a partition's messages in chunks (thousands at a time), and hundreds of
+/// partitions each keeping the room of their largest chunk added up to most of the peak memory.
+const KEEP_SLOTS: usize = 64;
 
 /// A dispatched message, as the tracker knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +51,12 @@ struct PartitionState {
     in_flight: VecDeque<Slot>,
     /// One past the last dispatched offset: the committable offset when nothing is in flight.
     next: Option<i64>,
+    /// Kafka timestamp of the newest durable message below the committable offset.
+    durable_timestamp_ms: Option<i64>,
     /// The last offset Kafka acknowledged as committed, and the timestamp of the message before it.
     committed: Option<i64>,
     committed_timestamp_ms: Option<i64>,
-    /// (committable offset, timestamp of the newest durable message below it), oldest first.
+    /// (proposed commit offset, timestamp of the newest durable message below it), oldest first.
     checkpoints: VecDeque<(i64, Option<i64>)>,
 }
 
@@ -106,6 +112,7 @@ impl OffsetTracker {
                     generation,
                     in_flight: VecDeque::new(),
                     next: None,
+                    durable_timestamp_ms: None,
                     committed: None,
                     committed_timestamp_ms: None,
                     checkpoints: VecDeque::new(),
@@ -173,27 +180,37 @@ impl OffsetTracker {
             while q.front().is_some_and(|s| s.durable) {
                 newest = q.pop_front();
             }
-            if let (Some(popped), Some(c)) = (newest, state.committable()) {
-                if state.checkpoints.len() == MAX_CHECKPOINTS {
-                    state.checkpoints.pop_front();
-                }
-                state.checkpoints.push_back((c, popped.timestamp_ms));
+            if q.is_empty() && q.capacity() > KEEP_SLOTS {
+                q.shrink_to(KEEP_SLOTS);
+            }
+            if let Some(popped) = newest {
+                state.durable_timestamp_ms = popped.timestamp_ms;
             }
         }
         self.progressed.notify_all();
     }
 
     /// Offsets worth committing: per partition, the committable offset where it is ahead of
-    /// what Kafka has acknowledged. `only` restricts to some partitions.
+    /// what Kafka has acknowledged. `only` restricts to some partitions. Each one is remembered
+    /// with its timestamp, for when Kafka acknowledges it.
     pub fn commit_candidates(&self, only: Option<&[i32]>) -> Vec<(i32, i64)> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let mut out: Vec<(i32, i64)> = inner
             .partitions
-            .iter()
+            .iter_mut()
             .filter(|(p, _)| only.is_none_or(|o| o.contains(p)))
             .filter_map(|(&p, s)| {
                 let c = s.committable()?;
-                (s.committed.is_none_or(|done| c > done)).then_some((p, c))
+                if s.committed.is_some_and(|done| c <= done) {
+                    return None;
+                }
+                if s.checkpoints.back().is_none_or(|&(at, _)| at != c) {
+                    if s.checkpoints.len() == MAX_CHECKPOINTS {
+                        s.checkpoints.pop_front();
+                    }
+                    s.checkpoints.push_back((c, s.durable_timestamp_ms));
+                }
+                Some((p, c))
             })
             .collect();
         out.sort_unstable();

@@ -187,7 +187,7 @@ fn a_commit_with_no_checkpoint_keeps_the_previous_timestamp() {
     let (t, g) = tracker_with(0);
     t.register_at(pos(0, g, 7));
     t.complete(&[pos(0, g, 7)]);
-    t.mark_committed(&[(0, 8)]);
+    t.mark_committed(&t.commit_candidates(None));
     t.mark_committed(&[(0, 9)]);
     assert_eq!(t.progress()[0].committed, Some(9));
     assert_eq!(t.progress()[0].committed_timestamp_ms, Some(7));
@@ -215,4 +215,40 @@ fn shrinking_after_a_burst_frees_room_and_changes_no_answer() {
         0,
         "the burst's slots are given back"
     );
+}
+
+#[test]
+fn a_partition_that_empties_gives_back_the_room_of_its_chunk() {
+    let (t, g) = tracker_with(0);
+    let chunk: Vec<Position> = (0..5_000).map(|o| pos(0, g, o)).collect();
+    for &p in &chunk {
+        t.register_at(p);
+    }
+    t.complete(&chunk[..4_999]);
+    assert!(
+        t.lock().partitions[&0].in_flight.capacity() >= 5_000,
+        "room is kept while offsets are in flight"
+    );
+    t.complete(&chunk[4_999..]);
+    assert_eq!(t.commit_candidates(None), vec![(0, 5_000)]);
+    assert!(t.lock().partitions[&0].in_flight.capacity() <= KEEP_SLOTS);
+}
+
+#[test]
+fn checkpoints_are_taken_per_proposal_not_per_completion() {
+    let (t, g) = tracker_with(0);
+    for o in 0..1_000 {
+        t.register_at(pos(0, g, o));
+        t.complete(&[pos(0, g, o)]);
+    }
+    assert!(t.lock().partitions[&0].checkpoints.is_empty());
+    let proposed = t.commit_candidates(None);
+    assert_eq!(
+        t.commit_candidates(None),
+        proposed,
+        "proposing again adds nothing"
+    );
+    assert_eq!(t.lock().partitions[&0].checkpoints.len(), 1);
+    t.mark_committed(&proposed);
+    assert_eq!(t.progress()[0].committed_timestamp_ms, Some(999));
 }
