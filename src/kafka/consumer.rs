@@ -253,11 +253,16 @@ impl ConsumerLoop {
     /// Everything taken is durable: commit it now rather than at the next auto-commit, so the
     /// lag reads zero as soon as a backlog is done (KEDA scales down on it). At most once per
     /// commit interval, so a trickle of messages does not turn into a commit per message.
+    /// Synchronous, because librdkafka reports manual asynchronous commits to nobody (the tracker
+    /// would never learn they were acknowledged); with nothing in flight the wait delays nothing.
     fn commit_drained(&self, last: &mut Option<Instant>) {
-        match self.consumer.context().commit_async(&self.consumer) {
+        match self.consumer.context().commit_now(&self.consumer, None) {
             Ok(0) => {}
             Ok(_) => *last = Some(Instant::now()),
-            Err(e) => debug!(error = %e, "idle commit failed; the auto-commit retries it"),
+            Err(e) => {
+                *last = Some(Instant::now());
+                debug!(error = %e, "idle commit failed; the auto-commit retries it");
+            }
         }
     }
 

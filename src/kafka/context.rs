@@ -72,18 +72,6 @@ impl WorkerContext {
         Ok(())
     }
 
-    /// Asks for a commit of durable progress now; the broker's answer arrives in
-    /// `commit_callback`. Returns how many partitions it covers.
-    pub fn commit_async(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<usize> {
-        let (tpl, offsets) = self.progress(None)?;
-        if offsets.is_empty() {
-            return Ok(0);
-        }
-        consumer.store_offsets(&tpl)?;
-        consumer.commit(&tpl, CommitMode::Async)?;
-        Ok(offsets.len())
-    }
-
     /// Commits durable progress now and waits for the broker's answer.
     pub fn commit_now(
         &self,

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::helpers::kafka::{Mock, OffsetProbe, publish, publish_raw};
 use crate::helpers::pg::{TestDb, assert_state_is, count, orders};
-use crate::helpers::{metric, start_worker, unique};
+use crate::helpers::{eventually, metric, start_worker, unique, worker_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_many_orders_end_in_exactly_the_oracle_state_with_every_offset_committed() {
@@ -68,6 +68,40 @@ async fn events_over_many_orders_end_in_exactly_the_oracle_state_with_every_offs
         probe.caught_up(),
         "still committed at the end after the stop"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backlog_is_committed_at_once_not_at_the_next_auto_commit() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 4);
+    let db = TestDb::create().await;
+    let spec = SynthSpec {
+        orders: 200,
+        invalid_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        seed: 5,
+    };
+    publish(&mock.brokers, &topic, &spec, 2_000);
+    let mut cfg = worker_config(&mock.brokers, &db.url, &topic, &group, &[]);
+    // librdkafka's auto-commit alone would commit a minute after the drain.
+    cfg.pipeline.commit_interval = std::time::Duration::from_secs(60);
+    let worker = order_worker::Worker::start(&mock.brokers, &cfg)
+        .await
+        .expect("worker starts");
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 4);
+    eventually(
+        "every partition committed to its end well before the 60 s auto-commit",
+        std::time::Duration::from_secs(20),
+        || async { probe.caught_up() },
+    )
+    .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, 2_000)).await;
+    assert!(
+        metric(worker.http_addr(), "order_worker_kafka_commits_total", &[]).await >= 1.0,
+        "the worker saw its commit acknowledged"
+    );
+    worker.stop();
+    worker.wait().await.expect("a graceful stop ends Ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
