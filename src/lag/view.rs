@@ -231,7 +231,7 @@ mod tests {
             };
             tracker.register(pos, Some(long_ago));
             tracker.complete(&[pos]);
-            tracker.mark_committed(&[(p, 1)]);
+            tracker.mark_committed(&tracker.commit_candidates(Some(&[p])));
         }
         let view = LagView::new("g", "orders", tracker);
         view.update(measured(&[(0, Some(1), 1), (1, Some(1), 50)]));
