@@ -5,7 +5,8 @@
 //! backlog grew (each pooled PostgreSQL connection keeps a batch-sized send buffer) are shrunk
 //! first, then glibc's arenas are trimmed: glibc keeps freed memory (librdkafka's prefetch
 //! buffers, the lanes, the batches), so without this a worker that drained a backlog would hold
-//! its peak RSS for as long as it runs (docs/performance.md).
+//! its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
+//! start, keeps large blocks out of the arenas so that trimming them can give memory back.
 
 use sqlx::PgPool;
 use tokio::runtime::Handle;

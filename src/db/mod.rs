@@ -78,7 +78,6 @@ async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, Error> {
     )
 }
 
-/// Whether PostgreSQL answers a trivial query within `timeout`.
 /// Shrinks the buffers of the pool's idle connections back to their initial size: each grows to
 /// the largest batch it sent (about 1 MiB at 1,000 rows) and keeps that size otherwise. Connections
 /// in use are left alone. Must run inside the runtime (a connection returns through a task).
@@ -93,6 +92,7 @@ pub fn shrink_idle_connections(pool: &PgPool) -> usize {
     idle.len()
 }
 
+/// Whether PostgreSQL answers a trivial query within `timeout`.
 pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), sqlx::Error> {
     match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await {
         Ok(r) => r.map(|_| ()),

@@ -57,8 +57,8 @@ impl Processor {
         let mut batch: Vec<Decoded> = Vec::new();
         loop {
             if self.rx.is_empty() {
-                // Not in a backlog: give the batch's room (up to ~0.5 MiB) back until it is
-                // needed; in a backlog the lane is never empty here and the room is kept.
+                // Not in a backlog: give the batch's room back until it is needed; in a
+                // backlog the lane is never empty here and the room is kept.
                 batch = Vec::new();
             }
             let Ok(first) = self.rx.recv_async().await else {
