@@ -141,9 +141,9 @@ impl ConsumerLoop {
             }
             if last_store.elapsed() >= STORE_INTERVAL {
                 self.store();
-                self.report_depths();
-                // Cheapest tests first: the tracker's count takes its lock.
-                let drained = pending.is_empty() && self.tracker.in_flight() == 0;
+                let in_flight = self.tracker.in_flight();
+                self.report_depths(in_flight);
+                let drained = pending.is_empty() && in_flight == 0;
                 if drained
                     && last_idle_commit
                         .is_none_or(|at| at.elapsed() >= self.settings.commit_interval)
@@ -161,10 +161,8 @@ impl ConsumerLoop {
         Ok(())
     }
 
-    fn report_depths(&self) {
-        self.metrics
-            .in_flight_messages
-            .set(self.tracker.in_flight() as f64);
+    fn report_depths(&self, in_flight: usize) {
+        self.metrics.in_flight_messages.set(in_flight as f64);
         self.metrics
             .in_flight_bytes
             .set(self.in_flight.bytes() as f64);
@@ -253,10 +251,10 @@ impl ConsumerLoop {
     /// Everything taken is durable: commit it now rather than at the next auto-commit, so the
     /// lag reads zero as soon as a backlog is done (KEDA scales down on it). At most once per
     /// commit interval, so a trickle of messages does not turn into a commit per message.
-    /// Synchronous, because librdkafka reports manual asynchronous commits to nobody (the tracker
-    /// would never learn they were acknowledged); with nothing in flight the wait delays nothing.
+    /// Asynchronous: a coordinator that is away would otherwise hold this thread, and with it
+    /// every new message and the stop, for up to `session.timeout.ms`.
     fn commit_drained(&self, last: &mut Option<Instant>) {
-        match self.consumer.context().commit_now(&self.consumer, None) {
+        match self.consumer.context().commit_async(&self.consumer) {
             Ok(0) => {}
             Ok(_) => *last = Some(Instant::now()),
             Err(e) => {

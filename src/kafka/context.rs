@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{IsError, KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -70,6 +71,37 @@ impl WorkerContext {
             consumer.store_offsets(&tpl)?;
         }
         Ok(())
+    }
+
+    /// Asks for a commit of durable progress without waiting for it. The broker's answer comes
+    /// back through the consumer's own queue to `commit_callback`, as an auto-commit's does
+    /// (rdkafka's `commit(Async)` passes no queue, and librdkafka then reports to nobody).
+    /// Returns how many partitions it covers.
+    pub fn commit_async(&self, consumer: &BaseConsumer<Self>) -> KafkaResult<usize> {
+        let (tpl, offsets) = self.progress(None)?;
+        if offsets.is_empty() {
+            return Ok(0);
+        }
+        // Stored too, so librdkafka's own commits carry the same offsets.
+        consumer.store_offsets(&tpl)?;
+        let rk = consumer.client().native_ptr();
+        // SAFETY: `rk` and `tpl` outlive both calls. The queue handle is a new reference to the
+        // consumer queue, released at once: the pending commit keeps its own reference.
+        let err = unsafe {
+            let queue = rdsys::rd_kafka_queue_get_consumer(rk);
+            if queue.is_null() {
+                return Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::Fail));
+            }
+            let err =
+                rdsys::rd_kafka_commit_queue(rk, tpl.ptr(), queue, None, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(queue);
+            err
+        };
+        if err.is_error() {
+            self.metrics.commit_failures.increment(1);
+            return Err(KafkaError::ConsumerCommit(err.into()));
+        }
+        Ok(offsets.len())
     }
 
     /// Commits durable progress now and waits for the broker's answer.

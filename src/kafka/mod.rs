@@ -4,7 +4,8 @@
 //! Invariant: librdkafka never stores an offset on its own (its automatic offset store is off and
 //! cannot be turned back on through overrides). Only the offset tracker stores offsets, and only
 //! durable ones; librdkafka commits what is stored (every COMMIT_INTERVAL, on revoke, on close)
-//! and the worker also commits synchronously on revoke and at shutdown. So whatever path a
+//! and the worker also commits synchronously on revoke and at shutdown, and asynchronously once
+//! the pipeline has drained. So whatever path a
 //! commit takes, it never covers a message that is not durable.
 
 mod consumer;
@@ -84,7 +85,7 @@ pub fn consumer_config(
     }
     // Last, so nothing above can change them. Auto-commit only ever sends offsets the tracker
     // stored, and librdkafka reports its results to the commit callback (it does not for
-    // application-initiated async commits, as librdkafka 2.12 is wired by rdkafka 0.39).
+    // rdkafka 0.39's `commit(Async)`, which passes no reply queue: see `commit_async`).
     let interval_ms = commit_interval.as_millis().max(1).to_string();
     cfg.set("group.id", &c.group_id)
         .set("enable.auto.offset.store", "false")
