@@ -6,7 +6,9 @@
 //! first, then glibc's arenas are trimmed: glibc keeps freed memory (librdkafka's prefetch
 //! buffers, the lanes, the batches), so without this a worker that drained a backlog would hold
 //! its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
-//! start, keeps large blocks out of the arenas so that trimming them can give memory back.
+//! start, keeps large blocks out of the arenas so that trimming them can give memory back, and
+//! makes sure the process runs with [`TUNABLES`]: without them, chunks parked in per-thread caches
+//! and spread over many arenas keep a drained worker ~2-3 MiB above a fresh one.
 
 use sqlx::PgPool;
 use tokio::runtime::Handle;
@@ -28,16 +30,88 @@ impl IdleRelease {
     }
 }
 
-/// Keeps large allocations (a batch's send buffer, a Fetch response) out of the heap arenas:
-/// glibc otherwise raises its mmap threshold to the largest block freed, after which such blocks
-/// live in the arenas and fragment them, and the arenas cannot be trimmed around live data.
-/// Called once, before any thread starts.
+/// glibc malloc settings that glibc reads only from the environment at process start, so the
+/// worker re-executes itself once to get them (see [`tune_allocator`]). Each one the operator
+/// already set (in `GLIBC_TUNABLES`, or `MALLOC_ARENA_MAX` for the arenas) is left as given.
+///
+/// - No per-thread cache (tcache): a thread keeps up to 7 freed chunks of each size for itself;
+///   after a backlog those cached chunks sit all over the arenas, and `malloc_trim` cannot return
+///   a page that holds one.
+/// - At most one arena per core (glibc's default is eight): live data left after a backlog is
+///   then packed into fewer arenas.
+pub const TUNABLES: [&str; 2] = ["glibc.malloc.tcache_count", "glibc.malloc.arena_max"];
+
+/// Called first thing in `main`, before any thread starts. Keeps large allocations (a batch's
+/// send buffer, a Fetch response) out of the heap arenas: glibc otherwise raises its mmap
+/// threshold to the largest block freed, after which such blocks live in the arenas and fragment
+/// them, and the arenas cannot be trimmed around live data. Then, unless they are already in
+/// place, re-executes the binary (same arguments, same pid) with [`TUNABLES`] added to
+/// `GLIBC_TUNABLES`. If that fails (no `/proc`), the worker runs on with glibc's defaults.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes no pointers; it only sets glibc's malloc parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    {
+        // SAFETY: mallopt takes no pointers; it only sets glibc's malloc parameters.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+        if std::env::var_os(REEXECUTED).is_some() {
+            // SAFETY: no other thread exists yet (see above), so nothing reads the environment
+            // while it changes. The marker must not reach the processes this one starts.
+            unsafe { std::env::remove_var(REEXECUTED) };
+            return;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        if let Some(tunables) = with_tunables(
+            std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+            std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+            cores,
+        ) {
+            use std::os::unix::process::CommandExt;
+            let mut args = std::env::args_os();
+            let arg0 = args.next().unwrap_or_default();
+            // `exec` returns only if it failed.
+            let _failed = std::process::Command::new("/proc/self/exe")
+                .arg0(arg0)
+                .args(args)
+                .env("GLIBC_TUNABLES", tunables)
+                .env(REEXECUTED, "1")
+                .exec();
+        }
     }
+}
+
+/// Set for the re-executed process, so that it never re-executes again: glibc rewrites
+/// `GLIBC_TUNABLES` as it reads it, so the variable itself cannot tell.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const REEXECUTED: &str = "ORDER_WORKER_ALLOCATOR_TUNED";
+
+/// The `GLIBC_TUNABLES` value with the missing [`TUNABLES`] appended, or `None` when none is
+/// missing.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn with_tunables(current: Option<&str>, arena_env: bool, cores: usize) -> Option<String> {
+    let current = current.unwrap_or("");
+    let named = |name: &str| {
+        current
+            .split(':')
+            .any(|entry| entry.split('=').next() == Some(name))
+    };
+    let values = [("0".to_owned(), false), (cores.to_string(), arena_env)];
+    let missing: Vec<String> = TUNABLES
+        .iter()
+        .zip(values)
+        .filter(|(name, (_, set_elsewhere))| !named(name) && !set_elsewhere)
+        .map(|(name, (value, _))| format!("{name}={value}"))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(
+        std::iter::once(current)
+            .filter(|c| !c.is_empty())
+            .chain(missing.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
 }
 
 /// Blocks of this size and above are mapped on their own and unmapped when freed.
@@ -52,5 +126,48 @@ pub fn release_free_heap() {
     // safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_tunables;
+
+    #[test]
+    fn a_plain_environment_gets_both_tunables() {
+        assert_eq!(
+            with_tunables(None, false, 2).as_deref(),
+            Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2")
+        );
+    }
+
+    #[test]
+    fn tunables_the_operator_set_are_kept_and_the_missing_one_is_appended() {
+        assert_eq!(
+            with_tunables(Some("glibc.malloc.tcache_count=7"), false, 4).as_deref(),
+            Some("glibc.malloc.tcache_count=7:glibc.malloc.arena_max=4")
+        );
+        assert_eq!(
+            with_tunables(Some("glibc.malloc.check=0"), true, 4).as_deref(),
+            Some("glibc.malloc.check=0:glibc.malloc.tcache_count=0")
+        );
+    }
+
+    #[test]
+    fn an_operator_who_set_both_is_not_overridden() {
+        let once = with_tunables(None, false, 8).unwrap();
+        assert_eq!(with_tunables(Some(&once), false, 8), None);
+        assert_eq!(
+            with_tunables(Some("glibc.malloc.tcache_count=1"), true, 8),
+            None
+        );
+    }
+
+    #[test]
+    fn a_tunable_is_matched_by_its_whole_name() {
+        assert_eq!(
+            with_tunables(Some("glibc.malloc.tcache_count_x=1"), true, 2).as_deref(),
+            Some("glibc.malloc.tcache_count_x=1:glibc.malloc.tcache_count=0")
+        );
     }
 }

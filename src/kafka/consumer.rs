@@ -152,6 +152,8 @@ impl ConsumerLoop {
                 }
                 if !trimmed && drained && last_message.elapsed() >= IDLE_AFTER {
                     self.tracker.shrink();
+                    // A backlog grows this to thousands of slots (~200 KiB).
+                    pending.shrink_to_fit();
                     self.idle_release.run();
                     trimmed = true;
                 }

@@ -53,9 +53,7 @@ pub fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
 
 /// Settings shared by every client: where the brokers are, who we are, user overrides last.
 pub fn client_config(brokers: &str, properties: &[KafkaProperty]) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("client.id", client_id());
+    let mut cfg = base_config(brokers);
     for p in properties {
         cfg.set(&p.key, &p.value);
     }
@@ -67,10 +65,8 @@ pub fn consumer_config(
     c: &ConsumerConfig,
     commit_interval: Duration,
 ) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("client.id", client_id())
-        .set("auto.offset.reset", c.auto_offset_reset.as_str())
+    let mut cfg = base_config(brokers);
+    cfg.set("auto.offset.reset", c.auto_offset_reset.as_str())
         .set("partition.assignment.strategy", &c.assignment_strategy)
         .set("queued.max.messages.kbytes", c.queue_max_kbytes.to_string())
         // librdkafka's 1 s default idles a partition that long whenever the (small) queue bound
@@ -91,6 +87,18 @@ pub fn consumer_config(
         .set("enable.auto.offset.store", "false")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", interval_ms);
+    cfg
+}
+
+/// What every client of the worker starts from; `KAFKA_PROPERTIES` may override all of it.
+fn base_config(brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("client.id", client_id())
+        // KIP-714 client metrics, pushed to brokers that subscribe to them (librdkafka >= 2.5
+        // turns it on): the worker exports its own metrics, and librdkafka gives each broker
+        // connection of each client a set of histograms for it, ~0.8 MiB in all.
+        .set("enable.metrics.push", "false");
     cfg
 }
 
@@ -126,6 +134,28 @@ mod tests {
         cfg.set("group.id", "g");
         let consumer: Result<BaseConsumer, _> = cfg.create();
         assert!(consumer.is_ok(), "{:?}", consumer.err());
+    }
+
+    #[test]
+    fn client_metrics_push_is_off_unless_asked_for() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            consumer: ConsumerConfig,
+        }
+        let consumer = <Flags as clap::Parser>::parse_from(["test"]).consumer;
+        let off = [
+            client_config("b:9092", &[]),
+            consumer_config("b:9092", &consumer, Duration::from_secs(1)),
+        ];
+        for cfg in &off {
+            assert_eq!(cfg.get("enable.metrics.push"), Some("false"));
+        }
+        let on = client_config(
+            "b:9092",
+            &[KafkaProperty::new("enable.metrics.push", "true")],
+        );
+        assert_eq!(on.get("enable.metrics.push"), Some("true"));
     }
 
     #[test]

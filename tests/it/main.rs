@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod allocator;
 mod dead_letters;
 mod deploy;
 mod e2e;

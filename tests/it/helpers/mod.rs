@@ -239,6 +239,19 @@ impl Binary {
         kb.parse::<u64>().ok().map(|kb| kb * 1024)
     }
 
+    /// The environment the process image was started with (`/proc/<pid>/environ`: the block
+    /// given to its last `execve`, as the kernel keeps it), if it still runs.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn environ(&self) -> Option<Vec<String>> {
+        let raw = std::fs::read(format!("/proc/{}/environ", self.child.id())).ok()?;
+        Some(
+            raw.split(|&b| b == 0)
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| String::from_utf8_lossy(entry).into_owned())
+                .collect(),
+        )
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
