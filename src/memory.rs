@@ -114,9 +114,12 @@ fn with_tunables(current: Option<&str>, arena_env: bool, cores: usize) -> Option
     )
 }
 
-/// Blocks of this size and above are mapped on their own and unmapped when freed.
+/// Blocks of this size and above are mapped on their own and unmapped when freed. 64 KiB rather
+/// than 256 KiB takes the mid-sized buffers that come and go with every batch (a batch's vector,
+/// the statement's column arrays, a growing queue) out of the arenas too: at 256 KiB the heap
+/// crept up through a 1M-event drain (28 -> 44 MiB RSS) while the data in flight stayed flat.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
 
 /// Returns the free pages of every malloc arena to the kernel. A no-op where the C library is not
 /// glibc.
