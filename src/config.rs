@@ -243,10 +243,8 @@ impl OffsetReset {
 #[derive(Debug, Clone, Args)]
 pub struct PipelineConfig {
     /// Number of async processors, each with its own channel and PostgreSQL connection. Events
-    /// are routed by order id, so one order is always handled by one processor. Two reach the
-    /// ingest ceiling of a 2-core PostgreSQL with the least latency and memory
-    /// (docs/performance.md); a larger PostgreSQL takes more.
-    #[arg(long, env = "WORKER_PROCESSORS", default_value_t = 2,
+    /// are routed by order id, so one order is always handled by one processor.
+    #[arg(long, env = "WORKER_PROCESSORS", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub processors: u16,
     /// Capacity (messages) of each processor's bounded channel. When a channel stays full the
