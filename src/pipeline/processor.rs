@@ -52,46 +52,64 @@ enum WriteError {
 
 impl Processor {
     /// Runs until the lane is closed and drained (graceful stop) or the abort token fires.
+    ///
+    /// A batch is collected while the one before it is written, so PostgreSQL never waits for
+    /// this processor to decode, and a batch whose linger ran out during that write is written
+    /// as soon as the write ends. Writes stay one at a time, in lane order.
     pub async fn run(self) -> Result<(), Error> {
-        let max = self.settings.batch_max_rows;
-        let mut batch: Vec<Decoded> = Vec::new();
-        loop {
-            if self.rx.is_empty() {
-                // Not in a backlog: give the batch's room back until it is needed; in a
-                // backlog the lane is never empty here and the room is kept.
-                batch = Vec::new();
+        let mut writing: Vec<Decoded> = Vec::new();
+        let mut filling: Vec<Decoded> = Vec::new();
+        let mut closed = self.collect(&mut filling).await;
+        while !filling.is_empty() {
+            std::mem::swap(&mut writing, &mut filling);
+            if closed {
+                return self.flush(&mut writing).await;
             }
-            let Ok(first) = self.rx.recv_async().await else {
-                return Ok(());
+            let write = async {
+                self.flush(&mut writing).await?;
+                if self.rx.is_empty() {
+                    // Not in a backlog: give the batch's room back until it is needed; in a
+                    // backlog the lane is never empty here and the room is kept.
+                    writing = Vec::new();
+                }
+                Ok::<(), Error>(())
             };
-            batch.reserve(max.min(self.rx.len() + 1));
-            batch.push(self.decode(first));
-            let deadline = tokio::time::Instant::now() + self.settings.linger;
-            let mut closed = false;
-            while batch.len() < max {
-                match self.rx.try_recv() {
-                    Ok(env) => batch.push(self.decode(env)),
-                    Err(flume::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                    Err(flume::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, self.rx.recv_async()).await {
-                            Ok(Ok(env)) => batch.push(self.decode(env)),
-                            Ok(Err(_)) => {
-                                closed = true;
-                                break;
-                            }
-                            Err(_linger_elapsed) => break,
-                        }
+            let next = async { Ok::<bool, Error>(self.collect(&mut filling).await) };
+            // On a failed write, the batch being collected is dropped unreported: its offsets
+            // are never committed, like everything else in the lane.
+            ((), closed) = tokio::try_join!(write, next)?;
+        }
+        Ok(())
+    }
+
+    /// Fills `batch` from the lane: waits for a first message, then takes more until the batch
+    /// is full, the lane is closed, or the linger (counted from that first message) is over.
+    /// Returns whether the lane is closed and drained.
+    async fn collect(&self, batch: &mut Vec<Decoded>) -> bool {
+        let max = self.settings.batch_max_rows;
+        if self.rx.is_empty() {
+            *batch = Vec::new();
+        }
+        let Ok(first) = self.rx.recv_async().await else {
+            return true;
+        };
+        batch.reserve(max.min(self.rx.len() + 1));
+        batch.push(self.decode(first));
+        let deadline = tokio::time::Instant::now() + self.settings.linger;
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(env) => batch.push(self.decode(env)),
+                Err(flume::TryRecvError::Disconnected) => return true,
+                Err(flume::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, self.rx.recv_async()).await {
+                        Ok(Ok(env)) => batch.push(self.decode(env)),
+                        Ok(Err(_)) => return true,
+                        Err(_linger_elapsed) => break,
                     }
                 }
             }
-            self.flush(&mut batch).await?;
-            if closed {
-                return Ok(());
-            }
         }
+        false
     }
 
     fn decode(&self, envelope: Envelope) -> Decoded {

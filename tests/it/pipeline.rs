@@ -1,5 +1,7 @@
 //! The pipeline on librdkafka's mock cluster: exact final state, idempotence, dead letters.
 
+use std::time::{Duration, Instant};
+
 use order_worker::synth::{Expectation, SynthSpec, event};
 use sqlx::Row;
 use uuid::Uuid;
@@ -304,6 +306,74 @@ async fn every_kind_of_invalid_message_is_dead_lettered_with_its_reason_and_its_
         orders(&db.pool).await[&order].version,
         1,
         "the valid event after them is applied"
+    );
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_linger_ran_out_during_a_slow_write_is_written_as_soon_as_that_write_ends() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    let db = TestDb::create().await;
+    let message = |order: Uuid| {
+        let value = event(order, 1, 0).to_json();
+        (Some(order.to_string().into_bytes()), Some(value))
+    };
+    // One processor, and a linger long enough to tell "at once" from "one linger later".
+    let worker = start_worker(
+        &mock.brokers,
+        &db.url,
+        &topic,
+        &group,
+        &["--processors", "1", "--batch-linger", "1s"],
+    )
+    .await;
+    let http = worker.http_addr();
+
+    // The first batch's write waits for this lock.
+    let mut lock = db.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock orders");
+    publish_raw(&mock.brokers, &topic, &[message(Uuid::new_v4())]);
+    eventually(
+        "the first batch's write waits for the lock",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .expect("pg_stat_activity");
+            waiting > 0
+        },
+    )
+    .await;
+
+    // A second message arrives during that write, and its linger runs out before the write ends.
+    publish_raw(&mock.brokers, &topic, &[message(Uuid::new_v4())]);
+    eventually(
+        "the second message consumed",
+        Duration::from_secs(10),
+        || async { metric(http, "order_worker_messages_consumed_total", &[]).await == 2.0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let released = Instant::now();
+    lock.rollback().await.expect("release the lock");
+
+    eventually("both orders durable", Duration::from_secs(10), || async {
+        count(&db.pool, "orders").await == 2
+    })
+    .await;
+    let after = released.elapsed();
+    assert!(
+        after < Duration::from_millis(700),
+        "the second batch was durable {after:?} after the first write ended; one linger is 1 s"
     );
     worker.stop();
     worker.wait().await.expect("graceful stop");
