@@ -53,9 +53,9 @@ enum WriteError {
 impl Processor {
     /// Runs until the lane is closed and drained (graceful stop) or the abort token fires.
     ///
-    /// A batch is collected while the one before it is written, so PostgreSQL never waits for
-    /// this processor to decode, and a batch whose linger ran out during that write is written
-    /// as soon as the write ends. Writes stay one at a time, in lane order.
+    /// Unless batches fill up (a backlog), a batch is collected while the one before it is
+    /// written, so a batch whose linger ran out during that write is written as soon as the
+    /// write ends (not one linger later). Writes stay one at a time, in lane order.
     pub async fn run(self) -> Result<(), Error> {
         let mut writing: Vec<Decoded> = Vec::new();
         let mut filling: Vec<Decoded> = Vec::new();
@@ -64,6 +64,15 @@ impl Processor {
             std::mem::swap(&mut writing, &mut filling);
             if closed {
                 return self.flush(&mut writing).await;
+            }
+            if writing.len() >= self.settings.batch_max_rows {
+                // A backlog: the next batch fills at once after this write anyway. Starting
+                // every write the moment the last one ends kept all processors writing at
+                // once, and on a small PostgreSQL that cost more than it gained
+                // (docs/performance.md).
+                self.flush(&mut writing).await?;
+                closed = self.collect(&mut filling).await;
+                continue;
             }
             let write = async {
                 self.flush(&mut writing).await?;
