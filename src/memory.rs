@@ -7,8 +7,9 @@
 //! buffers, the lanes, the batches), so without this a worker that drained a backlog would hold
 //! its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
 //! start, keeps large blocks out of the arenas so that trimming them can give memory back, and
-//! makes sure the process runs with [`TUNABLES`]: without them, chunks parked in per-thread caches
-//! and spread over many arenas keep a drained worker ~2-3 MiB above a fresh one.
+//! makes sure the process runs without per-thread caches and with one arena per core: otherwise
+//! chunks parked in those caches and spread over many arenas keep a drained worker ~2-3 MiB
+//! above a fresh one.
 
 use sqlx::PgPool;
 use tokio::runtime::Handle;
@@ -30,23 +31,13 @@ impl IdleRelease {
     }
 }
 
-/// glibc malloc settings that glibc reads only from the environment at process start, so the
-/// worker re-executes itself once to get them (see [`tune_allocator`]). Each one the operator
-/// already set (in `GLIBC_TUNABLES`, or `MALLOC_ARENA_MAX` for the arenas) is left as given.
-///
-/// - No per-thread cache (tcache): a thread keeps up to 7 freed chunks of each size for itself;
-///   after a backlog those cached chunks sit all over the arenas, and `malloc_trim` cannot return
-///   a page that holds one.
-/// - At most one arena per core (glibc's default is eight): live data left after a backlog is
-///   then packed into fewer arenas.
-pub const TUNABLES: [&str; 2] = ["glibc.malloc.tcache_count", "glibc.malloc.arena_max"];
-
 /// Called first thing in `main`, before any thread starts. Keeps large allocations (a batch's
 /// send buffer, a Fetch response) out of the heap arenas: glibc otherwise raises its mmap
 /// threshold to the largest block freed, after which such blocks live in the arenas and fragment
 /// them, and the arenas cannot be trimmed around live data. Then, unless they are already in
-/// place, re-executes the binary (same arguments, same pid) with [`TUNABLES`] added to
-/// `GLIBC_TUNABLES`. If that fails (no `/proc`), the worker runs on with glibc's defaults.
+/// place, re-executes the binary (same arguments, same pid) with the settings of
+/// `with_tunables` added to `GLIBC_TUNABLES`: glibc reads those only from the environment at
+/// process start. If that fails (no `/proc`), the worker runs on with glibc's defaults.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -85,8 +76,14 @@ pub fn tune_allocator() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const REEXECUTED: &str = "ORDER_WORKER_ALLOCATOR_TUNED";
 
-/// The `GLIBC_TUNABLES` value with the missing [`TUNABLES`] appended, or `None` when none is
-/// missing.
+/// The `GLIBC_TUNABLES` value with the worker's settings appended, or `None` when the operator
+/// already set each of them (in `current`, or `MALLOC_ARENA_MAX` for the arenas):
+///
+/// - no per-thread cache (tcache): a thread keeps up to 7 freed chunks of each size for itself;
+///   after a backlog those cached chunks sit all over the arenas, and `malloc_trim` cannot return
+///   a page that holds one;
+/// - at most one arena per core (glibc's default is eight): live data left after a backlog is
+///   then packed into fewer arenas.
 #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn with_tunables(current: Option<&str>, arena_env: bool, cores: usize) -> Option<String> {
     let current = current.unwrap_or("");
@@ -95,23 +92,20 @@ fn with_tunables(current: Option<&str>, arena_env: bool, cores: usize) -> Option
             .split(':')
             .any(|entry| entry.split('=').next() == Some(name))
     };
-    let values = [("0".to_owned(), false), (cores.to_string(), arena_env)];
-    let missing: Vec<String> = TUNABLES
-        .iter()
-        .zip(values)
-        .filter(|(name, (_, set_elsewhere))| !named(name) && !set_elsewhere)
-        .map(|(name, (value, _))| format!("{name}={value}"))
-        .collect();
-    if missing.is_empty() {
+    let mut parts: Vec<String> = Vec::new();
+    if !named("glibc.malloc.tcache_count") {
+        parts.push("glibc.malloc.tcache_count=0".into());
+    }
+    if !arena_env && !named("glibc.malloc.arena_max") {
+        parts.push(format!("glibc.malloc.arena_max={cores}"));
+    }
+    if parts.is_empty() {
         return None;
     }
-    Some(
-        std::iter::once(current)
-            .filter(|c| !c.is_empty())
-            .chain(missing.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(":"),
-    )
+    if !current.is_empty() {
+        parts.insert(0, current.to_owned());
+    }
+    Some(parts.join(":"))
 }
 
 /// Blocks of this size and above are mapped on their own and unmapped when freed. 64 KiB rather

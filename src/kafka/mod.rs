@@ -5,8 +5,8 @@
 //! cannot be turned back on through overrides). Only the offset tracker stores offsets, and only
 //! durable ones; librdkafka commits what is stored (every COMMIT_INTERVAL, on revoke, on close)
 //! and the worker also commits synchronously on revoke and at shutdown, and asynchronously once
-//! the pipeline has drained. So whatever path a
-//! commit takes, it never covers a message that is not durable.
+//! the pipeline has drained. So whatever path a commit takes, it never covers a message that is
+//! not durable.
 
 mod consumer;
 mod context;

@@ -70,23 +70,25 @@ impl Processor {
                 // every write the moment the last one ends kept all processors writing at
                 // once, and on a small PostgreSQL that cost more than it gained
                 // (docs/performance.md).
-                self.flush(&mut writing).await?;
+                self.write(&mut writing).await?;
                 closed = self.collect(&mut filling).await;
                 continue;
             }
-            let write = async {
-                self.flush(&mut writing).await?;
-                if self.rx.is_empty() {
-                    // Not in a backlog: give the batch's room back until it is needed; in a
-                    // backlog the lane is never empty here and the room is kept.
-                    writing = Vec::new();
-                }
-                Ok::<(), Error>(())
-            };
+            let write = self.write(&mut writing);
             let next = async { Ok::<bool, Error>(self.collect(&mut filling).await) };
             // On a failed write, the batch being collected is dropped unreported: its offsets
             // are never committed, like everything else in the lane.
             ((), closed) = tokio::try_join!(write, next)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch durably, then, if the lane is empty (no backlog), gives the batch's room
+    /// back until it is needed; in a backlog the room is kept for the next batch.
+    async fn write(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
+        self.flush(batch).await?;
+        if self.rx.is_empty() {
+            *batch = Vec::new();
         }
         Ok(())
     }
