@@ -58,15 +58,24 @@ pub fn tune_allocator() {
             cores,
         ) {
             use std::os::unix::process::CommandExt;
-            let mut args = std::env::args_os();
-            let arg0 = args.next().unwrap_or_default();
-            // `exec` returns only if it failed.
-            let _failed = std::process::Command::new("/proc/self/exe")
-                .arg0(arg0)
-                .args(args)
-                .env("GLIBC_TUNABLES", tunables)
-                .env(REEXECUTED, "1")
-                .exec();
+            // The binary's own path, not `/proc/self/exe`: the kernel names a process after the
+            // file it executes, and `ps`, `top` or `pkill order-worker` would otherwise see
+            // "exe". `/proc/self/exe` is the fallback for a binary replaced on disk meanwhile.
+            let own = std::env::current_exe().ok().filter(|path| path.is_file());
+            for program in own
+                .into_iter()
+                .chain([std::path::PathBuf::from("/proc/self/exe")])
+            {
+                let mut args = std::env::args_os();
+                let arg0 = args.next().unwrap_or_default();
+                // `exec` returns only if it failed.
+                let _failed = std::process::Command::new(program)
+                    .arg0(arg0)
+                    .args(args)
+                    .env("GLIBC_TUNABLES", &tunables)
+                    .env(REEXECUTED, "1")
+                    .exec();
+            }
         }
     }
 }

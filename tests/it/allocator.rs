@@ -39,6 +39,9 @@ async fn a_plain_start_runs_on_as_the_same_process_with_the_tunables_added() {
         tunables.starts_with("glibc.malloc.tcache_count=0"),
         "GLIBC_TUNABLES={tunables}"
     );
+    // The kernel names a process after the file it executed: `ps` and `pkill` must still find
+    // an order-worker, not an "exe".
+    assert_eq!(worker.comm().as_deref(), Some("order-worker"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,6 +252,12 @@ impl Binary {
         )
     }
 
+    /// The process name the kernel shows (`ps`, `pkill`): the executed file's name.
+    pub fn comm(&self) -> Option<String> {
+        let raw = std::fs::read_to_string(format!("/proc/{}/comm", self.child.id())).ok()?;
+        Some(raw.trim_end().to_owned())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
