@@ -3,7 +3,7 @@
 //! Invariant: [`IdleRelease::run`] is called only from the consumer thread, when nothing has been
 //! consumed for a while and nothing is in flight, at most once per idle period. The buffers a
 //! backlog grew (each pooled PostgreSQL connection keeps a batch-sized send buffer) are shrunk
-//! first, then glibc's arenas are trimmed: glibc keeps freed memory (librdkafka's prefetch
+//! and the histograms' sample blocks freed first, then glibc's arenas are trimmed: glibc keeps freed memory (librdkafka's prefetch
 //! buffers, the lanes, the batches), so without this a worker that drained a backlog would hold
 //! its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
 //! start, keeps large blocks out of the arenas so that trimming them can give memory back, and
@@ -27,6 +27,7 @@ impl IdleRelease {
         // A pooled connection returns to the pool through a spawned task.
         let _in_runtime = self.runtime.enter();
         db::shrink_idle_connections(&self.pool);
+        crate::metrics::fold_pending_samples();
         release_free_heap();
     }
 }
