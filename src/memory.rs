@@ -3,9 +3,9 @@
 //! Invariant: [`IdleRelease::run`] is called only from the consumer thread, when nothing has been
 //! consumed for a while and nothing is in flight, at most once per idle period. The buffers a
 //! backlog grew (each pooled PostgreSQL connection keeps a batch-sized send buffer) are shrunk
-//! and the histograms' sample blocks freed first, then glibc's arenas are trimmed: glibc keeps freed memory (librdkafka's prefetch
-//! buffers, the lanes, the batches), so without this a worker that drained a backlog would hold
-//! its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
+//! and the histograms' sample blocks freed first, then glibc's arenas are trimmed: glibc keeps
+//! freed memory (librdkafka's prefetch buffers, the lanes, the batches), so without this a worker
+//! that drained a backlog would hold its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
 //! start, keeps large blocks out of the arenas so that trimming them can give memory back, and
 //! makes sure the process runs without per-thread caches and with one arena per core: otherwise
 //! chunks parked in those caches and spread over many arenas keep a drained worker ~2-3 MiB

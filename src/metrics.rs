@@ -128,7 +128,7 @@ fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), Error> {
 /// otherwise return (0.3-0.9 MiB of idle RSS after a backlog; docs/performance.md). A deferred
 /// free waits for the epoch to advance twice: two flushes do that, unless another thread is
 /// recording at that moment. (crossbeam-epoch is the version metrics-util uses, so that both
-/// talk to the same collector.)
+/// talk to the same collector; the unit test below fails if they ever part.)
 fn fold_samples(handle: &PrometheusHandle) {
     handle.run_upkeep();
     for _ in 0..2 {
