@@ -5,11 +5,11 @@
 //! backlog grew (each pooled PostgreSQL connection keeps a batch-sized send buffer) are shrunk
 //! and the histograms' sample blocks freed first, then glibc's arenas are trimmed: glibc keeps
 //! freed memory (librdkafka's prefetch buffers, the lanes, the batches), so without this a worker
-//! that drained a backlog would hold its peak RSS for as long as it runs (docs/performance.md). [`tune_allocator`], called once at
-//! start, keeps large blocks out of the arenas so that trimming them can give memory back, and
-//! makes sure the process runs without per-thread caches and with one arena per core: otherwise
-//! chunks parked in those caches and spread over many arenas keep a drained worker ~2-3 MiB
-//! above a fresh one.
+//! that drained a backlog would hold its peak RSS for as long as it runs (docs/performance.md).
+//! [`tune_allocator`], called once at start, keeps large blocks out of the arenas so that
+//! trimming them can give memory back, and makes sure the process runs without per-thread caches
+//! and with one arena per core: otherwise chunks parked in those caches and spread over many
+//! arenas keep a drained worker ~2-3 MiB above a fresh one.
 
 use sqlx::PgPool;
 use tokio::runtime::Handle;
@@ -36,9 +36,9 @@ impl IdleRelease {
 /// send buffer, a Fetch response) out of the heap arenas: glibc otherwise raises its mmap
 /// threshold to the largest block freed, after which such blocks live in the arenas and fragment
 /// them, and the arenas cannot be trimmed around live data. Then, unless they are already in
-/// place, re-executes the binary (same arguments, same pid) with the settings of
+/// place, re-executes the binary (same arguments, same pid, same name) with the settings of
 /// `with_tunables` added to `GLIBC_TUNABLES`: glibc reads those only from the environment at
-/// process start. If that fails (no `/proc`), the worker runs on with glibc's defaults.
+/// process start. If that fails, the worker runs on with glibc's defaults.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -241,7 +241,6 @@ impl Binary {
 
     /// The environment the process image was started with (`/proc/<pid>/environ`: the block
     /// given to its last `execve`, as the kernel keeps it), if it still runs.
-    #[allow(dead_code)] // not every test binary uses it
     pub fn environ(&self) -> Option<Vec<String>> {
         let raw = std::fs::read(format!("/proc/{}/environ", self.child.id())).ok()?;
         Some(
