@@ -1,18 +1,21 @@
 //! Batched, idempotent writes of orders and dead letters.
 //!
-//! Invariant: one call writes a whole batch atomically with multi-row statements (UNNEST), and
-//! writing the same batch twice leaves the database as writing it once: an order row only moves
-//! to a strictly higher version, and a dead letter is unique on its source coordinates.
+//! Invariant: one call writes a whole batch atomically with one multi-row statement (UNNEST),
+//! and writing the same batch twice leaves the database as writing it once: an order row only
+//! moves to a strictly higher version, and a dead letter is unique on its source coordinates.
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::{PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::contract::{OrderEvent, Reason};
 
-/// The upsert of a batch of orders: public so the benchmark's ceiling asks PostgreSQL for exactly
-/// the same per-row work (examples/bench/loaders.rs).
-pub const UPSERT_ORDERS: &str = r#"
+/// The upsert of a batch of orders, as a literal for `concat!`. An order row only moves to a
+/// strictly higher version.
+macro_rules! upsert_orders {
+    () => {
+        r#"
 INSERT INTO orders AS o (order_id, version, customer_id, status, currency, total_minor, items,
                          occurred_at, last_event_id, last_event_type,
                          source_topic, source_partition, source_offset)
@@ -37,16 +40,33 @@ ON CONFLICT (order_id) DO UPDATE SET
     source_offset    = EXCLUDED.source_offset,
     applied_at       = now()
 WHERE o.version < EXCLUDED.version
-"#;
+"#
+    };
+}
 
-const INSERT_DEAD_LETTERS: &str = r#"
+/// The upsert alone: public so the benchmark's ceiling asks PostgreSQL for exactly the same
+/// per-row work (examples/bench/loaders.rs).
+pub const UPSERT_ORDERS: &str = upsert_orders!();
+
+/// A whole batch in one statement: the upsert and the dead letters, each a data-modifying CTE
+/// (PostgreSQL runs both to completion, atomically), counting what each changed. A batch that
+/// held both used to be a transaction of four round trips (BEGIN, two statements, COMMIT); on a
+/// busy machine each round trip waits for the backend to be scheduled again. Either side may
+/// be empty arrays. A dead letter is unique on its source coordinates.
+const WRITE_BATCH: &str = concat!(
+    "WITH applied AS (",
+    upsert_orders!(),
+    r#"RETURNING 1),
+dead AS (
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, message_key, payload,
                           payload_size, stage, reason, error, kafka_timestamp)
 SELECT $1, u.*
-FROM UNNEST($2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::int4[], $7::text[], $8::text[],
-            $9::text[], $10::timestamptz[]) AS u
+FROM UNNEST($14::int4[], $15::int8[], $16::bytea[], $17::bytea[], $18::int4[], $19::text[],
+            $20::text[], $21::text[], $22::timestamptz[]) AS u
 ON CONFLICT ON CONSTRAINT dead_letters_source_key DO NOTHING
-"#;
+RETURNING 1)
+SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM dead)"#
+);
 
 /// A valid event to apply, with the Kafka coordinates it came from.
 #[derive(Debug, Clone, Copy)]
@@ -100,121 +120,105 @@ impl OrderStore {
         &self.topic
     }
 
-    /// Writes orders and dead letters atomically. `orders` must not hold an order id twice (a
-    /// single INSERT .. ON CONFLICT cannot touch a row twice); callers keep the highest version.
+    /// Writes orders and dead letters atomically, in one statement (one round trip).
+    /// `orders` must not hold an order id twice (a single INSERT .. ON CONFLICT cannot touch a row
+    /// twice); callers keep the highest version.
     pub async fn write(
         &self,
         orders: &[OrderRow<'_>],
         dead: &[DeadLetterRow<'_>],
     ) -> Result<Written, sqlx::Error> {
-        // One statement is atomic by itself; a transaction (two more round trips) is only
-        // needed when both tables change.
-        let mut written = Written::default();
-        match (orders.is_empty(), dead.is_empty()) {
-            (true, true) => {}
-            (false, true) => written.applied = self.upsert(&self.pool, orders).await?,
-            (true, false) => written.dead_letters_new = self.bury(&self.pool, dead).await?,
-            (false, false) => {
-                let mut tx: Transaction<'_, Postgres> = self.pool.begin().await?;
-                written.applied = self.upsert(&mut *tx, orders).await?;
-                written.dead_letters_new = self.bury(&mut *tx, dead).await?;
-                tx.commit().await?;
-            }
+        if orders.is_empty() && dead.is_empty() {
+            return Ok(Written::default());
         }
-        Ok(written)
+        let q = bind_orders(sqlx::query(WRITE_BATCH).bind(&self.topic), orders);
+        let row = bind_dead(q, dead).fetch_one(&self.pool).await?;
+        let count = |column| Ok::<_, sqlx::Error>(row.try_get::<i64, _>(column)?.max(0) as u64);
+        Ok(Written {
+            applied: count(0)?,
+            dead_letters_new: count(1)?,
+        })
     }
+}
 
-    async fn upsert<'e, E>(&self, executor: E, rows: &[OrderRow<'_>]) -> Result<u64, sqlx::Error>
-    where
-        E: sqlx::Executor<'e, Database = Postgres>,
-    {
-        let n = rows.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut versions = Vec::with_capacity(n);
-        let mut customers = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut currencies = Vec::with_capacity(n);
-        let mut totals = Vec::with_capacity(n);
-        let mut items = Vec::with_capacity(n);
-        let mut occurred = Vec::with_capacity(n);
-        let mut event_ids: Vec<Uuid> = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut partitions = Vec::with_capacity(n);
-        let mut offsets = Vec::with_capacity(n);
-        for r in rows {
-            let e = r.event;
-            ids.push(e.order_id);
-            versions.push(e.version);
-            customers.push(e.customer_id.as_str());
-            statuses.push(e.status.as_str());
-            currencies.push(e.currency.as_str());
-            totals.push(e.total_minor);
-            items.push(e.items_json());
-            occurred.push(e.occurred_at);
-            event_ids.push(e.event_id);
-            event_types.push(e.event_type.as_str());
-            partitions.push(r.partition);
-            offsets.push(r.offset);
-        }
-        let done = sqlx::query(UPSERT_ORDERS)
-            .bind(&self.topic)
-            .bind(ids)
-            .bind(versions)
-            .bind(customers)
-            .bind(statuses)
-            .bind(currencies)
-            .bind(totals)
-            .bind(items)
-            .bind(occurred)
-            .bind(event_ids)
-            .bind(event_types)
-            .bind(partitions)
-            .bind(offsets)
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected())
-    }
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-    async fn bury<'e, E>(&self, executor: E, rows: &[DeadLetterRow<'_>]) -> Result<u64, sqlx::Error>
-    where
-        E: sqlx::Executor<'e, Database = Postgres>,
-    {
-        let n = rows.len();
-        let mut partitions = Vec::with_capacity(n);
-        let mut offsets = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut sizes = Vec::with_capacity(n);
-        let mut stages = Vec::with_capacity(n);
-        let mut reasons = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut timestamps = Vec::with_capacity(n);
-        for r in rows {
-            partitions.push(r.partition);
-            offsets.push(r.offset);
-            keys.push(r.key);
-            payloads.push(r.payload);
-            sizes.push(i32::try_from(r.payload_size).unwrap_or(i32::MAX));
-            stages.push(r.reason.stage().as_str());
-            reasons.push(r.reason.as_str());
-            // PostgreSQL text cannot hold NUL; reasons are built from escaped values, this is the
-            // last line of defence for messages quoted from elsewhere.
-            errors.push(r.error.replace('\0', "\\0"));
-            timestamps.push(r.kafka_timestamp);
-        }
-        let done = sqlx::query(INSERT_DEAD_LETTERS)
-            .bind(&self.topic)
-            .bind(partitions)
-            .bind(offsets)
-            .bind(keys)
-            .bind(payloads)
-            .bind(sizes)
-            .bind(stages)
-            .bind(reasons)
-            .bind(errors)
-            .bind(timestamps)
-            .execute(executor)
-            .await?;
-        Ok(done.rows_affected())
+/// Binds the order arrays (`$2` to `$13`; `$1` is the topic).
+fn bind_orders<'q>(q: PgQuery<'q>, rows: &[OrderRow<'q>]) -> PgQuery<'q> {
+    let n = rows.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut customers = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut totals = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut event_ids: Vec<Uuid> = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    for r in rows {
+        let e = r.event;
+        ids.push(e.order_id);
+        versions.push(e.version);
+        customers.push(e.customer_id.as_str());
+        statuses.push(e.status.as_str());
+        currencies.push(e.currency.as_str());
+        totals.push(e.total_minor);
+        items.push(e.items_json());
+        occurred.push(e.occurred_at);
+        event_ids.push(e.event_id);
+        event_types.push(e.event_type.as_str());
+        partitions.push(r.partition);
+        offsets.push(r.offset);
     }
+    q.bind(ids)
+        .bind(versions)
+        .bind(customers)
+        .bind(statuses)
+        .bind(currencies)
+        .bind(totals)
+        .bind(items)
+        .bind(occurred)
+        .bind(event_ids)
+        .bind(event_types)
+        .bind(partitions)
+        .bind(offsets)
+}
+
+/// Binds the dead-letter arrays (`$14` to `$22`), after the orders'.
+fn bind_dead<'q>(q: PgQuery<'q>, rows: &[DeadLetterRow<'q>]) -> PgQuery<'q> {
+    let n = rows.len();
+    let mut partitions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
+    let mut stages = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    let mut timestamps = Vec::with_capacity(n);
+    for r in rows {
+        partitions.push(r.partition);
+        offsets.push(r.offset);
+        keys.push(r.key);
+        payloads.push(r.payload);
+        sizes.push(i32::try_from(r.payload_size).unwrap_or(i32::MAX));
+        stages.push(r.reason.stage().as_str());
+        reasons.push(r.reason.as_str());
+        // PostgreSQL text cannot hold NUL; reasons are built from escaped values, this is the
+        // last line of defence for messages quoted from elsewhere.
+        errors.push(r.error.replace('\0', "\\0"));
+        timestamps.push(r.kafka_timestamp);
+    }
+    q.bind(partitions)
+        .bind(offsets)
+        .bind(keys)
+        .bind(payloads)
+        .bind(sizes)
+        .bind(stages)
+        .bind(reasons)
+        .bind(errors)
+        .bind(timestamps)
 }
