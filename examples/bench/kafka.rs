@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use order_worker::config::OffsetReset;
+use order_worker::kafka::producer::serve_until;
 use order_worker::lag::{self, Quiet};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -76,10 +77,10 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
         if rate > 0.0 {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
             let now = Instant::now();
-            // Sleep (in the producer's poll, serving delivery reports) only for a whole
-            // millisecond or more: a message due sooner is sent now, so pacing never spins.
+            // Sleep only for a whole millisecond or more: a message due sooner is sent now, so
+            // that the publisher keeps pace without a wake-up per message.
             if due > now + Duration::from_millis(1) {
-                producer.poll(due - now);
+                serve_until(&producer, due);
             }
         }
         let ts = now_ms();
@@ -96,7 +97,7 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
                 Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    producer.poll(Duration::from_millis(2));
+                    serve_until(&producer, Instant::now() + Duration::from_millis(2));
                 }
                 Err((e, _)) => panic!("produce failed: {e}"),
             }
