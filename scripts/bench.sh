@@ -28,7 +28,10 @@
 #                                with BENCH_WORKER_ARGS="--kafka-property debug=fetch"
 #   BENCH_PHASES [size,ceiling,e2e,naive,latency,startup]
 #   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
-#                                creates and drops databases named ow_bench_* there
+#                                creates and drops databases named ow_bench_* there. Unset,
+#                                the local server is started and its track_commit_timestamp
+#                                turned on (latency is measured to each row's commit; without
+#                                it, to its transaction's start, and the report says so)
 #   BENCH_KEEP_DBS [0]           1 keeps them
 # Example: BENCH_EVENTS=200000 BENCH_VARIANTS="p8=--processors 8" ./scripts/bench.sh
 set -euo pipefail
@@ -37,6 +40,7 @@ source scripts/lib.sh
 
 if [ -z "${BENCH_DATABASE_URL:-}" ]; then
   ensure_postgres
+  ensure_commit_timestamps
   export BENCH_DATABASE_URL
   BENCH_DATABASE_URL=$(pg_url postgres)
 fi

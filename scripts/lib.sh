@@ -29,11 +29,29 @@ ensure_postgres() {
     echo "==> starting PostgreSQL $version/$name"
     pg_ctlcluster "$version" "$name" start
   fi
+  wait_for_postgres
+  as_postgres "psql -qc \"ALTER USER postgres PASSWORD '$PG_PASSWORD'\"" >/dev/null
+}
+
+# Waits (up to 10 s) until the local server takes queries.
+wait_for_postgres() {
   for _ in $(seq 1 50); do
-    as_postgres "psql -qAtc 'SELECT 1'" >/dev/null 2>&1 && break
+    as_postgres "psql -qAtc 'SELECT 1'" >/dev/null 2>&1 && return
     sleep 0.2
   done
-  as_postgres "psql -qc \"ALTER USER postgres PASSWORD '$PG_PASSWORD'\"" >/dev/null
+}
+
+# Turns on track_commit_timestamp (PostgreSQL records when each transaction committed), which the
+# benchmark needs to measure latency up to a row's commit. A server setting: set once, and the
+# cluster restarted once; it costs a few bytes per transaction.
+ensure_commit_timestamps() {
+  [ "$(as_postgres "psql -qAtc 'SHOW track_commit_timestamp'")" = on ] && return
+  local version name
+  read -r version name _ <<<"$(pg_lsclusters -h | head -n 1)"
+  echo "==> turning on track_commit_timestamp (restarts PostgreSQL $version/$name once)"
+  as_postgres "psql -qc 'ALTER SYSTEM SET track_commit_timestamp = on'" >/dev/null
+  pg_ctlcluster "$version" "$name" restart
+  wait_for_postgres
 }
 
 # Creates a database unless it exists.

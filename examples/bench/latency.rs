@@ -1,7 +1,9 @@
 //! Phase 4, latency: a fresh worker fed at a steady rate (half the end-to-end rate by default),
-//! each message's send time as its Kafka timestamp; latency = the commit time of the row the
-//! message wrote (`applied_at`, `created_at` for dead letters) minus that timestamp. The worker's
-//! own end-to-end histogram is read too, for comparison.
+//! each message's send time as its Kafka timestamp; latency = the commit time of the transaction
+//! that wrote the message's row or dead letter (PostgreSQL's `pg_xact_commit_timestamp`, with
+//! `track_commit_timestamp` on) minus that timestamp. Without commit times, the transaction's
+//! start (`applied_at`, `created_at`) stands in, and the report says so. The worker's own
+//! end-to-end histogram is read too, for comparison.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,7 +23,13 @@ pub struct LatencyRun {
     pub rate: f64,
     pub achieved: f64,
     pub sent: usize,
+    /// Latencies to each row's commit (to its transaction's start without commit times), ms,
+    /// sorted.
     pub samples: Vec<f64>,
+    /// Whether `samples` end at the commit (the server records commit times).
+    pub to_commit: bool,
+    /// Latencies to each row's transaction start (`applied_at`), ms, sorted.
+    pub to_start: Vec<f64>,
     pub truncated: usize,
     pub caught_up: bool,
     pub histogram_p50: Option<f64>,
@@ -45,7 +53,7 @@ impl LatencyRun {
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -57,7 +65,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     let count = (rate * b.s.latency_secs).ceil() as usize;
     let url = b.fresh_db("latency");
     // The same generator and seed, but over 20 times more order ids than messages: almost every
-    // message then writes a row of its own, whose `applied_at` is its commit time. (With several
+    // message then writes a row of its own, whose writing transaction dates it. (With several
     // versions per order only each order's last message stays observable, and those cluster at
     // the end of the run, where a worker that falls behind is furthest behind.)
     let spec = SynthSpec {
@@ -117,21 +125,32 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         .collect();
     let first_ms = placement.sent_ms.first().copied().unwrap_or(0);
     let warmup_ms = (b.s.latency_warmup_secs * 1000.0) as i64;
-    let mut samples: Vec<f64> =
-        b.rt.block_on(pg::write_times(&url))
-            .into_iter()
-            .filter_map(|(p, o, at)| {
-                let sent = placement.sent_ms[*index.get(&(p, o))?];
-                (sent >= first_ms + warmup_ms).then_some(at * 1000.0 - sent as f64)
-            })
-            .collect();
-    samples.sort_by(f64::total_cmp);
+    let times = b.rt.block_on(pg::write_times(&url));
+    let to_commit = times.iter().all(|t| t.3.is_some());
+    let timed: Vec<(i64, f64, f64)> = times
+        .into_iter()
+        .filter_map(|(p, o, start, commit)| {
+            let sent = placement.sent_ms[*index.get(&(p, o))?];
+            let ms = |at: f64| at * 1000.0 - sent as f64;
+            (sent >= first_ms + warmup_ms).then(|| (sent, ms(commit.unwrap_or(start)), ms(start)))
+        })
+        .collect();
+    write_seconds(&b.log_file("latency-seconds.tsv"), first_ms, &timed);
+    let sorted = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let samples = sorted(timed.iter().map(|t| t.1).collect());
+    let to_start = sorted(timed.iter().map(|t| t.2).collect());
     let r = LatencyRun {
         args,
         rate,
         achieved,
         sent: count,
         samples,
+        to_commit,
+        to_start,
         truncated,
         caught_up,
         histogram_p50: metrics::bucket_quantile(&buckets, 0.5),
@@ -149,4 +168,31 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         r.max()
     ));
     r
+}
+
+/// Writes the latencies (to the commit, else the transaction start) by the second they were sent
+/// in: count, p50, p99, max. It shows whether a tail is spread over the run or comes from one
+/// slow stretch.
+fn write_seconds(path: &std::path::Path, first_ms: i64, timed: &[(i64, f64, f64)]) {
+    let mut by_second: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for (sent, ms, _) in timed {
+        by_second
+            .entry((sent - first_ms) / 1000)
+            .or_default()
+            .push(*ms);
+    }
+    let mut out = String::from("second\tcount\tp50_ms\tp99_ms\tmax_ms\n");
+    for (second, mut v) in by_second {
+        v.sort_by(f64::total_cmp);
+        let max = v.last().copied().unwrap_or(f64::NAN);
+        out.push_str(&format!(
+            "{second}\t{}\t{:.1}\t{:.1}\t{max:.1}\n",
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99)
+        ));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        log(format!("latency: cannot write {}: {e}", path.display()));
+    }
 }

@@ -19,8 +19,10 @@
 //!    offset commit, for a fixed window after its first message.
 //! 4. **Latency**: a fresh worker, the same generator (spread over 20x more order ids, so that
 //!    almost every message writes a row of its own) published at half the measured end-to-end
-//!    rate with each message's send time as its Kafka timestamp; latency = the `applied_at`
-//!    (`created_at` for dead letters) of the row the message wrote minus that timestamp.
+//!    rate with each message's send time as its Kafka timestamp; latency = the commit time of
+//!    the transaction that wrote the message's row or dead letter minus that timestamp (with
+//!    `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
+//!    transaction's start, `applied_at` / `created_at`).
 //! 5. **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
 //!
 //! The broker is librdkafka's mock cluster, inside this process: its CPU is measured separately

@@ -129,15 +129,27 @@ pub async fn write_window(url: &str) -> Option<(f64, f64)> {
     .and_then(|(a, b)| Some((a?, b?)))
 }
 
-/// For every order row and dead letter: its source coordinates and when its write happened
-/// (`applied_at` / `created_at`: `now()` of the writing transaction), in Unix seconds.
-pub async fn write_times(url: &str) -> Vec<(i32, i64, f64)> {
+/// For every order row and dead letter: its source coordinates, when its writing transaction
+/// started (`applied_at` / `created_at`, `now()`) and, if the server records commit times
+/// (`track_commit_timestamp`), when that transaction committed; all in Unix seconds.
+pub async fn write_times(url: &str) -> Vec<(i32, i64, f64, Option<f64>)> {
     let mut c = PgConnection::connect(url).await.expect("connect");
-    sqlx::query_as(
-        "SELECT source_partition, source_offset, extract(epoch FROM applied_at)::float8 FROM orders
+    let tracked: String = sqlx::query_scalar("SHOW track_commit_timestamp")
+        .fetch_one(&mut c)
+        .await
+        .expect("read track_commit_timestamp");
+    let commit = if tracked == "on" {
+        "extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8"
+    } else {
+        "NULL::float8"
+    };
+    sqlx::query_as(&format!(
+        "SELECT source_partition, source_offset, extract(epoch FROM applied_at)::float8, {commit}
+         FROM orders
          UNION ALL
-         SELECT source_partition, source_offset, extract(epoch FROM created_at)::float8 FROM dead_letters",
-    )
+         SELECT source_partition, source_offset, extract(epoch FROM created_at)::float8, {commit}
+         FROM dead_letters"
+    ))
     .fetch_all(&mut c)
     .await
     .expect("read write times")
