@@ -29,9 +29,11 @@
 #   BENCH_PHASES [size,ceiling,e2e,naive,latency,startup]
 #   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
 #                                creates and drops databases named ow_bench_* there. Unset,
-#                                the local server is started and its track_commit_timestamp
-#                                turned on (latency is measured to each row's commit; without
-#                                it, to its transaction's start, and the report says so)
+#                                the local server is started and configured once (lib.sh's
+#                                configure_bench_postgres: track_commit_timestamp, so latency
+#                                ends at each row's commit, else at its transaction's start and
+#                                the report says so; max_wal_size, checkpoint_timeout and
+#                                shared_buffers sized for the write rate)
 #   BENCH_KEEP_DBS [0]           1 keeps them
 # Example: BENCH_EVENTS=200000 BENCH_VARIANTS="p8=--processors 8" ./scripts/bench.sh
 set -euo pipefail
@@ -40,7 +42,7 @@ source scripts/lib.sh
 
 if [ -z "${BENCH_DATABASE_URL:-}" ]; then
   ensure_postgres
-  ensure_commit_timestamps
+  configure_bench_postgres
   export BENCH_DATABASE_URL
   BENCH_DATABASE_URL=$(pg_url postgres)
 fi

@@ -41,17 +41,37 @@ wait_for_postgres() {
   done
 }
 
-# Turns on track_commit_timestamp (PostgreSQL records when each transaction committed), which the
-# benchmark needs to measure latency up to a row's commit. A server setting: set once, and the
-# cluster restarted once; it costs a few bytes per transaction.
-ensure_commit_timestamps() {
-  [ "$(as_postgres "psql -qAtc 'SHOW track_commit_timestamp'")" = on ] && return
-  local version name
-  read -r version name _ <<<"$(pg_lsclusters -h | head -n 1)"
-  echo "==> turning on track_commit_timestamp (restarts PostgreSQL $version/$name once)"
-  as_postgres "psql -qc 'ALTER SYSTEM SET track_commit_timestamp = on'" >/dev/null
-  pg_ctlcluster "$version" "$name" restart
-  wait_for_postgres
+# Settings the benchmark needs from the local server, set once (ALTER SYSTEM; a restart only when
+# one of them needs it):
+# - track_commit_timestamp=on, so that latency is measured to each row's commit (a few bytes per
+#   transaction);
+# - max_wal_size=4GB and checkpoint_timeout=15min, what PostgreSQL's own log asks for at this
+#   write rate ("checkpoints are occurring too frequently ... consider increasing
+#   max_wal_size"). With the stock 1GB a checkpoint started ~10 s into every latency phase, and
+#   the full-page images it forces into WAL slowed PostgreSQL's writes for the rest of the phase;
+# - shared_buffers=2GB (the stock 128MB is sized for a machine with little memory; PostgreSQL's
+#   documentation suggests a quarter of a dedicated server's). The latency phase writes ~1.4M
+#   new rows; once 128MB were full, every write also had to evict a dirty page first.
+configure_bench_postgres() {
+  local want="track_commit_timestamp=on max_wal_size=4GB checkpoint_timeout=15min shared_buffers=2GB"
+  local setting name value restart=0 changed=0
+  for setting in $want; do
+    name=${setting%%=*} value=${setting#*=}
+    [ "$(as_postgres "psql -qAtc \"SELECT current_setting('$name')\"")" = "$value" ] && continue
+    echo "==> PostgreSQL: $name = $value (for the benchmark)"
+    as_postgres "psql -qc \"ALTER SYSTEM SET $name = '$value'\"" >/dev/null
+    changed=1
+    [ "$(as_postgres "psql -qAtc \"SELECT context FROM pg_settings WHERE name = '$name'\"")" = postmaster ] && restart=1
+  done
+  [ $changed = 1 ] || return 0
+  local version cluster
+  read -r version cluster _ <<<"$(pg_lsclusters -h | head -n 1)"
+  if [ $restart = 1 ]; then
+    pg_ctlcluster "$version" "$cluster" restart
+    wait_for_postgres
+  else
+    as_postgres "psql -qAtc 'SELECT pg_reload_conf()'" >/dev/null
+  fi
 }
 
 # Creates a database unless it exists.

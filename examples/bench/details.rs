@@ -187,10 +187,11 @@ pub fn details(b: &Bench, r: &Results) -> String {
         );
         let _ = writeln!(
             d,
-            "- Worker peak RSS {:.1} MiB; backpressure pauses {}. CPU while publishing and draining: {}.",
+            "- Worker peak RSS {:.1} MiB; backpressure pauses {}. CPU while publishing and draining: {}. PostgreSQL checkpoints started meanwhile: {} (after one, the first write of each page carries the whole page in WAL, which slows every write until the pages have been touched; see `max_wal_size` in the setup).",
             mib(l.peak_rss),
             l.batches.pauses.map_or("-".into(), |p| format!("{p:.0}")),
-            l.cpu.summary()
+            l.cpu.summary(),
+            l.checkpoints.map_or("-".into(), |n| n.to_string())
         );
         let _ = writeln!(
             d,

@@ -39,6 +39,8 @@ pub struct LatencyRun {
     pub batches: BatchStats,
     pub cpu: CpuUse,
     pub peak_rss: u64,
+    /// Checkpoints PostgreSQL started while publishing and draining.
+    pub checkpoints: Option<i64>,
 }
 
 impl LatencyRun {
@@ -87,6 +89,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     worker
         .wait_assigned(b.s.latency_partitions as usize, Duration::from_secs(60))
         .expect("worker owns the latency topic's partitions");
+    let checkpoints_before = b.rt.block_on(b.server.checkpoints());
     let sampler = Sampler::start(&worker);
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
     log(format!(
@@ -106,6 +109,9 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         std::thread::sleep(Duration::from_millis(100));
     }
     let cpu = CpuSnapshot::take(Some(worker.pid), DB_PREFIX).since(&before);
+    let checkpoints = checkpoints_before
+        .zip(b.rt.block_on(b.server.checkpoints()))
+        .map(|(before, after)| after - before);
     let metrics = worker.metrics();
     let peak_rss = worker.memory().peak;
     sampler.finish(&b.log_file("latency.tsv"));
@@ -159,6 +165,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         batches: BatchStats::of(&metrics),
         cpu,
         peak_rss,
+        checkpoints,
     };
     log(format!(
         "latency: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

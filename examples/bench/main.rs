@@ -145,6 +145,8 @@ fn main() {
         "synchronous_commit",
         "fsync",
         "max_wal_size",
+        "checkpoint_timeout",
+        "track_commit_timestamp",
     ]
     .iter()
     .map(|n| format!("{n}={}", rt.block_on(server.setting(n))))

@@ -70,6 +70,16 @@ impl Server {
         let _ = admin.execute("CHECKPOINT").await;
     }
 
+    /// Checkpoints the server has started so far (`None` where `pg_stat_bgwriter` no longer
+    /// counts them, PostgreSQL 17 and later).
+    pub async fn checkpoints(&self) -> Option<i64> {
+        let mut admin = self.admin().await;
+        sqlx::query_scalar("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
+            .fetch_one(&mut admin)
+            .await
+            .ok()
+    }
+
     pub async fn setting(&self, name: &str) -> String {
         let mut admin = self.admin().await;
         sqlx::query_scalar::<_, String>("SELECT current_setting($1)")
