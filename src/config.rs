@@ -260,7 +260,7 @@ pub struct PipelineConfig {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_rows: u32,
     /// How long a processor waits to fill a batch before writing what it has.
-    #[arg(long, env = "BATCH_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
     /// Largest accepted message value; larger ones are dead-lettered (and stored truncated).
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_048_576,
