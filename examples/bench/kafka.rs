@@ -75,13 +75,10 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
     let mut sent_ms = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         if rate > 0.0 {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            // Sleep only for a whole millisecond or more: a message due sooner is sent now, so
-            // that the publisher keeps pace without a wake-up per message.
-            if due > now + Duration::from_millis(1) {
-                serve_until(&producer, due);
-            }
+            serve_until(
+                &producer,
+                started + Duration::from_secs_f64(i as f64 / rate),
+            );
         }
         let ts = now_ms();
         sent_ms.push(ts);

@@ -142,8 +142,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         })
         .collect();
     write_seconds(&b.log_file("latency-seconds.tsv"), first_ms, &timed);
-    let sorted = |v: Vec<f64>| {
-        let mut v = v;
+    let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
     };
