@@ -39,8 +39,9 @@ impl Health {
         self.db_ok.store(ok, Ordering::Relaxed);
     }
 
-    pub fn consumer_polled(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
+    /// The consumer polled at `now` (the caller's clock reading: it has one at hand).
+    pub fn consumer_polled(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         self.consumer_polled_ms.store(ms.max(1), Ordering::Relaxed);
     }
 
@@ -86,7 +87,7 @@ mod tests {
         assert_eq!(h.readiness(), Err("postgres unavailable"));
         h.set_db_ok(true);
         assert_eq!(h.readiness(), Err("consumer not running"));
-        h.consumer_polled();
+        h.consumer_polled(Instant::now());
         assert_eq!(h.readiness(), Ok(()));
     }
 
@@ -94,7 +95,7 @@ mod tests {
     fn draining_wins_over_everything() {
         let h = Health::new();
         h.set_db_ok(true);
-        h.consumer_polled();
+        h.consumer_polled(Instant::now());
         h.start_draining();
         assert_eq!(h.readiness(), Err("draining"));
     }
@@ -102,7 +103,7 @@ mod tests {
     #[test]
     fn losing_postgres_makes_the_worker_unready() {
         let h = Health::new();
-        h.consumer_polled();
+        h.consumer_polled(Instant::now());
         h.set_db_ok(true);
         h.set_db_ok(false);
         assert_eq!(h.readiness(), Err("postgres unavailable"));

@@ -124,7 +124,15 @@ impl OrderEvent {
 
     /// The items as the JSON stored in `orders.items`.
     pub fn items_json(&self) -> String {
-        serde_json::to_string(&self.items).expect("line items always serialize")
+        let mut json = Vec::with_capacity(64 * self.items.len());
+        self.write_items_json(&mut json);
+        String::from_utf8(json).expect("serde_json writes UTF-8")
+    }
+
+    /// Appends [`items_json`](Self::items_json) to `out` (a batch writes all of its rows' into
+    /// one buffer).
+    pub fn write_items_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, &self.items).expect("line items always serialize");
     }
 }
 

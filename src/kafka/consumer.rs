@@ -97,7 +97,11 @@ impl ConsumerLoop {
         let mut trimmed = false;
         let mut last_idle_commit: Option<Instant> = None;
         while !self.stop.is_cancelled() {
-            self.health.consumer_polled();
+            // One clock reading per turn: a turn hands over one message, and on this VM's
+            // clock a reading costs about as much as the rest of the hand-over
+            // (docs/performance.md).
+            let now = Instant::now();
+            self.health.consumer_polled(now);
             while let Some(envelope) = pending.pop_front() {
                 if let Some(back) = self.offer(envelope, OFFER_SLICE)? {
                     pending.push_front(back);
@@ -111,7 +115,7 @@ impl ConsumerLoop {
                     paused = false;
                 }
             } else if !paused
-                && blocked_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER
+                && now.saturating_duration_since(*blocked_since.get_or_insert(now)) >= PAUSE_AFTER
             {
                 self.set_paused(true);
                 paused = true;
@@ -128,7 +132,7 @@ impl ConsumerLoop {
                     None => {}
                     Some(Ok(message)) => {
                         self.metrics.consumed.increment(1);
-                        (last_message, trimmed) = (Instant::now(), false);
+                        (last_message, trimmed) = (now, false);
                         if let Some(envelope) = self.envelope(&message) {
                             pending.push_back(envelope);
                         }
@@ -139,7 +143,7 @@ impl ConsumerLoop {
                     }
                 }
             }
-            if last_store.elapsed() >= STORE_INTERVAL {
+            if now.saturating_duration_since(last_store) >= STORE_INTERVAL {
                 self.store();
                 let in_flight = self.tracker.in_flight();
                 self.report_depths(in_flight);
@@ -150,14 +154,15 @@ impl ConsumerLoop {
                 {
                     self.commit_drained(&mut last_idle_commit);
                 }
-                if !trimmed && drained && last_message.elapsed() >= IDLE_AFTER {
+                if !trimmed && drained && now.saturating_duration_since(last_message) >= IDLE_AFTER
+                {
                     self.tracker.shrink();
                     // A backlog grows this to thousands of slots (~200 KiB).
                     pending.shrink_to_fit();
                     self.idle_release.run();
                     trimmed = true;
                 }
-                last_store = Instant::now();
+                last_store = now;
             }
         }
         Ok(())
@@ -202,12 +207,14 @@ impl ConsumerLoop {
     fn offer(&self, envelope: Envelope, wait: Duration) -> Result<Option<Envelope>, Error> {
         let lane = self.dispatcher.route(&envelope);
         let weight = envelope.weight();
-        let deadline = Instant::now() + wait;
-        while !self.dispatcher.has_room(lane, weight) {
-            if Instant::now() >= deadline {
-                return Ok(Some(envelope));
+        if !self.dispatcher.has_room(lane, weight) {
+            let deadline = Instant::now() + wait;
+            while !self.dispatcher.has_room(lane, weight) {
+                if Instant::now() >= deadline {
+                    return Ok(Some(envelope));
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
         // Registered before it is sent, so a fast processor cannot report it first.
         if self

@@ -23,8 +23,8 @@ pub struct Decoded {
 
 pub fn decode(envelope: Envelope, max_payload_bytes: usize) -> Decoded {
     let outcome = contract::decode(
-        envelope.key.as_deref(),
-        envelope.payload.as_deref(),
+        envelope.key(),
+        envelope.payload(),
         envelope.payload_size,
         max_payload_bytes,
     );
@@ -43,8 +43,8 @@ impl Decoded {
         DeadLetterRow {
             partition: e.position.partition,
             offset: e.position.offset,
-            key: e.key.as_deref(),
-            payload: e.payload.as_deref(),
+            key: e.key(),
+            payload: e.payload(),
             payload_size: e.payload_size,
             reason: rejection.reason,
             error: &rejection.detail,

@@ -73,7 +73,7 @@ impl Dispatcher {
     /// processor; by partition for keyless messages (they are dead-lettered anyway).
     pub fn route(&self, envelope: &Envelope) -> usize {
         let n = self.senders.len() as u64;
-        let hash = match &envelope.key {
+        let hash = match envelope.key() {
             Some(key) => BuildHasherDefault::<DefaultHasher>::default().hash_one(key),
             None => envelope.position.partition as u64,
         };

@@ -11,9 +11,14 @@ const OVERHEAD_BYTES: u64 = 128;
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub position: Position,
-    pub key: Option<Vec<u8>>,
-    /// The value, cut to `max_payload_bytes`; `None` for a tombstone.
-    pub payload: Option<Vec<u8>>,
+    /// The key followed by the value (cut to `max_payload_bytes`), in one allocation: the
+    /// consumer thread allocates it and a processor frees it, and every such cross-thread pair
+    /// contends on the allocator's locks (docs/performance.md).
+    bytes: Box<[u8]>,
+    /// Length of the key at the start of `bytes`; `None` for a message without a key.
+    key_len: Option<usize>,
+    /// Whether the message has a value (`false` for a tombstone).
+    has_payload: bool,
     /// The size of the value as delivered by the broker.
     pub payload_size: usize,
     /// Kafka message timestamp, milliseconds since the epoch.
@@ -28,20 +33,34 @@ impl Envelope {
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Self {
-        let cut = |b: &[u8]| b[..b.len().min(max_payload_bytes)].to_vec();
+        let key_bytes = key.unwrap_or_default();
+        let value = payload.map_or(&[][..], |b| &b[..b.len().min(max_payload_bytes)]);
+        let mut bytes = Vec::with_capacity(key_bytes.len() + value.len());
+        bytes.extend_from_slice(key_bytes);
+        bytes.extend_from_slice(value);
         Self {
             position,
-            key: key.map(cut),
-            payload: payload.map(cut),
+            bytes: bytes.into_boxed_slice(),
+            key_len: key.map(<[u8]>::len),
+            has_payload: payload.is_some(),
             payload_size: payload.map_or(0, <[u8]>::len),
             timestamp_ms,
         }
     }
 
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key_len.map(|n| &self.bytes[..n])
+    }
+
+    /// The value, cut to `max_payload_bytes`; `None` for a tombstone.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.has_payload
+            .then(|| &self.bytes[self.key_len.unwrap_or(0)..])
+    }
+
     /// Bytes this message holds while in flight, for the in-flight budget.
     pub fn weight(&self) -> u64 {
-        let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len) as u64;
-        OVERHEAD_BYTES + len(&self.key) + len(&self.payload)
+        OVERHEAD_BYTES + self.bytes.len() as u64
     }
 }
 
@@ -61,7 +80,8 @@ mod tests {
     fn a_value_over_the_limit_is_cut_but_its_size_is_kept() {
         let big = vec![b'x'; 10_000];
         let e = Envelope::new(at(0), Some(b"k"), Some(&big), None, 100);
-        assert_eq!(e.payload.as_ref().map(Vec::len), Some(100));
+        assert_eq!(e.payload().map(<[u8]>::len), Some(100));
+        assert_eq!(e.key(), Some(&b"k"[..]));
         assert_eq!(e.payload_size, 10_000);
         assert_eq!(e.weight(), OVERHEAD_BYTES + 1 + 100);
     }
@@ -69,7 +89,20 @@ mod tests {
     #[test]
     fn a_tombstone_has_no_value_and_size_zero() {
         let e = Envelope::new(at(1), Some(b"k"), None, Some(5), 100);
-        assert!(e.payload.is_none());
+        assert!(e.payload().is_none());
+        assert_eq!(e.key(), Some(&b"k"[..]));
         assert_eq!(e.payload_size, 0);
+    }
+
+    #[test]
+    fn a_missing_key_an_empty_key_and_an_empty_value_stay_apart() {
+        let keyless = Envelope::new(at(2), None, Some(b"{}"), None, 100);
+        assert_eq!((keyless.key(), keyless.payload()), (None, Some(&b"{}"[..])));
+        let empty = Envelope::new(at(3), Some(b""), Some(b""), None, 100);
+        assert_eq!(
+            (empty.key(), empty.payload()),
+            (Some(&b""[..]), Some(&b""[..]))
+        );
+        assert_eq!(empty.weight(), OVERHEAD_BYTES);
     }
 }
