@@ -19,6 +19,8 @@
 #   BENCH_LATENCY_WARMUP_SECS [3], BENCH_LATENCY_ARGS [--kafka-property fetch.wait.max.ms=10]
 #   BENCH_LATENCY_PARTITIONS [16] partitions of the latency topic (the mock broker's Fetch cost
 #                                grows with the produced batches a partition holds)
+#   BENCH_LATENCY_ROUNDS [3]     latency runs, each on a fresh topic, database and worker (the
+#                                table shows the round with the median p99/p50, and each ratio)
 #   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
 #   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
 #                                NAME=value words are environment variables of the worker and

@@ -13,7 +13,12 @@ use crate::worker::{WorkerProc, WorkerSpec};
 /// The backlog's topic.
 pub const TOPIC: &str = "bench-orders";
 /// The latency phase's topic (paced publishing).
-pub const LATENCY_TOPIC: &str = "bench-latency";
+const LATENCY_TOPIC: &str = "bench-latency";
+
+/// The latency topic of round `round` (from 0): each round starts on an empty topic of its own.
+pub fn latency_topic(round: usize) -> String {
+    format!("{LATENCY_TOPIC}-{}", round + 1)
+}
 /// A topic that stays empty (startup and idle memory).
 pub const IDLE_TOPIC: &str = "bench-idle";
 /// Every database the harness creates is named `<DB_PREFIX><run id>_<what>`.

@@ -9,7 +9,7 @@ use crate::bench::Bench;
 use crate::ceiling::CeilingRun;
 use crate::cpu::Party;
 use crate::e2e::E2eResult;
-use crate::latency::percentile;
+use crate::latency::{LatencyRun, percentile};
 use crate::report::{Results, Setup, flags, ms, rate_str};
 use crate::worker::mib;
 
@@ -126,73 +126,22 @@ pub fn details(b: &Bench, r: &Results) -> String {
         );
         let _ = writeln!(d, "- CPU: {}.", n.cpu.summary());
     }
-    if let Some(l) = &lat {
+    if !lat.is_empty() {
         let _ = writeln!(d, "\n## 4. Latency\n");
-        let _ = writeln!(
-            d,
-            "- Topic of {} partitions (`BENCH_LATENCY_PARTITIONS`; see below). Worker flags: `{}` (`fetch.wait.max.ms`: see below). Target rate {} events/s, achieved {} events/s; {} messages; {} samples (rows whose last write came from a message sent after the {:.0} s warm-up){}{}.",
-            b.s.latency_partitions,
-            flags(&l.args),
-            rate_str(l.rate),
-            rate_str(l.achieved),
-            rate_str(l.sent as f64),
-            rate_str(l.samples.len() as f64),
-            b.s.latency_warmup_secs,
-            if l.caught_up {
-                ""
-            } else {
-                "; **the worker did not catch up within 120 s**"
-            },
-            if l.truncated > 0 {
-                format!("; {} partitions truncated by the mock cluster", l.truncated)
-            } else {
-                String::new()
-            }
-        );
-        let _ = writeln!(
-            d,
-            "- To each row's commit{}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms.",
-            if l.to_commit {
-                " (`pg_xact_commit_timestamp`)"
-            } else {
-                " (**not available: `track_commit_timestamp` is off, so these end at the \
-                 writing transaction's start**)"
-            },
-            l.p(0.5),
-            l.p(0.9),
-            l.p(0.99),
-            l.p(0.999),
-            l.max()
-        );
-        let start = |q| percentile(&l.to_start, q);
-        let _ = writeln!(
-            d,
-            "- To the writing transaction's start (`applied_at`, what earlier reports measured): \
-             p50 {:.1} ms, p99 {:.1} ms (p99 = {:.1}× p50), max {:.1} ms.",
-            start(0.5),
-            start(0.99),
-            start(0.99) / start(0.5),
-            l.to_start.last().copied().unwrap_or(f64::NAN)
-        );
-        let _ = writeln!(
-            d,
-            "- The worker's own histogram (every message, bucket upper bounds): p50 ≤ {} ms, p99 ≤ {} ms over {} messages; mean batch {:.0} messages, mean batch write {:.1} ms.",
-            l.histogram_p50
-                .map_or("-".into(), |x| format!("{:.0}", x * 1000.0)),
-            l.histogram_p99
-                .map_or("-".into(), |x| format!("{:.0}", x * 1000.0)),
-            l.histogram_count.map_or("-".into(), rate_str),
-            l.batches.mean_batch.unwrap_or(f64::NAN),
-            l.batches.mean_write_ms.unwrap_or(f64::NAN)
-        );
-        let _ = writeln!(
-            d,
-            "- Worker peak RSS {:.1} MiB; backpressure pauses {}. CPU while publishing and draining: {}. PostgreSQL checkpoints started meanwhile: {} (after one, the first write of each page carries the whole page in WAL, which slows every write until the pages have been touched; see `max_wal_size` in the setup).",
-            mib(l.peak_rss),
-            l.batches.pauses.map_or("-".into(), |p| format!("{p:.0}")),
-            l.cpu.summary(),
-            l.checkpoints.map_or("-".into(), |n| n.to_string())
-        );
+    }
+    for l in lat {
+        if lat.len() > 1 {
+            let _ = writeln!(d, "- **`{}`** (p99 = {:.1}× p50):", l.label, l.ratio());
+        }
+        // Under a round's heading, its lines are indented one level.
+        let mut lines = String::new();
+        latency_lines(&mut lines, b, l);
+        let indent = if lat.len() > 1 { "  " } else { "" };
+        for line in lines.lines() {
+            let _ = writeln!(d, "{indent}{line}");
+        }
+    }
+    if !lat.is_empty() {
         let _ = writeln!(
             d,
             "- `fetch.wait.max.ms`: librdkafka's mock broker, unlike Kafka, does not answer a Fetch \
@@ -390,4 +339,73 @@ pub fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One latency round's figures, a line each.
+fn latency_lines(d: &mut String, b: &Bench, l: &LatencyRun) {
+    let _ = writeln!(
+        d,
+        "- Topic of {} partitions (`BENCH_LATENCY_PARTITIONS`; see below). Worker flags: `{}` (`fetch.wait.max.ms`: see below). Target rate {} events/s, achieved {} events/s; {} messages; {} samples (rows whose last write came from a message sent after the {:.0} s warm-up){}{}.",
+        b.s.latency_partitions,
+        flags(&l.args),
+        rate_str(l.rate),
+        rate_str(l.achieved),
+        rate_str(l.sent as f64),
+        rate_str(l.samples.len() as f64),
+        b.s.latency_warmup_secs,
+        if l.caught_up {
+            ""
+        } else {
+            "; **the worker did not catch up within 120 s**"
+        },
+        if l.truncated > 0 {
+            format!("; {} partitions truncated by the mock cluster", l.truncated)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        d,
+        "- To each row's commit{}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms.",
+        if l.to_commit {
+            " (`pg_xact_commit_timestamp`)"
+        } else {
+            " (**not available: `track_commit_timestamp` is off, so these end at the \
+                 writing transaction's start**)"
+        },
+        l.p(0.5),
+        l.p(0.9),
+        l.p(0.99),
+        l.p(0.999),
+        l.max()
+    );
+    let start = |q| percentile(&l.to_start, q);
+    let _ = writeln!(
+        d,
+        "- To the writing transaction's start (`applied_at`, what earlier reports measured): \
+             p50 {:.1} ms, p99 {:.1} ms (p99 = {:.1}× p50), max {:.1} ms.",
+        start(0.5),
+        start(0.99),
+        start(0.99) / start(0.5),
+        l.to_start.last().copied().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        d,
+        "- The worker's own histogram (every message, bucket upper bounds): p50 ≤ {} ms, p99 ≤ {} ms over {} messages; mean batch {:.0} messages, mean batch write {:.1} ms.",
+        l.histogram_p50
+            .map_or("-".into(), |x| format!("{:.0}", x * 1000.0)),
+        l.histogram_p99
+            .map_or("-".into(), |x| format!("{:.0}", x * 1000.0)),
+        l.histogram_count.map_or("-".into(), rate_str),
+        l.batches.mean_batch.unwrap_or(f64::NAN),
+        l.batches.mean_write_ms.unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        d,
+        "- Worker peak RSS {:.1} MiB; backpressure pauses {}. CPU while publishing and draining: {}. PostgreSQL checkpoints started meanwhile: {} (after one, the first write of each page carries the whole page in WAL, which slows every write until the pages have been touched; see `max_wal_size` in the setup).",
+        mib(l.peak_rss),
+        l.batches.pauses.map_or("-".into(), |p| format!("{p:.0}")),
+        l.cpu.summary(),
+        l.checkpoints.map_or("-".into(), |n| n.to_string())
+    );
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use order_worker::synth::SynthSpec;
 
-use crate::bench::{Bench, DB_PREFIX, LATENCY_TOPIC, log};
+use crate::bench::{Bench, DB_PREFIX, latency_topic, log};
 use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::kafka::{self, Probe};
 use crate::metrics::{self, BatchStats};
@@ -19,6 +19,8 @@ use crate::stream::generate;
 use crate::timeline::Sampler;
 
 pub struct LatencyRun {
+    /// `latency`, or `latency-r<n>` when there are several rounds.
+    pub label: String,
     pub args: Vec<String>,
     pub rate: f64,
     pub achieved: f64,
@@ -53,6 +55,22 @@ impl LatencyRun {
     pub fn max(&self) -> f64 {
         self.samples.last().copied().unwrap_or(f64::NAN)
     }
+
+    /// p99 / p50, what the target bounds.
+    pub fn ratio(&self) -> f64 {
+        self.p(0.99) / self.p(0.5)
+    }
+
+    pub fn passes(&self) -> bool {
+        self.caught_up && self.ratio() <= 2.0
+    }
+}
+
+/// The round with the median p99 / p50 (the lower middle one of an even count).
+pub fn median_round(runs: &[LatencyRun]) -> Option<&LatencyRun> {
+    let mut by_ratio: Vec<&LatencyRun> = runs.iter().collect();
+    by_ratio.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    by_ratio.get(by_ratio.len().saturating_sub(1) / 2).copied()
 }
 
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -63,9 +81,16 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
+/// Round `round` (from 0) of the latency phase.
+pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
+    let label = if b.s.latency_rounds > 1 {
+        format!("latency-r{}", round + 1)
+    } else {
+        "latency".to_owned()
+    };
+    let topic = latency_topic(round);
     let count = (rate * b.s.latency_secs).ceil() as usize;
-    let url = b.fresh_db("latency");
+    let url = b.fresh_db(&label.replace('-', "_"));
     // The same generator and seed, but over 20 times more order ids than messages: almost every
     // message then writes a row of its own, whose writing transaction dates it. (With several
     // versions per order only each order's last message stays observable, and those cluster at
@@ -80,9 +105,9 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     ));
     let messages = generate(&spec, count).0;
     b.checkpoint();
-    let group = format!("bench-latency-{}", b.run_id);
+    let group = format!("bench-{label}-{}", b.run_id);
     let args = b.s.worker_args_with(&b.s.latency_args);
-    let mut worker = b.worker(LATENCY_TOPIC, &group, &url, &args, "latency");
+    let mut worker = b.worker(&topic, &group, &url, &args, &label);
     worker
         .wait_ready(Duration::from_secs(30), Duration::from_millis(5))
         .expect("worker ready for the latency phase");
@@ -93,12 +118,12 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     let sampler = Sampler::start(&worker);
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
     log(format!(
-        "latency: publishing {count} messages at {rate:.0}/s ({:.0}s)",
+        "{label}: publishing {count} messages at {rate:.0}/s ({:.0}s)",
         b.s.latency_secs
     ));
-    let placement = kafka::publish(&b.brokers, LATENCY_TOPIC, &messages, rate);
+    let placement = kafka::publish(&b.brokers, &topic, &messages, rate);
     let achieved = count as f64 / placement.elapsed.as_secs_f64().max(1e-9);
-    let probe = Probe::new(&b.brokers, &group, LATENCY_TOPIC, b.s.latency_partitions);
+    let probe = Probe::new(&b.brokers, &group, &topic, b.s.latency_partitions);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut caught_up = false;
     while Instant::now() < deadline {
@@ -114,7 +139,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         .map(|(before, after)| after - before);
     let metrics = worker.metrics();
     let peak_rss = worker.memory().peak;
-    sampler.finish(&b.log_file("latency.tsv"));
+    sampler.finish(&b.log_file(&format!("{label}.tsv")));
     let buckets = metrics::histogram(&metrics, "order_worker_end_to_end_latency_seconds");
     let truncated = probe
         .watermarks()
@@ -141,7 +166,11 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
             (sent >= first_ms + warmup_ms).then(|| (sent, ms(commit.unwrap_or(start)), ms(start)))
         })
         .collect();
-    write_seconds(&b.log_file("latency-seconds.tsv"), first_ms, &timed);
+    write_seconds(
+        &b.log_file(&format!("{label}-seconds.tsv")),
+        first_ms,
+        &timed,
+    );
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
@@ -149,6 +178,7 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
     let samples = sorted(timed.iter().map(|t| t.1).collect());
     let to_start = sorted(timed.iter().map(|t| t.2).collect());
     let r = LatencyRun {
+        label,
         args,
         rate,
         achieved,
@@ -167,7 +197,8 @@ pub fn latency(b: &mut Bench, rate: f64) -> LatencyRun {
         checkpoints,
     };
     log(format!(
-        "latency: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "{}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.label,
         r.samples.len(),
         r.p(0.5),
         r.p(0.99),

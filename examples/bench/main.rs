@@ -50,7 +50,8 @@
 //!   per message, makes every Fetch slower the longer the run lasts),
 //!   `BENCH_LATENCY_WARMUP_SECS` (3, samples sent before are dropped; keep it well under
 //!   `BENCH_LATENCY_SECS`), `BENCH_LATENCY_ARGS` (`--kafka-property fetch.wait.max.ms=10`; set
-//!   but empty: none);
+//!   but empty: none), `BENCH_LATENCY_ROUNDS` (3: the table shows the round with the median
+//!   p99 / p50, each on a fresh topic, database and worker);
 //! - `BENCH_STARTUP_RUNS` (7), `BENCH_STARTUP_COMPARE_TLS` (1: also with `sslmode=disable`),
 //!   `BENCH_IDLE_SECS` (5);
 //! - `BENCH_VARIANTS`: more end-to-end runs with other worker flags, `label=flags;label=flags`,
@@ -84,7 +85,7 @@ mod worker;
 
 use std::time::Instant;
 
-use bench::{Bench, IDLE_TOPIC, LATENCY_TOPIC, TOPIC, log};
+use bench::{Bench, IDLE_TOPIC, TOPIC, latency_topic, log};
 use ceiling::{RoundResult, ceiling};
 use e2e::{E2eResult, end_to_end};
 use pg::Server;
@@ -130,7 +131,9 @@ fn main() {
     for topic in [TOPIC, IDLE_TOPIC] {
         mock.create_topic(topic, s.partitions);
     }
-    mock.create_topic(LATENCY_TOPIC, s.latency_partitions);
+    for round in 0..s.latency_rounds {
+        mock.create_topic(&latency_topic(round), s.latency_partitions);
+    }
     let brokers = mock.bootstrap_servers();
     log(format!("mock cluster at {brokers}; publishing the backlog"));
     let (placement, per_partition_max) = stream::publish_backlog(&brokers, &s, &messages);
@@ -193,13 +196,18 @@ fn main() {
     let naive = b.s.runs("naive").then(|| naive::naive_baseline(&mut b));
     let e2e_rate = report::e2e_rate(&rounds, b.s.events);
     let latency_rate = b.s.latency_rate.or(e2e_rate.map(|r| r / 2.0));
-    let latency = match (b.s.runs("latency"), latency_rate) {
-        (true, Some(rate)) => Some(latency::latency(&mut b, rate)),
+    // Like the end-to-end runs, `BENCH_LATENCY_ROUNDS` runs: a p99 over one 20 s window is
+    // the latency of its worst fifth of a second, which any stretch of the machine's other load
+    // sets; the table shows the median round and every round's ratio.
+    let latency: Vec<latency::LatencyRun> = match (b.s.runs("latency"), latency_rate) {
+        (true, Some(rate)) => (0..b.s.latency_rounds)
+            .map(|round| latency::latency(&mut b, rate, round))
+            .collect(),
         (true, None) => {
             log("latency skipped: needs the e2e phase or BENCH_LATENCY_RATE");
-            None
+            Vec::new()
         }
-        _ => None,
+        _ => Vec::new(),
     };
     let startup =
         b.s.runs("startup")
