@@ -58,11 +58,16 @@ impl Bench {
         self.rt.block_on(self.server.checkpoint());
     }
 
-    /// Drops the database `fresh_db(what)` created, unless `BENCH_KEEP_DBS=1`.
-    pub fn drop_db(&self, what: &str) {
+    /// Drops the database `fresh_db(what)` created, unless `BENCH_KEEP_DBS=1`. Every phase
+    /// drops its database once it has read what it measures: a database left behind holds
+    /// tables that autovacuum visits later, and in the latency rounds such a vacuum of an
+    /// earlier phase's table came with seconds of p99 three to four times the rest
+    /// (docs/performance.md).
+    pub fn drop_db(&mut self, what: &str) {
         if !self.s.keep_dbs {
-            self.rt
-                .block_on(self.server.drop_database(&self.db_name(what)));
+            let name = self.db_name(what);
+            self.rt.block_on(self.server.drop_database(&name));
+            self.databases.retain(|db| *db != name);
         }
     }
 

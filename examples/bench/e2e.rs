@@ -58,10 +58,11 @@ impl E2eResult {
 }
 
 pub fn end_to_end(b: &mut Bench, label: &str, args: &[String], digest: Option<&str>) -> E2eResult {
-    let url = b.fresh_db(&format!(
+    let db = format!(
         "e2e_{}",
         label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-    ));
+    );
+    let url = b.fresh_db(&db);
     b.checkpoint();
     let group = format!("bench-e2e-{label}-{}", b.run_id);
     let probe = Probe::new(&b.brokers, &group, TOPIC, b.s.partitions);
@@ -123,6 +124,7 @@ pub fn end_to_end(b: &mut Bench, label: &str, args: &[String], digest: Option<&s
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let window = b.rt.block_on(pg::write_window(&url));
+    b.drop_db(&db);
     let r = E2eResult {
         label: label.to_owned(),
         args: args.to_vec(),

@@ -90,7 +90,8 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     };
     let topic = latency_topic(round);
     let count = (rate * b.s.latency_secs).ceil() as usize;
-    let url = b.fresh_db(&label.replace('-', "_"));
+    let db = label.replace('-', "_");
+    let url = b.fresh_db(&db);
     // The same generator and seed, but over 20 times more order ids than messages: almost every
     // message then writes a row of its own, whose writing transaction dates it. (With several
     // versions per order only each order's last message stays observable, and those cluster at
@@ -157,6 +158,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let first_ms = placement.sent_ms.first().copied().unwrap_or(0);
     let warmup_ms = (b.s.latency_warmup_secs * 1000.0) as i64;
     let times = b.rt.block_on(pg::write_times(&url));
+    b.drop_db(&db);
     let to_commit = times.iter().all(|t| t.3.is_some());
     let timed: Vec<(i64, f64, f64)> = times
         .into_iter()

@@ -151,6 +151,7 @@ pub fn naive_baseline(b: &mut Bench) -> NaiveRun {
     .join()
     .expect("naive consumer thread");
     let cpu = after.since(&before);
+    b.drop_db("naive");
     log(format!(
         "naive: {} messages in {:.1}s = {:.0}/s (join {:.1}s)",
         result.processed,

@@ -32,7 +32,8 @@ pub struct StartupRun {
 }
 
 pub fn startup(b: &mut Bench, label: &str, extra: &[String]) -> StartupRun {
-    let url = b.fresh_db(&format!("startup{label}"));
+    let db = format!("startup{label}");
+    let url = b.fresh_db(&db);
     let mut out = StartupRun {
         ready: Vec::new(),
         idle_rss: Vec::new(),
@@ -68,5 +69,6 @@ pub fn startup(b: &mut Bench, label: &str, extra: &[String]) -> StartupRun {
             ready.as_secs_f64() * 1000.0
         ));
     }
+    b.drop_db(&db);
     out
 }
