@@ -1,7 +1,8 @@
 //! A consumed Kafka message, owned, with the coordinates the offset tracker needs.
 //!
-//! Invariant: an envelope never holds more than `max_payload_bytes` of value (a larger value is
-//! cut, and its real size kept), so one message cannot blow the memory bound.
+//! Invariant: an envelope never holds more than `max_payload_bytes` of value, nor of key (a
+//! larger one is cut, and the value's real size kept), so one message cannot blow the memory
+//! bound.
 
 use crate::kafka::tracker::Position;
 
@@ -11,7 +12,7 @@ const OVERHEAD_BYTES: u64 = 128;
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub position: Position,
-    /// The key followed by the value (cut to `max_payload_bytes`), in one allocation: the
+    /// The key followed by the value (each cut to `max_payload_bytes`), in one allocation: the
     /// consumer thread allocates it and a processor frees it, and every such cross-thread pair
     /// contends on the allocator's locks (docs/performance.md).
     bytes: Box<[u8]>,
@@ -33,10 +34,13 @@ impl Envelope {
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Self {
-        let key_bytes = key.unwrap_or_default();
-        let value = payload.map_or(&[][..], |b| &b[..b.len().min(max_payload_bytes)]);
-        let mut bytes = Vec::with_capacity(key_bytes.len() + value.len());
-        bytes.extend_from_slice(key_bytes);
+        fn cut(b: &[u8], max: usize) -> &[u8] {
+            &b[..b.len().min(max)]
+        }
+        let key = key.map(|k| cut(k, max_payload_bytes));
+        let value = payload.map_or(&[][..], |v| cut(v, max_payload_bytes));
+        let mut bytes = Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.len());
+        bytes.extend_from_slice(key.unwrap_or_default());
         bytes.extend_from_slice(value);
         Self {
             position,
@@ -92,6 +96,14 @@ mod tests {
         assert!(e.payload().is_none());
         assert_eq!(e.key(), Some(&b"k"[..]));
         assert_eq!(e.payload_size, 0);
+    }
+
+    #[test]
+    fn a_key_over_the_limit_is_cut_too() {
+        let big = vec![b'k'; 10_000];
+        let e = Envelope::new(at(4), Some(&big), Some(b"v"), None, 100);
+        assert_eq!(e.key().map(<[u8]>::len), Some(100));
+        assert_eq!(e.payload(), Some(&b"v"[..]));
     }
 
     #[test]
