@@ -66,11 +66,11 @@ impl LatencyRun {
     }
 }
 
-/// The round with the median p99 / p50 (the lower middle one of an even count).
+/// The round with the median p99 / p50 (of an even count, the worse of the middle two).
 pub fn median_round(runs: &[LatencyRun]) -> Option<&LatencyRun> {
     let mut by_ratio: Vec<&LatencyRun> = runs.iter().collect();
     by_ratio.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-    by_ratio.get(by_ratio.len().saturating_sub(1) / 2).copied()
+    by_ratio.get(by_ratio.len() / 2).copied()
 }
 
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
