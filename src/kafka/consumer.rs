@@ -100,7 +100,7 @@ impl ConsumerLoop {
             // One clock reading per turn (a turn takes at most one message from librdkafka):
             // with four, `clock_gettime` was ~19% of this thread's samples in a backlog,
             // librdkafka's own readings included (docs/performance.md).
-            let now = Instant::now();
+            let mut now = Instant::now();
             self.health.consumer_polled(now);
             while let Some(envelope) = pending.pop_front() {
                 if let Some(back) = self.offer(envelope, OFFER_SLICE)? {
@@ -129,6 +129,9 @@ impl ConsumerLoop {
                     Duration::ZERO
                 };
                 match self.consumer.poll(timeout) {
+                    // An empty poll may have waited POLL_TIMEOUT, and the store below must not
+                    // wait one more turn for it. Only when idle, so it costs nothing in a backlog.
+                    None if !timeout.is_zero() => now = Instant::now(),
                     None => {}
                     Some(Ok(message)) => {
                         self.metrics.consumed.increment(1);
