@@ -81,7 +81,7 @@ pub fn event(order: Uuid, version: i64, salt: u64) -> OrderEvent {
     let lines = rng.random_range(1..=5);
     let items: Vec<LineItem> = (0..lines)
         .map(|_| LineItem {
-            sku: format!("SKU-{:05}", rng.random_range(0..50_000)),
+            sku: compact_str::format_compact!("SKU-{:05}", rng.random_range(0..50_000)),
             quantity: rng.random_range(1..=5),
             unit_price_minor: rng.random_range(100..=100_000),
         })
@@ -102,9 +102,9 @@ pub fn event(order: Uuid, version: i64, salt: u64) -> OrderEvent {
         order_id: order,
         version,
         occurred_at: EPOCH + time::Duration::milliseconds(salt as i64),
-        customer_id: format!("customer-{}", rng.random_range(0..10_000)),
+        customer_id: compact_str::format_compact!("customer-{}", rng.random_range(0..10_000)),
         status,
-        currency: ["EUR", "USD", "GBP", "JPY"][rng.random_range(0..4)].to_owned(),
+        currency: ["EUR", "USD", "GBP", "JPY"][rng.random_range(0..4)].into(),
         items,
         total_minor,
     }

@@ -73,9 +73,9 @@ fn batch_of(rows: &[&Row]) -> Batch {
         let e = &r.event;
         b.ids.push(e.order_id);
         b.versions.push(e.version);
-        b.customers.push(e.customer_id.clone());
+        b.customers.push(e.customer_id.to_string());
         b.statuses.push(e.status.as_str());
-        b.currencies.push(e.currency.clone());
+        b.currencies.push(e.currency.to_string());
         b.totals.push(e.total_minor);
         b.items.push(e.items_json());
         b.occurred.push(e.occurred_at);

@@ -308,3 +308,22 @@ fn an_event_or_item_written_as_an_array_of_fields_is_a_schema_violation() {
     assert_eq!(r.reason, Reason::SchemaViolation);
     assert!(r.detail.starts_with("items[0]"), "{r}");
 }
+
+proptest::proptest! {
+    /// The hand-written items JSON is byte for byte what serde_json writes, for any SKU text
+    /// (quotes, backslashes, non-ASCII, control characters a decoded event cannot hold anyway).
+    #[test]
+    fn the_items_json_is_what_serde_json_writes(
+        items in proptest::collection::vec(
+            ("\\PC{0,12}|[\"\\\\a\u{7f}\u{1}]{0,4}", proptest::num::u32::ANY, proptest::num::i64::ANY),
+            1..6,
+        )
+    ) {
+        let mut event = decode_value(&valid()).unwrap();
+        event.items = items
+            .into_iter()
+            .map(|(sku, quantity, unit_price_minor)| LineItem { sku: sku.into(), quantity, unit_price_minor })
+            .collect();
+        proptest::prop_assert_eq!(event.items_json(), serde_json::to_string(&event.items).unwrap());
+    }
+}

@@ -198,7 +198,7 @@ async fn sql_metacharacters_and_unicode_in_every_string_field_are_stored_literal
     let mut expected = Vec::new();
     for (i, s) in nasty.iter().enumerate() {
         let mut e = event(Uuid::new_v4(), 1, i as u64);
-        e.customer_id = (*s).to_owned();
+        e.customer_id = (*s).into();
         e.items[0].sku = s.chars().take(contract::MAX_SKU_CHARS).collect();
         messages.push((Some(e.order_id.to_string().into_bytes()), Some(e.to_json())));
         expected.push(e);
