@@ -13,7 +13,8 @@
 #   BENCH_GROUP_DELAY_MS [0]     the mock broker's group.initial.rebalance.delay.ms (Kafka's
 #                                default 3000 adds 3 s to every end-to-end run's group join)
 #   BENCH_ROUNDS [3]             ceiling + end-to-end pairs (the table shows medians)
-#   BENCH_CEILING_CONNS [2,4], BENCH_CEILING_BATCH [1000]
+#   BENCH_CEILING_CONNS [2,4], BENCH_CEILING_BATCH [1000,16000] (rows per UNNEST statement;
+#                                the ceiling loads with every count x every size)
 #   BENCH_NAIVE_SECS [20]        measuring window of the naive consumer
 #   BENCH_LATENCY_SECS [20], BENCH_LATENCY_RATE [half the end-to-end rate],
 #   BENCH_LATENCY_WARMUP_SECS [3], BENCH_LATENCY_ARGS [--kafka-property fetch.wait.max.ms=10]

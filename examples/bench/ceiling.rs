@@ -47,12 +47,16 @@ pub fn ceiling(
     digest: &mut Option<String>,
 ) -> Vec<CeilingRun> {
     let mut runs = Vec::new();
-    let conns = b.s.ceiling_conns.clone();
-    let batch = b.s.ceiling_batch;
-    let mut methods: Vec<(String, bool)> = conns
-        .iter()
-        .map(|c| (format!("unnest x{c}"), true))
-        .collect();
+    // Every connection count with every statement size: a larger statement is cheaper per row
+    // for PostgreSQL, and the ceiling is the fastest of them, not the worker's batch size.
+    let mut methods: Vec<(String, bool)> =
+        b.s.ceiling_batches
+            .iter()
+            .flat_map(|batch| {
+                let conns = &b.s.ceiling_conns;
+                conns.iter().map(move |c| (unnest_method(*c, *batch), true))
+            })
+            .collect();
     methods.push(("copy+merge".into(), true));
     if round == 0 {
         methods.push(("copy final rows only".into(), false));
@@ -63,8 +67,7 @@ pub fn ceiling(
         b.checkpoint();
         let before = CpuSnapshot::take(None, DB_PREFIX);
         let (n, elapsed, conns) = b.rt.block_on(async {
-            if let Some(c) = method.strip_prefix("unnest x") {
-                let c: usize = c.parse().expect("connections");
+            if let Some((c, batch)) = parse_unnest_method(&method) {
                 let (t, conns) = loaders::load_unnest(&url, TOPIC, rows, c, batch).await;
                 (rows.len(), t, conns)
             } else if method == "copy+merge" {
@@ -112,6 +115,16 @@ pub fn ceiling(
         runs.push(run);
     }
     runs
+}
+
+/// `unnest x4 b1000`: UNNEST upserts of 1,000 rows over 4 connections.
+fn unnest_method(connections: usize, batch: usize) -> String {
+    format!("unnest x{connections} b{batch}")
+}
+
+fn parse_unnest_method(method: &str) -> Option<(usize, usize)> {
+    let (conns, batch) = method.strip_prefix("unnest x")?.split_once(" b")?;
+    Some((conns.parse().ok()?, batch.parse().ok()?))
 }
 
 /// One round: the ceiling loads, then the worker end to end, back to back.

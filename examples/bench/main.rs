@@ -42,7 +42,8 @@
 //!   without e2e needs `BENCH_LATENCY_RATE`);
 //! - `BENCH_ROUNDS` (3): how many times the ceiling and the end-to-end run alternate (the table
 //!   shows medians; each round's ratio is taken against its own ceiling);
-//! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000);
+//! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000,16000: rows per UNNEST statement;
+//!   every connection count is run with every size);
 //! - `BENCH_NAIVE_SECS` (20);
 //! - `BENCH_LATENCY_SECS` (20), `BENCH_LATENCY_RATE` (half the end-to-end rate),
 //!   `BENCH_LATENCY_PARTITIONS` (16: the mock broker looks a fetched offset up by walking the

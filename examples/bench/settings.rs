@@ -27,7 +27,8 @@ pub struct Settings {
     pub phases: Vec<String>,
     pub rounds: usize,
     pub ceiling_conns: Vec<usize>,
-    pub ceiling_batch: usize,
+    /// Rows per UNNEST statement in the ceiling's loads: each size is a method of its own.
+    pub ceiling_batches: Vec<usize>,
     pub naive_secs: u64,
     pub latency_secs: f64,
     pub latency_rate: Option<f64>,
@@ -91,7 +92,11 @@ impl Settings {
                 .filter_map(|c| c.parse().ok())
                 .filter(|c| *c > 0)
                 .collect(),
-            ceiling_batch: env_or("BENCH_CEILING_BATCH", 1_000),
+            ceiling_batches: list("BENCH_CEILING_BATCH", "1000,16000")
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .filter(|c| *c > 0)
+                .collect(),
             naive_secs: env_or("BENCH_NAIVE_SECS", 20),
             latency_secs: env_or("BENCH_LATENCY_SECS", 20.0),
             latency_rate: (rate > 0.0).then_some(rate),
