@@ -249,13 +249,14 @@ pub struct PipelineConfig {
     pub processors: u16,
     /// Capacity (messages) of each processor's bounded channel. When a channel stays full the
     /// consumer pauses its partitions instead of buffering more. The channel holds what arrives
-    /// while its processor writes a batch; the consumer refills it far faster than PostgreSQL
-    /// writes one, so more capacity only holds memory (docs/performance.md).
+    /// while its processor writes a batch. With 1,000-row batches more capacity only holds
+    /// memory; larger batches need a larger channel to fill in a backlog (docs/performance.md).
     #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub channel_capacity: u32,
-    /// Largest batch written in one transaction. 1,000 rows reached the ingest ceiling measured
-    /// on this hardware; larger batches add latency, not throughput.
+    /// Largest batch written in one transaction. Larger batches drain a backlog faster
+    /// (PostgreSQL's cost per row falls as statements grow) but hold more memory, about 2 KiB
+    /// per row in flight; 1,000 keeps a drain near 34 MiB (docs/performance.md).
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_rows: u32,
