@@ -133,8 +133,9 @@ impl OrderEvent {
     /// Appends [`items_json`](Self::items_json) to `out` (a batch writes all of its rows' into
     /// one buffer).
     ///
-    /// Written by hand rather than with serde_json's serializer, which took a fifth of the batch
-    /// encoding (docs/performance.md); the output is the same bytes (a test compares them).
+    /// Written by hand rather than with serde_json's serializer, which was ~5% of the runtime
+    /// threads' CPU samples in a drain (docs/performance.md); the output is the same bytes (a
+    /// property test compares them).
     pub fn write_items_json(&self, out: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();
         out.push(b'[');
