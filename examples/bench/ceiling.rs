@@ -49,32 +49,37 @@ pub fn ceiling(
     let mut runs = Vec::new();
     // Every connection count with every statement size: a larger statement is cheaper per row
     // for PostgreSQL, and the ceiling is the fastest of them, not the worker's batch size.
-    let mut methods: Vec<(String, bool)> =
+    let mut loads: Vec<Load> =
         b.s.ceiling_batches
             .iter()
-            .flat_map(|batch| {
-                let conns = &b.s.ceiling_conns;
-                conns.iter().map(move |c| (unnest_method(*c, *batch), true))
+            .flat_map(|&batch| {
+                b.s.ceiling_conns
+                    .iter()
+                    .map(move |&connections| Load::Unnest { connections, batch })
             })
             .collect();
-    methods.push(("copy+merge".into(), true));
+    loads.push(Load::CopyMerge);
     if round == 0 {
-        methods.push(("copy final rows only".into(), false));
+        loads.push(Load::CopyFinal);
     }
-    for (method, candidate) in methods {
+    for load in loads {
+        let method = load.name();
         let db = format!("ceil_{}_r{round}", method.replace([' ', '+'], "_"));
         let url = b.fresh_db(&db);
         b.checkpoint();
         let before = CpuSnapshot::take(None, DB_PREFIX);
         let (n, elapsed, conns) = b.rt.block_on(async {
-            if let Some((c, batch)) = parse_unnest_method(&method) {
-                let (t, conns) = loaders::load_unnest(&url, TOPIC, rows, c, batch).await;
-                (rows.len(), t, conns)
-            } else if method == "copy+merge" {
-                let (t, conns) = loaders::load_copy_merge(&url, TOPIC, rows).await;
-                (rows.len(), t, conns)
-            } else {
-                loaders::load_copy_final(&url, TOPIC, rows).await
+            match load {
+                Load::Unnest { connections, batch } => {
+                    let (t, conns) =
+                        loaders::load_unnest(&url, TOPIC, rows, connections, batch).await;
+                    (rows.len(), t, conns)
+                }
+                Load::CopyMerge => {
+                    let (t, conns) = loaders::load_copy_merge(&url, TOPIC, rows).await;
+                    (rows.len(), t, conns)
+                }
+                Load::CopyFinal => loaders::load_copy_final(&url, TOPIC, rows).await,
             }
         });
         // Before the connections close: their backends' CPU time is read from /proc.
@@ -101,7 +106,8 @@ pub fn ceiling(
             elapsed,
             cpu,
             ok,
-            candidate,
+            // The final rows only: less work than the stream, shown for scale.
+            candidate: !matches!(load, Load::CopyFinal),
         };
         log(format!(
             "ceiling round {} {}: {} rows in {:.2}s = {:.0} rows/s {}",
@@ -117,14 +123,27 @@ pub fn ceiling(
     runs
 }
 
-/// `unnest x4 b1000`: UNNEST upserts of 1,000 rows over 4 connections.
-fn unnest_method(connections: usize, batch: usize) -> String {
-    format!("unnest x{connections} b{batch}")
+/// One way of loading the rows.
+#[derive(Clone, Copy)]
+enum Load {
+    /// UNNEST upserts of `batch` rows over `connections` connections.
+    Unnest {
+        connections: usize,
+        batch: usize,
+    },
+    CopyMerge,
+    CopyFinal,
 }
 
-fn parse_unnest_method(method: &str) -> Option<(usize, usize)> {
-    let (conns, batch) = method.strip_prefix("unnest x")?.split_once(" b")?;
-    Some((conns.parse().ok()?, batch.parse().ok()?))
+impl Load {
+    /// The name the report shows, e.g. `unnest x4 b1000`.
+    fn name(self) -> String {
+        match self {
+            Self::Unnest { connections, batch } => format!("unnest x{connections} b{batch}"),
+            Self::CopyMerge => "copy+merge".into(),
+            Self::CopyFinal => "copy final rows only".into(),
+        }
+    }
 }
 
 /// One round: the ceiling loads, then the worker end to end, back to back.

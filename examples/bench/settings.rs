@@ -56,6 +56,14 @@ impl Settings {
                 .filter(|s| !s.is_empty())
                 .collect()
         };
+        // A list of positive counts; entries that are not one are left out.
+        let counts = |name: &str, default: &str| -> Vec<usize> {
+            list(name, default)
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .filter(|c| *c > 0)
+                .collect()
+        };
         let variants = env_or("BENCH_VARIANTS", String::new())
             .split(';')
             .filter_map(|v| {
@@ -87,16 +95,8 @@ impl Settings {
             ),
             phases: list("BENCH_PHASES", "size,ceiling,e2e,naive,latency,startup"),
             rounds: env_or("BENCH_ROUNDS", 3).max(1),
-            ceiling_conns: list("BENCH_CEILING_CONNS", "2,4")
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .filter(|c| *c > 0)
-                .collect(),
-            ceiling_batches: list("BENCH_CEILING_BATCH", "1000,16000")
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .filter(|c| *c > 0)
-                .collect(),
+            ceiling_conns: counts("BENCH_CEILING_CONNS", "2,4"),
+            ceiling_batches: counts("BENCH_CEILING_BATCH", "1000,16000"),
             naive_secs: env_or("BENCH_NAIVE_SECS", 20),
             latency_secs: env_or("BENCH_LATENCY_SECS", 20.0),
             latency_rate: (rate > 0.0).then_some(rate),
