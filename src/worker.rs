@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::http;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
+use crate::kafka::originals::Originals;
 use crate::kafka::tracker::OffsetTracker;
 use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
 use crate::lag::{LagView, Monitor, Quiet};
@@ -80,6 +81,7 @@ impl Worker {
             .map(|t| DeadLetterTopic::new(brokers, &c.properties, t, &c.topic, &c.group_id))
             .transpose()?
             .map(Arc::new);
+        let originals = Originals::new(brokers, &c.properties, &c.topic, &c.group_id);
 
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
@@ -97,6 +99,7 @@ impl Worker {
             metrics,
             lag,
             dead_letter_topic,
+            originals,
             stop: stop.clone(),
         };
         let task = tokio::spawn(async move {
@@ -149,6 +152,7 @@ struct Parts {
     metrics: Metrics,
     lag: Arc<LagView>,
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
+    originals: Originals,
     stop: CancellationToken,
 }
 
@@ -229,6 +233,7 @@ impl Parts {
                 metrics: self.metrics.clone(),
                 settings,
                 dead_letter_topic: self.dead_letter_topic.clone(),
+                originals: self.originals.clone(),
                 abort: abort.clone(),
             };
             processors.spawn(processor.run());

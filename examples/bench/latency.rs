@@ -8,14 +8,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use order_worker::synth::SynthSpec;
-
 use crate::bench::{Bench, DB_PREFIX, latency_topic, log};
 use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::kafka::{self, Probe};
 use crate::metrics::{self, BatchStats};
 use crate::pg;
-use crate::stream::generate;
+use crate::stream::generate_in_segments;
 use crate::timeline::Sampler;
 
 pub struct LatencyRun {
@@ -92,19 +90,15 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let count = (rate * b.s.latency_secs).ceil() as usize;
     let db = label.replace('-', "_");
     let url = b.fresh_db(&db);
-    // The same generator and seed, but over 20 times more order ids than messages: almost every
-    // message then writes a row of its own, whose writing transaction dates it. (With several
-    // versions per order only each order's last message stays observable, and those cluster at
-    // the end of the run, where a worker that falls behind is furthest behind.)
-    let spec = SynthSpec {
-        orders: (count as u64 * 20).clamp(1, 50_000_000),
-        ..b.s.spec.clone()
-    };
+    // The backlog's kind of traffic (same mix, same versions per order), so that "half the
+    // end-to-end rate" is half of what the worker drains of it; in short segments of orders
+    // (see `generate_in_segments`), so that the messages a row keeps observable are spread over
+    // the run.
+    let events_per_order = b.s.events as f64 / b.s.spec.orders as f64;
     log(format!(
-        "generating {count} messages over {} orders for the latency phase",
-        spec.orders
+        "generating {count} messages for the latency phase, {events_per_order:.1} per order"
     ));
-    let messages = generate(&spec, count).0;
+    let messages = generate_in_segments(&b.s.spec, events_per_order, count);
     b.checkpoint();
     let group = format!("bench-{label}-{}", b.run_id);
     let args = b.s.worker_args_with(&b.s.latency_args);

@@ -44,6 +44,34 @@ pub fn generate(spec: &SynthSpec, count: usize) -> (Vec<Msg>, Mix) {
     (messages, mix)
 }
 
+/// Orders per segment of [`generate_in_segments`]: at ~100k events/s a segment is ~0.5 s of
+/// traffic.
+const SEGMENT_ORDERS: u64 = 10_000;
+
+/// `count` messages shaped like the backlog (the same mix, the same versions per order), but
+/// made of consecutive segments, each `spec`'s generator over [`SEGMENT_ORDERS`] orders of its
+/// own (its own seed) for as many messages as the backlog has per order. An order's versions
+/// then all fall within one segment, so its last one, the only one its row keeps observable,
+/// comes at most a segment after its first: the observable messages are spread over the whole
+/// run instead of clustering at its end.
+pub fn generate_in_segments(spec: &SynthSpec, events_per_order: f64, count: usize) -> Vec<Msg> {
+    let per_segment = ((SEGMENT_ORDERS as f64 * events_per_order).round() as usize).max(1);
+    let mut messages = Vec::with_capacity(count);
+    for segment in 0u64.. {
+        let left = count - messages.len();
+        if left == 0 {
+            break;
+        }
+        let spec = SynthSpec {
+            orders: SEGMENT_ORDERS,
+            seed: spec.seed.wrapping_add(1_000_003 * (segment + 1)),
+            ..spec.clone()
+        };
+        messages.extend(generate(&spec, per_segment.min(left)).0);
+    }
+    messages
+}
+
 /// Publishes the backlog to `TOPIC` as fast as the broker takes it and checks that the broker
 /// holds all of it from offset 0; the placement, and the most messages in one partition.
 pub fn publish_backlog(brokers: &str, s: &Settings, messages: &[Msg]) -> (Placement, i64) {

@@ -11,6 +11,7 @@
 mod consumer;
 mod context;
 pub mod dead_letter_topic;
+pub mod originals;
 pub mod producer;
 pub mod tracker;
 

@@ -14,20 +14,24 @@ use crate::contract::{self, OrderEvent, Rejection};
 use crate::db::{DeadLetterRow, OrderRow};
 use crate::pipeline::Envelope;
 
-/// A message after decoding, still holding its raw bytes (a dead letter stores them).
+/// A message after decoding. A rejected one still holds its raw bytes (its dead letter stores
+/// them); a valid one has dropped them (see `kafka::originals` for the rare case of needing them).
 #[derive(Debug)]
 pub struct Decoded {
     pub envelope: Envelope,
     pub outcome: Result<OrderEvent, Rejection>,
 }
 
-pub fn decode(envelope: Envelope, max_payload_bytes: usize) -> Decoded {
+pub fn decode(mut envelope: Envelope, max_payload_bytes: usize) -> Decoded {
     let outcome = contract::decode(
         envelope.key(),
         envelope.payload(),
         envelope.payload_size,
         max_payload_bytes,
     );
+    if outcome.is_ok() {
+        envelope.drop_bytes();
+    }
     Decoded { envelope, outcome }
 }
 
@@ -37,14 +41,29 @@ impl Decoded {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
     }
 
-    /// This message as a dead letter, for `rejection` (its own, or one found at write time).
+    /// This rejected message as a dead letter, with the bytes it still holds.
     pub fn dead_letter<'a>(&'a self, rejection: &'a Rejection) -> DeadLetterRow<'a> {
+        debug_assert!(
+            !self.envelope.bytes_dropped(),
+            "a rejected message keeps its bytes"
+        );
+        self.dead_letter_with(rejection, self.envelope.key(), self.envelope.payload())
+    }
+
+    /// This message as a dead letter for `rejection`, storing `key` and `payload` (for a valid
+    /// message refused at write time: its bytes read back from Kafka).
+    pub fn dead_letter_with<'a>(
+        &'a self,
+        rejection: &'a Rejection,
+        key: Option<&'a [u8]>,
+        payload: Option<&'a [u8]>,
+    ) -> DeadLetterRow<'a> {
         let e = &self.envelope;
         DeadLetterRow {
             partition: e.position.partition,
             offset: e.position.offset,
-            key: e.key(),
-            payload: e.payload(),
+            key,
+            payload,
             payload_size: e.payload_size,
             reason: rejection.reason,
             error: &rejection.detail,

@@ -2,7 +2,8 @@
 //!
 //! Invariant: an envelope never holds more than `max_payload_bytes` of value, nor of key (a
 //! larger one is cut, and the value's real size kept), so one message cannot blow the memory
-//! bound.
+//! bound. Its weight for the in-flight budget is fixed when it is made, so what is released is
+//! what was added even after its bytes are dropped.
 
 use crate::kafka::tracker::Position;
 
@@ -24,6 +25,9 @@ pub struct Envelope {
     pub payload_size: usize,
     /// Kafka message timestamp, milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
+    weight: u32,
+    /// Whether the key and value were dropped ([`Envelope::drop_bytes`]).
+    dropped: bool,
 }
 
 impl Envelope {
@@ -42,8 +46,11 @@ impl Envelope {
         let mut bytes = Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.len());
         bytes.extend_from_slice(key.unwrap_or_default());
         bytes.extend_from_slice(value);
+        let weight = u32::try_from(OVERHEAD_BYTES + bytes.len() as u64).unwrap_or(u32::MAX);
         Self {
             position,
+            weight,
+            dropped: false,
             bytes: bytes.into_boxed_slice(),
             key_len: key.map(<[u8]>::len),
             has_payload: payload.is_some(),
@@ -52,19 +59,35 @@ impl Envelope {
         }
     }
 
+    /// The key; `None` without one, and after [`Envelope::drop_bytes`].
     pub fn key(&self) -> Option<&[u8]> {
         self.key_len.map(|n| &self.bytes[..n])
     }
 
-    /// The value, cut to `max_payload_bytes`; `None` for a tombstone.
+    /// The value, cut to `max_payload_bytes`; `None` for a tombstone, and after
+    /// [`Envelope::drop_bytes`].
     pub fn payload(&self) -> Option<&[u8]> {
         self.has_payload
             .then(|| &self.bytes[self.key_len.unwrap_or(0)..])
     }
 
-    /// Bytes this message holds while in flight, for the in-flight budget.
+    /// Bytes this message held when it was taken from Kafka, for the in-flight budget.
     pub fn weight(&self) -> u64 {
-        OVERHEAD_BYTES + self.bytes.len() as u64
+        u64::from(self.weight)
+    }
+
+    /// Frees the key and value once they are no longer needed (a valid message, decoded). The
+    /// coordinates stay, so the bytes can be read back from Kafka (`kafka::originals`).
+    pub fn drop_bytes(&mut self) {
+        self.bytes = Box::default();
+        self.key_len = None;
+        self.has_payload = false;
+        self.dropped = true;
+    }
+
+    /// Whether [`Envelope::drop_bytes`] was called.
+    pub fn bytes_dropped(&self) -> bool {
+        self.dropped
     }
 }
 
@@ -88,6 +111,17 @@ mod tests {
         assert_eq!(e.key(), Some(&b"k"[..]));
         assert_eq!(e.payload_size, 10_000);
         assert_eq!(e.weight(), OVERHEAD_BYTES + 1 + 100);
+    }
+
+    #[test]
+    fn dropping_the_bytes_keeps_the_weight_and_says_so() {
+        let mut e = Envelope::new(at(5), Some(b"key"), Some(b"value"), None, 100);
+        let weight = e.weight();
+        e.drop_bytes();
+        assert_eq!((e.key(), e.payload()), (None, None));
+        assert!(e.bytes_dropped());
+        assert_eq!(e.weight(), weight);
+        assert_eq!(e.payload_size, 5);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod batch;
 mod dispatch;
 mod envelope;
 mod processor;
+mod refused;
 
 pub use batch::{Decoded, Plan, decode, offset_ranges, plan};
 pub use dispatch::{Dispatcher, InFlight, lanes};

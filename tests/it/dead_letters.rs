@@ -172,12 +172,17 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
     let message = |e: &order_worker::contract::OrderEvent| {
         (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
     };
+    // Laid out as no encoder of the worker would: the dead letter must keep these very bytes.
+    let blocked_message = (
+        Some(b.to_string().into_bytes()),
+        Some(serde_json::to_vec_pretty(&blocked).unwrap()),
+    );
     publish_raw(
         &mock.brokers,
         &topic,
         &[
             message(&event(a, 1, 0)),
-            message(&blocked),
+            blocked_message.clone(),
             message(&event(c, 1, 2)),
             (Some(b"t".to_vec()), None),
         ],
@@ -192,12 +197,21 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
         "only the refused row is missing"
     );
     let row = sqlx::query(
-        "SELECT id, reason, stage, error FROM dead_letters WHERE reason = 'db_rejected'",
+        "SELECT id, reason, stage, error, message_key, payload FROM dead_letters \
+         WHERE reason = 'db_rejected'",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
     assert_eq!(row.get::<String, _>("stage"), "write");
+    assert_eq!(
+        (
+            row.get::<Option<Vec<u8>>, _>("message_key"),
+            row.get::<Option<Vec<u8>>, _>("payload")
+        ),
+        blocked_message,
+        "the dead letter holds the message's original bytes, read back from Kafka"
+    );
     assert!(row.get::<String, _>("error").contains("no_blocked"));
     assert_eq!(
         metric(
