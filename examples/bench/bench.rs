@@ -41,7 +41,17 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// Lower case, letters, digits and `_` only: the name goes into SQL unquoted (where
+    /// PostgreSQL folds it to lower case) and into the URL as is, so `BENCH_VARIANTS="B=..."`
+    /// must not make the two differ.
     fn db_name(&self, what: &str) -> String {
+        let what: String = what
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '_',
+            })
+            .collect();
         format!("{DB_PREFIX}{}_{what}", self.run_id)
     }
 
