@@ -41,9 +41,9 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// Lower case, letters, digits and `_` only: the name goes into SQL unquoted (where
-    /// PostgreSQL folds it to lower case) and into the URL as is, so `BENCH_VARIANTS="B=..."`
-    /// must not make the two differ.
+    /// Lower case, letters, digits and `_` only, whatever `what` holds (a variant's name, a
+    /// ceiling method's): the name goes into SQL unquoted (where PostgreSQL folds it to lower
+    /// case) and into the URL as is, so the two must not differ.
     fn db_name(&self, what: &str) -> String {
         let what: String = what
             .chars()

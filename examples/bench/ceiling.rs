@@ -64,7 +64,7 @@ pub fn ceiling(
     }
     for load in loads {
         let method = load.name();
-        let db = format!("ceil_{}_r{round}", method.replace([' ', '+'], "_"));
+        let db = format!("ceil_{method}_r{round}");
         let url = b.fresh_db(&db);
         b.checkpoint();
         let before = CpuSnapshot::take(None, DB_PREFIX);

@@ -58,10 +58,7 @@ impl E2eResult {
 }
 
 pub fn end_to_end(b: &mut Bench, label: &str, args: &[String], digest: Option<&str>) -> E2eResult {
-    let db = format!(
-        "e2e_{}",
-        label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-    );
+    let db = format!("e2e_{label}");
     let url = b.fresh_db(&db);
     b.checkpoint();
     let group = format!("bench-e2e-{label}-{}", b.run_id);

@@ -88,8 +88,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     };
     let topic = latency_topic(round);
     let count = (rate * b.s.latency_secs).ceil() as usize;
-    let db = label.replace('-', "_");
-    let url = b.fresh_db(&db);
+    let url = b.fresh_db(&label);
     // The backlog's kind of traffic (same mix, same versions per order), so that "half the
     // end-to-end rate" is half of what the worker drains of it; in short segments of orders
     // (see `generate_in_segments`), so that the messages a row keeps observable are spread over
@@ -152,7 +151,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let first_ms = placement.sent_ms.first().copied().unwrap_or(0);
     let warmup_ms = (b.s.latency_warmup_secs * 1000.0) as i64;
     let times = b.rt.block_on(pg::write_times(&url));
-    b.drop_db(&db);
+    b.drop_db(&label);
     let to_commit = times.iter().all(|t| t.3.is_some());
     let timed: Vec<(i64, f64, f64)> = times
         .into_iter()

@@ -57,17 +57,15 @@ const SEGMENT_ORDERS: u64 = 10_000;
 pub fn generate_in_segments(spec: &SynthSpec, events_per_order: f64, count: usize) -> Vec<Msg> {
     let per_segment = ((SEGMENT_ORDERS as f64 * events_per_order).round() as usize).max(1);
     let mut messages = Vec::with_capacity(count);
-    for segment in 0u64.. {
-        let left = count - messages.len();
-        if left == 0 {
-            break;
-        }
+    let mut segment = 0u64;
+    while messages.len() < count {
+        segment += 1;
         let spec = SynthSpec {
             orders: SEGMENT_ORDERS,
-            seed: spec.seed.wrapping_add(1_000_003 * (segment + 1)),
+            seed: spec.seed.wrapping_add(1_000_003 * segment),
             ..spec.clone()
         };
-        messages.extend(generate(&spec, per_segment.min(left)).0);
+        messages.extend(generate(&spec, per_segment.min(count - messages.len())).0);
     }
     messages
 }
