@@ -7,6 +7,9 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=GIT_REVISION");
+    // `sqlx::migrate!` embeds migrations/ at compile time; without this a migration added since
+    // the last build would be missing from an incremental build (sqlx's documented advice).
+    println!("cargo:rerun-if-changed=migrations");
     for watched in [".git/HEAD", ".git/refs/heads"] {
         if Path::new(watched).exists() {
             println!("cargo:rerun-if-changed={watched}");

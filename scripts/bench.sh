@@ -22,6 +22,8 @@
 #                                grows with the produced batches a partition holds)
 #   BENCH_LATENCY_ROUNDS [3]     latency runs, each on a fresh topic, database and worker (the
 #                                table shows the round with the median p99/p50, and each ratio)
+#   BENCH_LATENCY_SLICE_MS [1000] slices of <run>-latency-*-seconds.tsv (e.g. 100 to see a
+#                                stall's shape)
 #   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
 #   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
 #                                NAME=value words are environment variables of the worker and

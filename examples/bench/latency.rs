@@ -164,6 +164,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     write_seconds(
         &b.log_file(&format!("{label}-seconds.tsv")),
         first_ms,
+        b.s.latency_slice_ms,
         &timed,
     );
     let sorted = |mut v: Vec<f64>| {
@@ -202,26 +203,36 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     r
 }
 
-/// Writes the latencies (to the commit, else the transaction start) by the second they were sent
-/// in: count, p50, p99, max. It shows whether a tail is spread over the run or comes from one
-/// slow stretch.
-fn write_seconds(path: &std::path::Path, first_ms: i64, timed: &[(i64, f64, f64)]) {
-    let mut by_second: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
-    for (sent, ms, _) in timed {
-        by_second
-            .entry((sent - first_ms) / 1000)
-            .or_default()
-            .push(*ms);
+/// Writes the latencies by the slice of `slice_ms` they were sent in: count, p50, p99 and max to
+/// the commit (else the transaction start), p50 and p99 to the transaction start, and the
+/// slice's start as Unix ms (to line it up with PostgreSQL's log). It shows whether a tail is
+/// spread over the run or comes from one slow stretch, and whether that stretch was spent
+/// before the write began or in it.
+fn write_seconds(path: &std::path::Path, first_ms: i64, slice_ms: i64, timed: &[(i64, f64, f64)]) {
+    type Slice = (Vec<f64>, Vec<f64>);
+    let mut slices: std::collections::BTreeMap<i64, Slice> = Default::default();
+    for (sent, ms, start) in timed {
+        let slice = slices.entry((sent - first_ms) / slice_ms).or_default();
+        slice.0.push(*ms);
+        slice.1.push(*start);
     }
-    let mut out = String::from("second\tcount\tp50_ms\tp99_ms\tmax_ms\n");
-    for (second, mut v) in by_second {
-        v.sort_by(f64::total_cmp);
-        let max = v.last().copied().unwrap_or(f64::NAN);
+    let mut out = String::from(
+        "second\tcount\tp50_ms\tp99_ms\tmax_ms\tstart_p50_ms\tstart_p99_ms\tunix_ms\n",
+    );
+    for (n, (mut to_end, mut to_start)) in slices {
+        to_end.sort_by(f64::total_cmp);
+        to_start.sort_by(f64::total_cmp);
+        let at_ms = n * slice_ms;
         out.push_str(&format!(
-            "{second}\t{}\t{:.1}\t{:.1}\t{max:.1}\n",
-            v.len(),
-            percentile(&v, 0.5),
-            percentile(&v, 0.99)
+            "{:.1}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{}\n",
+            at_ms as f64 / 1000.0,
+            to_end.len(),
+            percentile(&to_end, 0.5),
+            percentile(&to_end, 0.99),
+            to_end.last().copied().unwrap_or(f64::NAN),
+            percentile(&to_start, 0.5),
+            percentile(&to_start, 0.99),
+            first_ms + at_ms
         ));
     }
     if let Err(e) = std::fs::write(path, out) {

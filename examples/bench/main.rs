@@ -17,9 +17,10 @@
 //! 3. **Naive baseline**: a hand-written consumer in this process: per message one
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
 //!    offset commit, for a fixed window after its first message.
-//! 4. **Latency**: a fresh worker, the same generator (spread over 20x more order ids, so that
-//!    almost every message writes a row of its own) published at half the measured end-to-end
-//!    rate with each message's send time as its Kafka timestamp; latency = the commit time of
+//! 4. **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
+//!    in segments of 10,000 orders, so that each order's last message, the one its row keeps
+//!    observable, comes soon after its first) published at half the measured end-to-end rate
+//!    with each message's send time as its Kafka timestamp; latency = the commit time of
 //!    the transaction that wrote the message's row or dead letter minus that timestamp (with
 //!    `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
 //!    transaction's start, `applied_at` / `created_at`).
@@ -52,7 +53,8 @@
 //!   `BENCH_LATENCY_WARMUP_SECS` (3, samples sent before are dropped; keep it well under
 //!   `BENCH_LATENCY_SECS`), `BENCH_LATENCY_ARGS` (`--kafka-property fetch.wait.max.ms=10`; set
 //!   but empty: none), `BENCH_LATENCY_ROUNDS` (3: the table shows the round with the median
-//!   p99 / p50, each on a fresh topic, database and worker);
+//!   p99 / p50, each on a fresh topic, database and worker), `BENCH_LATENCY_SLICE_MS` (1000:
+//!   the slices of the per-round `-seconds.tsv` files);
 //! - `BENCH_STARTUP_RUNS` (7), `BENCH_STARTUP_COMPARE_TLS` (1: also with `sslmode=disable`),
 //!   `BENCH_IDLE_SECS` (5);
 //! - `BENCH_VARIANTS`: more end-to-end runs with other worker flags, `label=flags;label=flags`,

@@ -35,6 +35,8 @@ pub struct Settings {
     pub latency_partitions: i32,
     pub latency_warmup_secs: f64,
     pub latency_rounds: usize,
+    /// Width of the slices of `<run>-latency-*-seconds.tsv`, ms.
+    pub latency_slice_ms: i64,
     pub startup_runs: usize,
     pub startup_compare_tls: bool,
     pub idle_secs: u64,
@@ -103,6 +105,7 @@ impl Settings {
             latency_partitions: env_or("BENCH_LATENCY_PARTITIONS", 16),
             latency_warmup_secs: env_or("BENCH_LATENCY_WARMUP_SECS", 3.0),
             latency_rounds: env_or("BENCH_LATENCY_ROUNDS", 3).max(1),
+            latency_slice_ms: env_or("BENCH_LATENCY_SLICE_MS", 1000).max(1),
             startup_runs: env_or("BENCH_STARTUP_RUNS", 7).max(1),
             startup_compare_tls: env_or("BENCH_STARTUP_COMPARE_TLS", 1u8) == 1,
             idle_secs: env_or("BENCH_IDLE_SECS", 5),

@@ -44,29 +44,58 @@ pub fn generate(spec: &SynthSpec, count: usize) -> (Vec<Msg>, Mix) {
     (messages, mix)
 }
 
-/// Orders per segment of [`generate_in_segments`]: at ~100k events/s a segment is ~0.5 s of
-/// traffic.
+/// Orders in progress at any moment in [`generate_in_segments`]: at ~100k events/s an order's
+/// versions then fall within ~0.5 s of traffic.
 const SEGMENT_ORDERS: u64 = 10_000;
 
-/// `count` messages shaped like the backlog (the same mix, the same versions per order), but
-/// made of consecutive segments, each `spec`'s generator over [`SEGMENT_ORDERS`] orders of its
-/// own (its own seed) for as many messages as the backlog has per order. An order's versions
-/// then all fall within one segment, so its last one, the only one its row keeps observable,
-/// comes at most a segment after its first: the observable messages are spread over the whole
-/// run instead of clustering at its end.
+/// Lanes of [`generate_in_segments`], each with `SEGMENT_ORDERS / SEGMENT_LANES` orders in
+/// progress, their segments' ends staggered evenly.
+const SEGMENT_LANES: u64 = 16;
+
+/// `count` messages shaped like the backlog (the same mix, the same versions per order), with a
+/// bounded set of orders in progress: [`SEGMENT_LANES`] lanes, interleaved message by message,
+/// each a run of segments, and each segment `spec`'s generator over its own orders (its own
+/// seed) for as many messages as the backlog has per order. An order's versions then all fall
+/// within one segment, so its last one, the only one its row keeps observable, comes soon after
+/// its first.
+///
+/// Within a segment those last messages crowd towards its end. One long segment at a time made
+/// the observable messages come in bursts (one 100 ms of sending held 30x more than another), so
+/// a short stall's weight in p99 depended on whether it met a burst. The lanes' first segments
+/// are cut to `(lanes - lane) / lanes` of a segment (orders and messages alike), so the lanes'
+/// segment ends are spread evenly and the observable messages arrive at an even rate.
 pub fn generate_in_segments(spec: &SynthSpec, events_per_order: f64, count: usize) -> Vec<Msg> {
-    let per_segment = ((SEGMENT_ORDERS as f64 * events_per_order).round() as usize).max(1);
-    let mut messages = Vec::with_capacity(count);
-    let mut segment = 0u64;
-    while messages.len() < count {
-        segment += 1;
+    let lane_orders = SEGMENT_ORDERS / SEGMENT_LANES;
+    let mut seeds = (1u64..).map(|segment| spec.seed.wrapping_add(1_000_003 * segment));
+    let mut segment = |orders: u64| {
+        let messages = ((orders as f64 * events_per_order).round() as usize).max(1);
         let spec = SynthSpec {
-            orders: SEGMENT_ORDERS,
-            seed: spec.seed.wrapping_add(1_000_003 * segment),
+            orders: orders.max(1),
+            seed: seeds.next().unwrap_or_default(),
             ..spec.clone()
         };
-        messages.extend(generate(&spec, per_segment.min(count - messages.len())).0);
+        Generator::new(spec).take(messages)
+    };
+    let mut lanes: Vec<_> = (0..SEGMENT_LANES)
+        .map(|lane| segment(lane_orders * (SEGMENT_LANES - lane) / SEGMENT_LANES))
+        .collect();
+    let mut messages = Vec::with_capacity(count);
+    while messages.len() < count {
+        for lane in &mut lanes {
+            let m = match lane.next() {
+                Some(m) => m,
+                None => {
+                    *lane = segment(lane_orders);
+                    lane.next().expect("a new segment has messages")
+                }
+            };
+            messages.push(Msg {
+                key: m.key,
+                payload: m.payload,
+            });
+        }
     }
+    messages.truncate(count);
     messages
 }
 
