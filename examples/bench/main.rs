@@ -18,9 +18,10 @@
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
 //!    offset commit, for a fixed window after its first message.
 //! 4. **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
-//!    in segments of 10,000 orders, so that each order's last message, the one its row keeps
-//!    observable, comes soon after its first) published at half the measured end-to-end rate
-//!    with each message's send time as its Kafka timestamp; latency = the commit time of
+//!    with 10,000 orders in progress at a time, so that each order's last message, the one its
+//!    row keeps observable, comes soon after its first, and such messages come at an even rate)
+//!    published at half the measured end-to-end rate with each message's send time as its
+//!    Kafka timestamp; latency = the commit time of
 //!    the transaction that wrote the message's row or dead letter minus that timestamp (with
 //!    `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
 //!    transaction's start, `applied_at` / `created_at`).

@@ -60,7 +60,7 @@ const SEGMENT_LANES: u64 = 16;
 /// its first.
 ///
 /// Within a segment those last messages crowd towards its end. One long segment at a time made
-/// the observable messages come in bursts (one 100 ms of sending held 30x more than another), so
+/// the observable messages come in bursts (one 100 ms of sending held 34x more than another), so
 /// a short stall's weight in p99 depended on whether it met a burst. The lanes' first segments
 /// are cut to `(lanes - lane) / lanes` of a segment (orders and messages alike), so the lanes'
 /// segment ends are spread evenly and the observable messages arrive at an even rate.
