@@ -161,7 +161,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
             (sent >= first_ms + warmup_ms).then(|| (sent, ms(commit.unwrap_or(start)), ms(start)))
         })
         .collect();
-    write_seconds(
+    write_slices(
         &b.log_file(&format!("{label}-seconds.tsv")),
         first_ms,
         b.s.latency_slice_ms,
@@ -208,7 +208,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
 /// slice's start as Unix ms (to line it up with PostgreSQL's log). It shows whether a tail is
 /// spread over the run or comes from one slow stretch, and whether that stretch was spent
 /// before the write began or in it.
-fn write_seconds(path: &std::path::Path, first_ms: i64, slice_ms: i64, timed: &[(i64, f64, f64)]) {
+fn write_slices(path: &std::path::Path, first_ms: i64, slice_ms: i64, timed: &[(i64, f64, f64)]) {
     type Slice = (Vec<f64>, Vec<f64>);
     let mut slices: std::collections::BTreeMap<i64, Slice> = Default::default();
     for (sent, ms, start) in timed {

@@ -38,6 +38,7 @@ pub struct Originals {
     topic: String,
 }
 
+// Not derived: the client configuration may hold credentials (`sasl.password` and the like).
 impl std::fmt::Debug for Originals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Originals")
