@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::Error;
+use checks::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -267,7 +268,7 @@ pub struct PipelineConfig {
     /// batch's first message; it keeps filling while its previous batch is still being written.
     /// In a backlog (the batch before was full, or the channel is) it waits 4 times as long.
     /// 10 ms gave lower latency than 20 ms at the same drain rate (docs/performance.md).
-    #[arg(long, env = "BATCH_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "BATCH_LINGER", default_value = "10ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
     /// Largest accepted message value; larger ones are dead-lettered (and stored truncated).
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_048_576,
@@ -279,12 +280,12 @@ pub struct PipelineConfig {
           value_parser = clap::value_parser!(u64).range(1_024..))]
     pub max_in_flight_bytes: u64,
     /// How often durable progress is committed to Kafka. Lag tools (KEDA) read these commits.
-    #[arg(long, env = "COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "COMMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub commit_interval: Duration,
     /// How long a revoked partition's in-flight messages may take to become durable before the
     /// partition is released anyway (its uncommitted messages are then redelivered elsewhere).
     #[arg(long, env = "REBALANCE_DRAIN_TIMEOUT", default_value = "10s",
-          value_parser = humantime::parse_duration)]
+          value_parser = parse_duration)]
     pub rebalance_drain_timeout: Duration,
 }
 
@@ -324,12 +325,18 @@ pub struct WorkerConfig {
     pub dead_letter_topic: Option<String>,
     /// How often consumer lag is measured from the broker (for /metrics and /lag). Each
     /// measurement is three batched requests, whatever the partition count.
-    #[arg(long, env = "LAG_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "LAG_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub lag_interval: Duration,
-    /// Time allowed for a graceful stop (drain, flush, final commit). Keep it below the pod's
+    /// Time allowed for a graceful stop (drain, flush, final commit, leaving the group); the
+    /// process exits by then whatever Kafka and PostgreSQL do. Keep it below the pod's
     /// terminationGracePeriodSeconds (Kubernetes' default is 30 s).
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How long messages may stay in flight with nothing becoming durable, while PostgreSQL and
+    /// Kafka answer, before /healthz fails and Kubernetes restarts the pod. An outage does not
+    /// count. Far above any batch write, so only a wedged pipeline reaches it.
+    #[arg(long, env = "STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -415,7 +422,7 @@ pub struct DevConfig {
     #[arg(long, env = "DEV_RATE", default_value_t = 50)]
     pub rate: u64,
     /// Stop after this long (for scripted demos); by default run until Ctrl-C.
-    #[arg(long, env = "DEV_DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DEV_DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub synth: SynthConfig,
@@ -434,36 +441,6 @@ impl RunConfig {
             .ok_or_else(|| Error::Config("KAFKA_BROKERS (--brokers) is required".into()))?;
         self.worker.validate()?;
         Ok(brokers)
-    }
-}
-
-impl WorkerConfig {
-    pub fn validate(&self) -> Result<(), Error> {
-        self.db.database_url.connect_options()?;
-        let c = &self.consumer;
-        if c.topic.trim().is_empty() || c.group_id.trim().is_empty() {
-            return Err(Error::Config(
-                "KAFKA_TOPIC and KAFKA_GROUP_ID must not be empty".into(),
-            ));
-        }
-        crate::kafka::check_overrides(&c.properties)?;
-        let p = &self.pipeline;
-        if p.batch_linger.is_zero() || p.commit_interval.is_zero() {
-            return Err(Error::Config(
-                "BATCH_LINGER and COMMIT_INTERVAL must be above zero".into(),
-            ));
-        }
-        if self.shutdown_timeout < Duration::from_secs(1) {
-            return Err(Error::Config("SHUTDOWN_TIMEOUT must be at least 1s".into()));
-        }
-        Ok(())
-    }
-
-    /// Connections the pool may open.
-    pub fn db_max_connections(&self) -> u32 {
-        self.db
-            .db_max_connections
-            .unwrap_or(u32::from(self.pipeline.processors) + 1)
     }
 }
 
@@ -521,43 +498,6 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+mod checks;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_output_hides_the_database_password() {
-        let url = DatabaseUrl::from_str("postgres://app:s3cr3t@db.internal:5433/orders").unwrap();
-        let shown = format!("{url:?}");
-        assert_eq!(shown, "postgres://app:***@db.internal:5433/orders");
-    }
-
-    #[test]
-    fn debug_output_hides_secret_kafka_properties() {
-        let props = [
-            KafkaProperty::new("sasl.password", "hunter2"),
-            KafkaProperty::new("ssl.key.password", "hunter3"),
-            KafkaProperty::new("security.protocol", "SASL_SSL"),
-        ];
-        let shown = format!("{props:?}");
-        assert!(!shown.contains("hunter"), "{shown}");
-        assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
-    }
-
-    #[test]
-    fn a_run_command_is_assumed_when_none_is_named() {
-        let cli = Cli::parse_with_default([
-            "order-worker",
-            "--brokers",
-            "b:9092",
-            "--database-url",
-            "postgres://a@b/c",
-        ])
-        .unwrap();
-        assert!(
-            matches!(cli.command, Command::Run(ref r) if r.brokers.as_deref() == Some("b:9092"))
-        );
-        let cli = Cli::parse_with_default(["order-worker", "lag", "--brokers", "b:9092"]).unwrap();
-        assert!(matches!(cli.command, Command::Lag(_)));
-    }
-}
+mod tests;

@@ -1,8 +1,9 @@
 //! The `dead-letters` command: list dead letters, and replay them after a fix.
 //!
 //! Invariant: replay re-publishes the exact stored bytes (key and value) and marks a dead letter
-//! replayed only once the broker acknowledged it; dead letters whose stored bytes are not the
-//! original message (a tombstone has none, an oversized value was cut) are never replayed. The
+//! replayed only once the broker acknowledged it; dead letters whose stored bytes are not a whole
+//! message (a tombstone has none, an oversized value was cut) are never replayed, while a refused
+//! row whose original Kafka no longer had is replayed as its event re-encoded. The
 //! worker then handles the re-published message like any other: applied if it is now accepted,
 //! dead-lettered again (at its new offset) if not.
 

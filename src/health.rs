@@ -1,48 +1,210 @@
 //! Liveness and readiness, as the HTTP probes report them.
 //!
-//! Invariant: readiness is true only while PostgreSQL answers, the consumer thread is polling,
-//! and the worker is not draining; every state change is a single atomic store, so a probe never
-//! blocks on the pipeline.
+//! Invariant: readiness is true only while PostgreSQL answers, Kafka answered for the topic (its
+//! metadata was read), the consumer joined its group and polls, the dead-letter topic (if any)
+//! exists and takes letters, and the worker is not draining. Liveness is false only when the
+//! pipeline is wedged: messages in flight, nothing made durable for the stall timeout, while
+//! PostgreSQL and Kafka answer (an outage is waited out, a restart would not fix it). State
+//! changes are atomic stores or a short lock around a reason's text, so a probe never blocks on
+//! the pipeline.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Readiness reasons about Kafka. Several clients see the same condition at once; one text per
+/// condition keeps it to one log line.
+pub const KAFKA_UNREACHABLE: &str = "kafka unreachable: no broker answers";
+pub const KAFKA_CREDENTIALS_REFUSED: &str = "kafka authentication failed";
 
 /// A consumer thread that has not polled for this long is reported as stuck.
 const CONSUMER_STALL: Duration = Duration::from_secs(30);
 
+/// Why something the worker needs is not there, as `/readyz` and the log say it.
+#[derive(Debug, Default)]
+struct Problem(Mutex<Option<String>>);
+
+impl Problem {
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records `now` (a problem, or `None` when it is gone); logs only when the text changes,
+    /// so a condition seen every second is one line.
+    fn set(&self, now: Option<String>, what: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *slot == now {
+            return;
+        }
+        match &now {
+            Some(reason) => warn!(reason = %reason, "not ready: {what}"),
+            None => info!("{what}: ready"),
+        }
+        *slot = now;
+    }
+}
+
 #[derive(Debug)]
 pub struct Health {
     epoch: Instant,
+    stall_timeout: Duration,
     db_ok: AtomicBool,
     /// Milliseconds since `epoch` of the consumer's last poll; 0 until it starts.
     consumer_polled_ms: AtomicU64,
+    /// Whether the consumer has a member id from the group coordinator.
+    group_member: AtomicBool,
     draining: AtomicBool,
+    kafka: Problem,
+    dead_letter_topic_missing: Problem,
+    dead_letter_topic_refusing: Problem,
+    /// Whether the refusal was for a topic that does not exist: its creation ends it.
+    refused_for_missing_topic: AtomicBool,
+    /// Whether Kafka ever answered (a credential refused before that is a configuration error).
+    kafka_answered: AtomicBool,
+    /// Milliseconds since `epoch` when a batch last became durable.
+    progress_ms: AtomicU64,
+    /// Milliseconds since `epoch` when the pipeline was last found idle or excused (nothing in
+    /// flight, or PostgreSQL or Kafka away): a stall is counted from the later of this and
+    /// `progress_ms`.
+    excused_ms: AtomicU64,
+    in_flight: AtomicU64,
+    /// Fired when the worker cannot go on as configured (its Kafka credentials were refused
+    /// before Kafka ever answered); the reason is in `fatal_reason`.
+    fatal: CancellationToken,
+    fatal_reason: Problem,
+    /// Whether the failing liveness was logged (once per stall, not once per probe).
+    wedge_logged: AtomicBool,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self {
-            epoch: Instant::now(),
-            db_ok: AtomicBool::new(false),
-            consumer_polled_ms: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
-        }
+        Self::new(Duration::from_secs(300))
     }
 }
 
 impl Health {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(stall_timeout: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            stall_timeout,
+            db_ok: AtomicBool::new(false),
+            consumer_polled_ms: AtomicU64::new(0),
+            group_member: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            kafka: Problem(Mutex::new(Some("kafka not reached yet".into()))),
+            dead_letter_topic_missing: Problem::default(),
+            dead_letter_topic_refusing: Problem::default(),
+            refused_for_missing_topic: AtomicBool::new(false),
+            kafka_answered: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
+            excused_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            fatal: CancellationToken::new(),
+            fatal_reason: Problem::default(),
+            wedge_logged: AtomicBool::new(false),
+        }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ms(Instant::now())
     }
 
     pub fn set_db_ok(&self, ok: bool) {
         self.db_ok.store(ok, Ordering::Relaxed);
     }
 
+    pub fn db_ok(&self) -> bool {
+        self.db_ok.load(Ordering::Relaxed)
+    }
+
+    /// Kafka answered for the topic: its metadata was read.
+    pub fn kafka_ok(&self) {
+        self.kafka_answered.store(true, Ordering::Relaxed);
+        self.kafka.set(None, "kafka");
+    }
+
+    /// Kafka is unreachable, refuses the credentials, or lacks the topic.
+    pub fn kafka_problem(&self, reason: String) {
+        self.kafka.set(Some(reason), "kafka");
+    }
+
+    /// Kafka refused the worker's credentials (`detail`: librdkafka's sentence). Before Kafka
+    /// ever answered that is a configuration error, and the worker stops with it; afterwards
+    /// (credentials rotated under a running worker) it is a reason to be unready until they are
+    /// accepted again.
+    pub fn kafka_refused_credentials(&self, detail: &str) {
+        if self.kafka_answered.load(Ordering::Relaxed) {
+            self.kafka_problem(KAFKA_CREDENTIALS_REFUSED.into());
+        } else if !self.fatal.is_cancelled() {
+            // The first report is kept: it is librdkafka's own sentence, the later ones only
+            // repeat the error code.
+            let reason = format!("{KAFKA_CREDENTIALS_REFUSED}: {detail}");
+            self.fatal_reason.set(Some(reason), "kafka credentials");
+            self.fatal.cancel();
+        }
+    }
+
+    /// Resolves with the reason once the worker cannot go on as configured.
+    pub async fn failed(&self) -> String {
+        self.fatal.cancelled().await;
+        self.fatal_reason.get().unwrap_or_default()
+    }
+
+    /// Whether the dead-letter topic exists and may be used (`None`) or why not. Once it
+    /// exists, a refusal that was for its absence is over too.
+    pub fn dead_letter_topic_exists(&self, problem: Option<String>) {
+        if problem.is_none()
+            && self
+                .refused_for_missing_topic
+                .swap(false, Ordering::Relaxed)
+        {
+            self.dead_letter_topic_refusing
+                .set(None, "dead-letter topic publishing");
+        }
+        self.dead_letter_topic_missing
+            .set(problem, "dead-letter topic");
+    }
+
+    /// Why the dead-letter topic cannot be used, when its metadata says so.
+    pub fn dead_letter_topic_missing(&self) -> Option<String> {
+        self.dead_letter_topic_missing.get()
+    }
+
+    /// The dead-letter topic refused letters for good; `for_missing_topic` when because it
+    /// does not exist.
+    pub fn dead_letter_topic_refused(&self, reason: String, for_missing_topic: bool) {
+        self.refused_for_missing_topic
+            .store(for_missing_topic, Ordering::Relaxed);
+        self.dead_letter_topic_refusing
+            .set(Some(reason), "dead-letter topic publishing");
+    }
+
+    /// The dead-letter topic took a letter.
+    pub fn dead_letter_topic_accepted(&self) {
+        self.dead_letter_topic_refusing
+            .set(None, "dead-letter topic publishing");
+    }
+
+    /// Whether the dead-letter topic refused the last letters it was given for good.
+    pub fn dead_letter_topic_refusing(&self) -> bool {
+        self.dead_letter_topic_refusing.get().is_some()
+    }
+
     /// The consumer polled at `now` (the caller's clock reading: it has one at hand).
     pub fn consumer_polled(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.consumer_polled_ms.store(ms.max(1), Ordering::Relaxed);
+        self.consumer_polled_ms
+            .store(self.ms(now).max(1), Ordering::Relaxed);
+    }
+
+    pub fn group_member(&self, member: bool) {
+        self.group_member.store(member, Ordering::Relaxed);
     }
 
     pub fn consumer_stopped(&self) {
@@ -57,55 +219,103 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// `Ok` when ready, otherwise the short reason `/readyz` reports.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if self.is_draining() {
-            return Err("draining");
+    /// A batch became durable.
+    pub fn progressed(&self) {
+        self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The consumer's periodic report of the messages in flight. A stall is only counted while
+    /// there are some and both PostgreSQL and Kafka answer.
+    pub fn observe(&self, in_flight: usize, now: Instant) {
+        self.in_flight.store(in_flight as u64, Ordering::Relaxed);
+        let kafka_away = self.kafka.get().is_some();
+        if in_flight == 0 || !self.db_ok() || kafka_away {
+            self.excused_ms.store(self.ms(now), Ordering::Relaxed);
         }
-        if !self.db_ok.load(Ordering::Relaxed) {
-            return Err("postgres unavailable");
+    }
+
+    /// How long messages have been in flight with nothing becoming durable while PostgreSQL and
+    /// Kafka answered; zero when the pipeline progresses, is idle, or has not started.
+    pub fn stalled_for(&self) -> Duration {
+        if self.consumer_polled_ms.load(Ordering::Relaxed) == 0 || self.is_draining() {
+            return Duration::ZERO;
+        }
+        let since = self
+            .progress_ms
+            .load(Ordering::Relaxed)
+            .max(self.excused_ms.load(Ordering::Relaxed));
+        Duration::from_millis(self.now_ms().saturating_sub(since))
+    }
+
+    /// `Ok` while alive, otherwise the reason `/healthz` reports. The first failing answer of a
+    /// stall is logged: it is why Kubernetes restarts the pod.
+    pub fn liveness(&self) -> Result<(), String> {
+        let verdict = self.wedged();
+        match &verdict {
+            Err(reason) if !self.wedge_logged.swap(true, Ordering::Relaxed) => {
+                tracing::error!(%reason, "liveness fails: the pipeline is wedged");
+            }
+            Ok(()) if self.wedge_logged.swap(false, Ordering::Relaxed) => {
+                info!("liveness: the pipeline progresses again");
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    fn wedged(&self) -> Result<(), String> {
+        let stalled = self.stalled_for();
+        if stalled <= self.stall_timeout {
+            return Ok(());
+        }
+        let polled = self.consumer_polled_ms.load(Ordering::Relaxed);
+        let silent = Duration::from_millis(self.now_ms().saturating_sub(polled));
+        if silent > self.stall_timeout {
+            return Err(format!(
+                "consumer thread stalled: no poll for {}s",
+                silent.as_secs()
+            ));
+        }
+        Err(format!(
+            "pipeline stalled: {} messages in flight and nothing durable for {}s while \
+             PostgreSQL and Kafka answer",
+            self.in_flight.load(Ordering::Relaxed),
+            stalled.as_secs()
+        ))
+    }
+
+    /// `Ok` when ready, otherwise the short reason `/readyz` reports.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        if !self.db_ok() {
+            return Err("postgres unavailable".into());
+        }
+        if let Some(reason) = self.kafka.get() {
+            return Err(reason);
         }
         let polled = self.consumer_polled_ms.load(Ordering::Relaxed);
         if polled == 0 {
-            return Err("consumer not running");
+            return Err("consumer not running".into());
         }
-        let now = self.epoch.elapsed().as_millis() as u64;
-        if now.saturating_sub(polled) > CONSUMER_STALL.as_millis() as u64 {
-            return Err("consumer stalled");
+        if self.now_ms().saturating_sub(polled) > CONSUMER_STALL.as_millis() as u64 {
+            return Err("consumer stalled".into());
+        }
+        if !self.group_member.load(Ordering::Relaxed) {
+            return Err("consumer has not joined its group yet".into());
+        }
+        for problem in [
+            &self.dead_letter_topic_missing,
+            &self.dead_letter_topic_refusing,
+        ] {
+            if let Some(reason) = problem.get() {
+                return Err(reason);
+            }
         }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_fresh_worker_is_not_ready_until_postgres_and_the_consumer_are_up() {
-        let h = Health::new();
-        assert_eq!(h.readiness(), Err("postgres unavailable"));
-        h.set_db_ok(true);
-        assert_eq!(h.readiness(), Err("consumer not running"));
-        h.consumer_polled(Instant::now());
-        assert_eq!(h.readiness(), Ok(()));
-    }
-
-    #[test]
-    fn draining_wins_over_everything() {
-        let h = Health::new();
-        h.set_db_ok(true);
-        h.consumer_polled(Instant::now());
-        h.start_draining();
-        assert_eq!(h.readiness(), Err("draining"));
-    }
-
-    #[test]
-    fn losing_postgres_makes_the_worker_unready() {
-        let h = Health::new();
-        h.consumer_polled(Instant::now());
-        h.set_db_ok(true);
-        h.set_db_ok(false);
-        assert_eq!(h.readiness(), Err("postgres unavailable"));
-    }
-}
+mod tests;

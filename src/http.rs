@@ -63,6 +63,9 @@ impl Sampler {
         self.metrics
             .ready
             .set(if health.readiness().is_ok() { 1.0 } else { 0.0 });
+        self.metrics
+            .pipeline_stall
+            .set(health.stalled_for().as_secs_f64().floor());
         self.process.collect();
     }
 }
@@ -127,9 +130,16 @@ pub fn serve(
     })
 }
 
-/// Liveness: the process answers. Restarting does not fix a down database, so it is not checked.
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness: the process answers and its pipeline is not wedged. An outage of PostgreSQL or
+/// Kafka never fails it: a restart would not fix that.
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not alive: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {

@@ -5,6 +5,7 @@ use std::error::Error as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
@@ -18,6 +19,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    if let Err(e) = validate(&cli.command) {
+        eprintln!("order-worker: {e} (see --help)");
+        return ExitCode::from(2);
+    }
     telemetry::init(cli.log.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -26,12 +31,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Work still running (a read from a broker that does not answer) is not waited for: the
+    // process ends now, as the stop's deadline promised.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("order-worker: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Checks what clap cannot express, before anything starts: a contradiction between settings is
+/// a usage error like a malformed flag.
+fn validate(command: &Command) -> Result<(), order_worker::Error> {
+    match command {
+        Command::Run(cfg) => cfg.validate().map(drop),
+        Command::Dev(cfg) => cfg.worker.validate(),
+        _ => Ok(()),
     }
 }
 
@@ -42,7 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let worker = Worker::start(brokers, &cfg.worker)
                 .await
                 .context("failed to start")?;
-            shutdown::on_signal(worker.stop_token());
+            shutdown::on_signal(worker.stop_token(), Some(cfg.worker.shutdown_timeout));
             worker.wait().await?;
         }
         Command::Migrate(cfg) => {
@@ -103,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Dev(cfg) => {
             let stop = CancellationToken::new();
-            shutdown::on_signal(stop.clone());
+            shutdown::on_signal(stop.clone(), Some(cfg.worker.shutdown_timeout));
             dev::dev(cfg, stop).await?;
         }
     }

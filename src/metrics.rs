@@ -41,6 +41,9 @@ pub const READY: &str = "order_worker_ready";
 pub const BUILD_INFO: &str = "order_worker_build_info";
 pub const LAG_REFRESH_FAILURES: &str = "order_worker_lag_refresh_failures_total";
 pub const DEAD_LETTER_PUBLISH_FAILURES: &str = "order_worker_dead_letter_publish_failures_total";
+pub const DEAD_LETTER_TOPIC_REFUSALS: &str = "order_worker_dead_letter_topic_refusals_total";
+pub const DEAD_LETTERS_CUT: &str = "order_worker_dead_letters_cut_total";
+pub const PIPELINE_STALL: &str = "order_worker_pipeline_stall_seconds";
 
 /// Lag families are rendered from the last measurement (see `lag::LagView`), not through the
 /// `metrics` registry, because a revoked partition's series must disappear; their names and help
@@ -254,6 +257,21 @@ fn describe() {
         Unit::Count,
         "Failed attempts to publish dead letters to the dead-letter topic (retried)."
     );
+    describe_counter!(
+        DEAD_LETTER_TOPIC_REFUSALS,
+        Unit::Count,
+        "Dead letters the dead-letter topic refused for good (kept in the dead_letters table only)."
+    );
+    describe_counter!(
+        DEAD_LETTERS_CUT,
+        Unit::Count,
+        "Dead letters published with their value cut to a size the dead-letter topic takes."
+    );
+    describe_gauge!(
+        PIPELINE_STALL,
+        Unit::Seconds,
+        "How long messages have been in flight with nothing becoming durable while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT."
+    );
 }
 
 /// Handles of every metric, registered once.
@@ -284,6 +302,9 @@ pub struct Metrics {
     pub ready: Gauge,
     pub lag_refresh_failures: Counter,
     pub dead_letter_publish_failures: Counter,
+    pub dead_letter_topic_refusals: Counter,
+    pub dead_letters_cut: Counter,
+    pub pipeline_stall: Gauge,
 }
 
 impl Metrics {
@@ -322,6 +343,9 @@ impl Metrics {
             ready: metrics::gauge!(READY),
             lag_refresh_failures: metrics::counter!(LAG_REFRESH_FAILURES),
             dead_letter_publish_failures: metrics::counter!(DEAD_LETTER_PUBLISH_FAILURES),
+            dead_letter_topic_refusals: metrics::counter!(DEAD_LETTER_TOPIC_REFUSALS),
+            dead_letters_cut: metrics::counter!(DEAD_LETTERS_CUT),
+            pipeline_stall: metrics::gauge!(PIPELINE_STALL),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Retrying transient failures with exponential backoff.
 //!
-//! Invariant: an operation is retried for as long as its error is transient, without limit,
-//! until it succeeds or the abort token fires; it is never skipped. This is the only module that
+//! Invariant: an operation is retried for as long as its error is transient, until it succeeds
+//! or the abort token fires; it is never skipped. Permanent errors are the caller's to judge and
+//! return at once. This is the only module that
 //! knows the `backoff` crate (RUSTSEC-2025-0012 lists it as unmaintained), so swapping it for
 //! `backon` touches nothing else.
 
@@ -36,6 +37,39 @@ pub enum Verdict<E> {
     Fail(E),
 }
 
+/// The delays between attempts, growing from `schedule.initial` to `schedule.max`, jittered: for
+/// a caller whose attempts carry state of their own between them.
+pub struct Delays(backoff::ExponentialBackoff);
+
+impl Delays {
+    pub fn new(schedule: Schedule) -> Self {
+        Self(backoff::ExponentialBackoff {
+            initial_interval: schedule.initial,
+            current_interval: schedule.initial,
+            max_interval: schedule.max,
+            multiplier: 2.0,
+            randomization_factor: 0.3,
+            max_elapsed_time: None,
+            ..Default::default()
+        })
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        self.0.next_backoff().unwrap_or(self.0.max_interval)
+    }
+
+    /// Sleeps the next delay; false if `abort` fired first.
+    pub async fn sleep(&mut self, abort: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
 /// Runs `op` until it succeeds, `judge` says the error is permanent, or `abort` fires (then
 /// `on_abort` is returned). `judge` sees each error once: the place to log and count it.
 pub async fn until_ok<T, E, Op, Fut, J>(
@@ -50,15 +84,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     J: FnMut(E, Duration) -> Verdict<E>,
 {
-    let mut backoff = backoff::ExponentialBackoff {
-        initial_interval: schedule.initial,
-        current_interval: schedule.initial,
-        max_interval: schedule.max,
-        multiplier: 2.0,
-        randomization_factor: 0.3,
-        max_elapsed_time: None,
-        ..Default::default()
-    };
+    let mut delays = Delays::new(schedule);
     loop {
         let attempt = tokio::select! {
             biased;
@@ -69,7 +95,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let delay = backoff.next_backoff().unwrap_or(schedule.max);
+        let delay = delays.next_delay();
         match judge(err, delay) {
             Verdict::Fail(e) => return Err(e),
             Verdict::Retry => {}

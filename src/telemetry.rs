@@ -1,9 +1,13 @@
-//! Logging setup.
+//! Logging setup, and the throttle that keeps a repeating condition to a few lines.
 //!
 //! Invariant: logs go to stderr (stdout is for command output such as `produce`'s summary), as
-//! JSON lines unless a human is watching (a terminal) or `LOG_FORMAT=pretty` asks for text.
+//! JSON lines unless a human is watching (a terminal) or `LOG_FORMAT=pretty` asks for text. A
+//! line that repeats is logged at most once per throttle window, with the count held back.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -28,4 +32,92 @@ pub fn init(format: Option<LogFormat>) {
             .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+}
+
+/// Keeps a condition that repeats many times a second (a broker that is down, a write that
+/// keeps failing) to a few log lines: the first occurrence of a line is logged, then at most one
+/// per window, saying how many were held back. Metrics still count every occurrence.
+#[derive(Debug)]
+pub struct Throttle {
+    window: Duration,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    logged_at: Instant,
+    held: u64,
+}
+
+/// Distinct lines remembered at once; beyond it the oldest are forgotten (and may log again).
+const THROTTLE_KEYS: usize = 64;
+
+impl Throttle {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a line for `key` should be logged now; if so, how many were held back since the
+    /// last one.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get_mut(key) {
+            if now.saturating_duration_since(s.logged_at) < self.window {
+                s.held += 1;
+                return None;
+            }
+            let held = s.held;
+            *s = Seen {
+                logged_at: now,
+                held: 0,
+            };
+            return Some(held);
+        }
+        if seen.len() >= THROTTLE_KEYS {
+            let window = self.window;
+            seen.retain(|_, s| now.saturating_duration_since(s.logged_at) < window);
+            if seen.len() >= THROTTLE_KEYS {
+                seen.clear();
+            }
+        }
+        seen.insert(
+            key.to_owned(),
+            Seen {
+                logged_at: now,
+                held: 0,
+            },
+        );
+        Some(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_line_is_let_through_once_per_window_with_the_count_held_back() {
+        let t = Throttle::new(Duration::from_millis(50));
+        assert_eq!(t.admit("brokers are down"), Some(0));
+        for _ in 0..40 {
+            assert_eq!(t.admit("brokers are down"), None);
+        }
+        assert_eq!(t.admit("another condition"), Some(0), "keys are apart");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(t.admit("brokers are down"), Some(40));
+        assert_eq!(t.admit("brokers are down"), None);
+    }
+
+    #[test]
+    fn it_remembers_a_bounded_number_of_lines() {
+        let t = Throttle::new(Duration::from_secs(60));
+        for i in 0..1_000 {
+            assert_eq!(t.admit(&format!("line {i}")), Some(0));
+        }
+        assert!(t.seen.lock().unwrap().len() <= THROTTLE_KEYS);
+    }
 }

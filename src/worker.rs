@@ -1,10 +1,11 @@
 //! The worker: wires the consumer thread, the processors, PostgreSQL and the HTTP server, and
 //! runs the ordered stop.
 //!
-//! Invariant: the stop runs in one order whatever triggered it (signal, failed task): readiness
-//! turns false, fetching stops, lanes drain, batches flush, the final commit covers exactly what
-//! is durable, the member leaves the group; all within the shutdown timeout, after which the
-//! processors are aborted without reporting, so nothing that is not durable is ever committed.
+//! Invariant: the stop runs in one order whatever triggered it (signal, failed task, a
+//! configuration Kafka refuses): readiness turns false, fetching stops, lanes drain, batches
+//! flush, the final commit covers exactly what is durable, the member leaves the group; all
+//! within the shutdown timeout, after which the processors are aborted without reporting, so
+//! nothing that is not durable is ever committed, and nothing waits for the consumer thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,15 +26,17 @@ use crate::http;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::originals::Originals;
 use crate::kafka::tracker::OffsetTracker;
-use crate::kafka::{self, ConsumerLoop, ConsumerSettings, WorkerContext};
+use crate::kafka::{self, ConsumerLoop, ConsumerSettings, Release, WorkerContext};
 use crate::lag::{LagView, Monitor, Quiet};
 use crate::memory::IdleRelease;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Dispatcher, InFlight, Processor, ProcessorSettings, lanes};
 use crate::retry::{self, Schedule, Verdict};
+use crate::telemetry::Throttle;
 
-/// How often PostgreSQL is pinged for readiness when no batch says otherwise.
-const DB_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often PostgreSQL is pinged, for readiness and so that an outage is told from a wedged
+/// pipeline (STALL_TIMEOUT) within a few seconds.
+const DB_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A running worker.
 pub struct Worker {
@@ -49,7 +52,7 @@ impl Worker {
         cfg.validate()?;
         let prometheus = metrics::install()?;
         let metrics = Metrics::new();
-        let health = Arc::new(Health::new());
+        let health = Arc::new(Health::new(cfg.stall_timeout));
         let addr = cfg.http.http_addr;
         let listener = TcpListener::bind(addr)
             .await
@@ -63,11 +66,18 @@ impl Worker {
             &cfg.consumer.topic,
             tracker.clone(),
         ));
+        let stop = CancellationToken::new();
         let context = WorkerContext::new(
             cfg.consumer.topic.clone(),
+            cfg.consumer.group_id.clone(),
             tracker,
             metrics.clone(),
-            cfg.pipeline.rebalance_drain_timeout,
+            health.clone(),
+            Release {
+                drain_timeout: cfg.pipeline.rebalance_drain_timeout,
+                shutdown_timeout: cfg.shutdown_timeout,
+                stop: stop.clone(),
+            },
         );
         let consumer: BaseConsumer<WorkerContext> =
             kafka::consumer_config(brokers, &cfg.consumer, cfg.pipeline.commit_interval)
@@ -83,7 +93,6 @@ impl Worker {
             .map(Arc::new);
         let originals = Originals::new(brokers, &c.properties, &c.topic, &c.group_id);
 
-        let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
         let state = http::AppState {
             health: health.clone(),
@@ -162,7 +171,7 @@ impl Parts {
         consumer: BaseConsumer<WorkerContext>,
         lag_reader: BaseConsumer<Quiet>,
     ) -> Result<(), Error> {
-        if !self.wait_for_database().await {
+        if !self.wait_for_database().await? {
             return Ok(());
         }
         if self.cfg.migrate_on_start {
@@ -177,8 +186,10 @@ impl Parts {
         result
     }
 
-    /// Retries until PostgreSQL answers; false if the stop came first.
-    async fn wait_for_database(&self) -> bool {
+    /// Retries until PostgreSQL answers; false if the stop came first. Credentials or a database
+    /// name PostgreSQL refuses are a configuration error, returned at once: retrying cannot fix
+    /// them.
+    async fn wait_for_database(&self) -> Result<bool, Error> {
         let schedule = Schedule {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(5),
@@ -193,15 +204,23 @@ impl Parts {
                     .map_err(Some)
             },
             |e, delay| {
-                // The reason tells a wrong password from a server that is down.
+                if e.as_ref().is_some_and(db::is_misconfigured) {
+                    return Verdict::Fail(e);
+                }
                 let error = e.map(|e| e.to_string()).unwrap_or_default();
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "waiting for PostgreSQL");
                 Verdict::Retry
             },
         )
         .await;
-        self.health.set_db_ok(reached.is_ok());
-        reached.is_ok()
+        match reached {
+            Ok(()) => {
+                self.health.set_db_ok(true);
+                Ok(true)
+            }
+            Err(Some(e)) => Err(Error::Database(e)),
+            Err(None) => Ok(false),
+        }
     }
 
     async fn pipeline(
@@ -256,6 +275,8 @@ impl Parts {
                 reset: self.cfg.consumer.auto_offset_reset,
                 interval: self.cfg.lag_interval,
                 metrics: self.metrics.clone(),
+                health: self.health.clone(),
+                dead_letter_topic: self.cfg.dead_letter_topic.clone(),
             }
             .spawn()?,
             idle_release: IdleRelease {
@@ -264,16 +285,21 @@ impl Parts {
             },
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
-                shutdown_timeout: self.cfg.shutdown_timeout,
                 commit_interval: p.commit_interval,
             },
             stop: self.stop.clone(),
             abort: abort.clone(),
         };
-        let thread = std::thread::Builder::new()
+        // The thread reports its end through a channel, never a join: a thread still inside
+        // librdkafka when the stop's deadline passes must not hold the process.
+        let (done, mut consumer_done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
             .name("kafka-consumer".into())
-            .spawn(move || consumer_loop.run())?;
-        let mut consumer_done = tokio::task::spawn_blocking(move || thread.join());
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| consumer_loop.run()));
+                let _ = done.send(outcome);
+            })?;
         info!(topic = %self.cfg.consumer.topic, group = %self.cfg.consumer.group_id,
               processors = p.processors, "worker started");
 
@@ -290,6 +316,10 @@ impl Parts {
                 }));
             }
             joined = &mut consumer_done => consumer_result = Some(joined),
+            reason = self.health.failed() => {
+                error!(%reason, "stopping: the configuration cannot work");
+                failure = Some(Error::Config(reason));
+            }
         }
         if let Some(e) = &failure {
             error!(error = %e, "pipeline failure: stopping without committing unfinished work");
@@ -330,7 +360,11 @@ impl Parts {
                     failure.unwrap_or(Error::TaskFailed("the consumer thread panicked".into()))
                 );
             }
-            Err(e) => return Err(Error::TaskFailed(format!("consumer thread join: {e}"))),
+            Err(_) => {
+                return Err(failure.unwrap_or(Error::TaskFailed(
+                    "the consumer thread ended without a word".into(),
+                )));
+            }
         };
         match failure {
             Some(e) => Err(e),
@@ -345,11 +379,14 @@ impl Parts {
 
 async fn monitor_database(pool: PgPool, health: Arc<Health>) {
     let mut tick = tokio::time::interval(DB_CHECK_INTERVAL);
+    let throttle = Throttle::new(Duration::from_secs(30));
     loop {
         tick.tick().await;
         let ok = db::ping(&pool, Duration::from_secs(2)).await;
-        if let Err(e) = &ok {
-            warn!(error = %e, "PostgreSQL health check failed");
+        if let Err(e) = &ok
+            && let Some(held) = throttle.admit(&e.to_string())
+        {
+            warn!(error = %e, repeated = held, "PostgreSQL health check failed");
         }
         health.set_db_ok(ok.is_ok());
     }

@@ -79,6 +79,10 @@ impl Reason {
     }
 }
 
+/// Longest detail kept, in characters; enough for any reason the contract gives with its
+/// quoted excerpt.
+pub const MAX_DETAIL_CHARS: usize = 1_024;
+
 /// A message that will be dead-lettered instead of applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -89,9 +93,14 @@ pub struct Rejection {
 impl Rejection {
     /// Control characters in `detail` are escaped (`\u{0}`): messages from parsers quote the
     /// producer's input, and a reason must never carry raw control bytes into logs, headers or
-    /// PostgreSQL text (which refuses NUL).
+    /// PostgreSQL text (which refuses NUL). A detail is cut to [`MAX_DETAIL_CHARS`]: a parser
+    /// may quote a whole field of a megabyte, and the detail goes into a log line and a header.
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        let detail = detail.into();
+        let mut detail = detail.into();
+        if let Some((cut, _)) = detail.char_indices().nth(MAX_DETAIL_CHARS) {
+            detail.truncate(cut);
+            detail.push_str("... (cut)");
+        }
         let detail = if detail.chars().any(char::is_control) {
             detail
                 .chars()
@@ -123,6 +132,13 @@ impl fmt::Display for Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detail_quoting_a_huge_field_is_cut() {
+        let r = Rejection::new(Reason::SchemaViolation, "x".repeat(1_000_000));
+        assert!(r.detail.chars().count() < MAX_DETAIL_CHARS + 16);
+        assert!(r.detail.ends_with("(cut)"));
+    }
 
     #[test]
     fn control_characters_in_a_detail_are_escaped() {

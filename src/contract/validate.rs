@@ -55,6 +55,9 @@ pub(super) fn event(wire: WireEvent) -> Result<OrderEvent, Rejection> {
 }
 
 /// The message key carries the order id so that all events of an order share a partition.
+/// Kafka's partitioner (and the worker's lane routing) hash the key's bytes, so only one
+/// spelling of an id is accepted: lower-case and hyphenated, as `Uuid` prints it. Any other
+/// spelling of the same id could send the order's events to two partitions, and two pods.
 pub(super) fn key(key: Option<&[u8]>, order_id: Uuid) -> Result<(), Rejection> {
     let Some(key) = key else {
         return Err(Rejection::new(
@@ -62,17 +65,20 @@ pub(super) fn key(key: Option<&[u8]>, order_id: Uuid) -> Result<(), Rejection> {
             "message has no key; contract v1 requires key = order_id",
         ));
     };
-    let matches = std::str::from_utf8(key)
-        .ok()
-        .and_then(|k| Uuid::parse_str(k).ok())
-        .is_some_and(|k| k == order_id);
-    if matches {
+    let mut canonical = Uuid::encode_buffer();
+    if key
+        == order_id
+            .hyphenated()
+            .encode_lower(&mut canonical)
+            .as_bytes()
+    {
         Ok(())
     } else {
         Err(Rejection::new(
             Reason::KeyMismatch,
             format!(
-                "message key {} is not the order_id {order_id}",
+                "message key {} is not the order_id in its canonical form {order_id} \
+                 (lower-case, hyphenated)",
                 excerpt(&String::from_utf8_lossy(key))
             ),
         ))

@@ -8,6 +8,8 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::contract::Reason;
+
 /// A stored dead letter.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetter {
@@ -27,11 +29,14 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// Whether `payload` is the message as it was published (not a cut of an oversized one).
+    /// Whether `payload` is a whole message: as it was published, or, for a row PostgreSQL
+    /// refused whose original Kafka no longer had, its valid event re-encoded (its size then
+    /// differs from `payload_size`, the original's). Only an oversized value is stored cut.
     pub fn is_complete(&self) -> bool {
-        self.payload
-            .as_ref()
-            .is_some_and(|p| p.len() as i64 == i64::from(self.payload_size))
+        self.payload.as_ref().is_some_and(|p| {
+            p.len() as i64 == i64::from(self.payload_size)
+                || self.reason == Reason::DbRejected.as_str()
+        })
     }
 }
 

@@ -100,9 +100,21 @@ pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), sqlx::Error> {
     }
 }
 
+/// Whether PostgreSQL refused who the worker is or what it asked for at connection time (wrong
+/// password or user: SQLSTATE class 28; no such database: 3D000). Retrying cannot fix that, so
+/// at startup it is a configuration error.
+pub fn is_misconfigured(err: &sqlx::Error) -> bool {
+    let code = match err {
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
+    };
+    code.is_some_and(|c| c.starts_with("28") || c == "3D000")
+}
+
 /// What kind of failure a database error is. Only `Data` and `Constraint` blame the row; every
 /// other kind is retried, because a database that is down, restarting, overloaded or missing a
-/// table today will be fixed, and the messages must still be there when it is.
+/// table today will be fixed, and the messages must still be there when it is. A `Timeout` (the
+/// statement ran past `statement_timeout`) is retried with fewer rows at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     Connection,
@@ -111,19 +123,21 @@ pub enum FailureKind {
     Serialization,
     Deadlock,
     Resources,
+    Timeout,
     Data,
     Constraint,
     Other,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         Self::Connection,
         Self::PoolTimeout,
         Self::Shutdown,
         Self::Serialization,
         Self::Deadlock,
         Self::Resources,
+        Self::Timeout,
         Self::Data,
         Self::Constraint,
         Self::Other,
@@ -137,6 +151,7 @@ impl FailureKind {
             Self::Serialization => "serialization",
             Self::Deadlock => "deadlock",
             Self::Resources => "resources",
+            Self::Timeout => "timeout",
             Self::Data => "data",
             Self::Constraint => "constraint",
             Self::Other => "other",
@@ -158,6 +173,7 @@ impl FailureKind {
             "40001" => Self::Serialization,
             "40P01" => Self::Deadlock,
             "57P01" | "57P02" | "57P03" => Self::Shutdown,
+            "57014" => Self::Timeout,
             c if c.starts_with("08") => Self::Connection,
             c if c.starts_with("53") => Self::Resources,
             c if c.starts_with("22") => Self::Data,
@@ -185,6 +201,7 @@ mod tests {
             ("40001", FailureKind::Serialization),
             ("40P01", FailureKind::Deadlock),
             ("53300", FailureKind::Resources),
+            ("57014", FailureKind::Timeout),
             ("42P01", FailureKind::Other),
         ] {
             assert_eq!(FailureKind::of_sqlstate(code), kind, "{code}");

@@ -88,7 +88,8 @@ pub struct DeadLetterRow<'a> {
     pub payload_size: usize,
     pub reason: Reason,
     pub error: &'a str,
-    pub kafka_timestamp: Option<OffsetDateTime>,
+    /// The message's Kafka timestamp, milliseconds since the epoch.
+    pub kafka_timestamp_ms: Option<i64>,
 }
 
 /// What a write changed.
@@ -257,14 +258,9 @@ fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRow<'_>]) -> Encoded {
         sizes.push(i32::try_from(r.payload_size).unwrap_or(i32::MAX));
         stages.push(r.reason.stage().as_str());
         reasons.push(r.reason.as_str());
-        // PostgreSQL text cannot hold NUL; reasons are built from escaped values, this is the
-        // last line of defence for messages quoted from elsewhere.
-        errors.push(if r.error.contains('\0') {
-            Cow::Owned(r.error.replace('\0', "\\0"))
-        } else {
-            Cow::Borrowed(r.error)
-        });
-        timestamps.push(r.kafka_timestamp);
+        let timestamp = r.kafka_timestamp_ms.map(|ms| (ms, storable_timestamp(ms)));
+        errors.push(storable_error(r.error, timestamp));
+        timestamps.push(timestamp.and_then(|(_, t)| t));
     }
     args.add(partitions)?;
     args.add(offsets)?;
@@ -275,4 +271,57 @@ fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRow<'_>]) -> Encoded {
     args.add(reasons)?;
     args.add(errors)?;
     args.add(timestamps)
+}
+
+/// The first instant `timestamptz` holds: 4714-11-24 BC (astronomical year -4713), midnight UTC.
+/// Its last (294276 AD) is beyond any `OffsetDateTime`.
+const PG_TIMESTAMP_MIN: OffsetDateTime = time::macros::datetime!(-4713-11-24 0:00 UTC);
+
+/// A Kafka timestamp as `timestamptz`, or `None` when PostgreSQL cannot hold it (a producer
+/// may set any 64-bit CreateTime; PostgreSQL refuses the whole statement, SQLSTATE 22008).
+fn storable_timestamp(ms: i64) -> Option<OffsetDateTime> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    (t >= PG_TIMESTAMP_MIN).then_some(t)
+}
+
+/// A dead letter's `error` as PostgreSQL text: NUL escaped (text cannot hold it; reasons are
+/// built from escaped values, this is the last line of defence for text quoted from elsewhere),
+/// and a note when the Kafka timestamp could not be stored.
+fn storable_error(error: &str, timestamp: Option<(i64, Option<OffsetDateTime>)>) -> Cow<'_, str> {
+    let mut text = if error.contains('\0') {
+        Cow::Owned(error.replace('\0', "\\0"))
+    } else {
+        Cow::Borrowed(error)
+    };
+    if let Some((ms, None)) = timestamp {
+        text.to_mut().push_str(&format!(
+            " (Kafka timestamp {ms} ms is outside what PostgreSQL stores: kafka_timestamp is NULL)"
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kafka_timestamp_before_timestamptz_s_first_day_is_stored_as_null_and_noted() {
+        let ancient = -300_000_000_000_000;
+        assert_eq!(storable_timestamp(ancient), None);
+        assert_eq!(storable_timestamp(i64::MAX), None);
+        let first_day = (PG_TIMESTAMP_MIN.unix_timestamp_nanos() / 1_000_000) as i64;
+        assert_eq!(storable_timestamp(first_day), Some(PG_TIMESTAMP_MIN));
+        assert_eq!(storable_timestamp(first_day - 1), None);
+        let noted = storable_error("bad\0json", Some((ancient, None)));
+        assert_eq!(
+            noted,
+            "bad\\0json (Kafka timestamp -300000000000000 ms is outside what PostgreSQL \
+             stores: kafka_timestamp is NULL)"
+        );
+        assert!(matches!(
+            storable_error("fine", Some((0, storable_timestamp(0)))),
+            Cow::Borrowed("fine")
+        ));
+    }
 }

@@ -6,7 +6,8 @@
 //! and commit callbacks run promptly and the member is never evicted for not polling. When the
 //! lanes stay full it pauses all its partitions (librdkafka then purges what it prefetched and
 //! resumes from the first message not handed over), so at most the messages already returned by
-//! `poll` wait here, never a backlog.
+//! `poll` wait here, never a backlog. The stop ends by its deadline whatever the brokers do: the
+//! final commit and leaving the group wait for them only until then.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -22,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::WorkerContext;
+use crate::kafka::commit;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::lag::MonitorHandle;
 use crate::memory::IdleRelease;
@@ -40,13 +43,12 @@ const OFFER_SLICE: Duration = Duration::from_millis(10);
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long without messages and with nothing in flight before freed memory is given back.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
-/// Part of the shutdown timeout kept for the final commit and leaving the group.
-const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
+/// Part of the stop's final margin kept for leaving the group after the final commit.
+const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {
     pub max_payload_bytes: usize,
-    pub shutdown_timeout: Duration,
     /// librdkafka's auto-commit interval; also the least time between two idle commits.
     pub commit_interval: Duration,
 }
@@ -78,11 +80,12 @@ impl ConsumerLoop {
         let mut pending: VecDeque<Envelope> = VecDeque::new();
         let polled = self.poll_until_stopped(&mut pending);
         if let Err(e) = polled {
-            // A lane's processor is gone: leave without waiting for work that cannot finish.
-            self.consumer
-                .context()
-                .closing
-                .store(true, Ordering::Release);
+            // A lane's processor is gone, or librdkafka gave up: leave without waiting for work
+            // that cannot finish.
+            let ctx = self.consumer.context();
+            ctx.closing.store(true, Ordering::Release);
+            let end = Instant::now() + ctx.release.shutdown_timeout;
+            leave_group(self.consumer, end);
             return Err(e);
         }
         Ok(self.finish(pending))
@@ -140,16 +143,22 @@ impl ConsumerLoop {
                             pending.push_back(envelope);
                         }
                     }
-                    Some(Err(e)) => {
+                    // librdkafka gives up on a fatal error (a fenced static member): so does the
+                    // worker, with the error, instead of polling a dead consumer.
+                    Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
                         self.metrics.consumer_errors.increment(1);
-                        warn!(error = %e, "kafka consumer error");
+                        return Err(Error::Kafka(e));
                     }
+                    Some(Err(e)) => self.consumer.context().report_error(&e, None),
                 }
             }
             if now.saturating_duration_since(last_store) >= STORE_INTERVAL {
                 self.store();
                 let in_flight = self.tracker.in_flight();
                 self.report_depths(in_flight);
+                self.health.observe(in_flight, now);
+                self.health
+                    .group_member(commit::member_id(&self.consumer).is_some());
                 let drained = pending.is_empty() && in_flight == 0;
                 if drained
                     && last_idle_commit
@@ -283,13 +292,13 @@ impl ConsumerLoop {
     }
 
     /// The graceful stop: stop fetching, let the processors drain the lanes, commit what is
-    /// durable, leave the group.
+    /// durable, leave the group; all by the stop's deadline.
     fn finish(self, pending: VecDeque<Envelope>) -> bool {
-        let deadline = Instant::now()
-            + self
-                .settings
-                .shutdown_timeout
-                .saturating_sub(FINAL_COMMIT_MARGIN);
+        let ctx = self.consumer.context();
+        let end = ctx
+            .stop_deadline()
+            .unwrap_or_else(|| Instant::now() + ctx.release.shutdown_timeout);
+        let drain_by = ctx.drain_deadline().unwrap_or(end);
         self.set_paused(true);
         // Never registered, so not committed: Kafka hands them out again.
         drop(pending);
@@ -308,17 +317,18 @@ impl ConsumerLoop {
         // Closing the lanes tells each processor to write what it holds and stop.
         drop(dispatcher);
         let drained = loop {
-            let slice = (Instant::now() + POLL_TIMEOUT).min(deadline);
+            let slice = (Instant::now() + POLL_TIMEOUT).min(drain_by);
             if tracker.wait_drained(None, slice) {
                 break true;
             }
-            if abort.is_cancelled() || Instant::now() >= deadline {
+            if abort.is_cancelled() || Instant::now() >= drain_by {
                 break false;
             }
         };
         let ctx = consumer.context();
         ctx.closing.store(true, Ordering::Release);
-        match ctx.commit_now(&consumer, None) {
+        let commit_by = end.checked_sub(LEAVE_MARGIN).unwrap_or(end);
+        match ctx.commit_until(&consumer, None, commit_by.max(Instant::now())) {
             Ok(n) => info!(partitions = n, drained, "final offsets committed"),
             Err(e) => {
                 warn!(error = %e, "final commit failed; uncommitted messages will be redelivered")
@@ -330,10 +340,33 @@ impl ConsumerLoop {
                 "stop deadline reached with messages not yet durable; they stay uncommitted"
             );
         }
-        // Dropping the consumer closes it: it leaves the group, so its partitions move at once.
-        drop(consumer);
+        leave_group(consumer, end);
         health.consumer_stopped();
-        info!("left the consumer group");
         drained
+    }
+}
+
+/// Closes the consumer, which leaves the group so that its partitions move at once, waiting no
+/// longer than `deadline`: with the coordinator gone, librdkafka's close can take tens of
+/// seconds. Past the deadline the close goes on in the background; the process is ending, and
+/// the group drops the member after `session.timeout.ms`.
+fn leave_group(consumer: BaseConsumer<WorkerContext>, deadline: Instant) {
+    let (left, wait) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = left.send(());
+        });
+    if let Err(e) = closing {
+        warn!(error = %e, "could not close the consumer on a thread of its own");
+        return;
+    }
+    match wait.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(()) => info!("left the consumer group"),
+        Err(_) => warn!(
+            "the group coordinator did not answer before the stop deadline; the group drops this \
+             member after session.timeout.ms"
+        ),
     }
 }

@@ -1,50 +1,101 @@
-//! The consumer's callbacks: rebalances, commit results, and librdkafka's own logs.
+//! The consumer's callbacks: rebalances, commit results, and librdkafka's own logs and errors.
 //!
 //! Invariant: a partition leaves this instance only after its durable offsets were committed
-//! synchronously and it was forgotten by the tracker; messages of it that were not yet durable
-//! within the drain timeout are neither committed nor reported later (their generation is gone),
-//! so the next owner reprocesses them and the idempotent write makes that harmless.
+//! (waiting for the broker's answer, bounded) and it was forgotten by the tracker; messages of it
+//! that were not yet durable within the drain timeout are neither committed nor reported later
+//! (their generation is gone), so the next owner reprocesses them and the idempotent write makes
+//! that harmless. Once the stop has begun, no wait here outlasts the stop's deadline. A partition
+//! assigned while the pipeline has room is fetched: it never inherits a pause from an earlier
+//! assignment.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{IsError, KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::health::{Health, KAFKA_UNREACHABLE};
+use crate::kafka::commit;
 use crate::kafka::tracker::OffsetTracker;
 use crate::metrics::Metrics;
+use crate::telemetry::Throttle;
+
+/// Part of the shutdown timeout kept for the final commit and leaving the group.
+pub(crate) const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
+/// Longest a commit waits for the coordinator's answer outside a stop.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+/// How often a repeating librdkafka warning or error is logged at most.
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// How partitions are given up: on a revoke, and when the worker stops.
+pub(crate) struct Release {
+    /// How long a revoked partition's in-flight messages may take to become durable.
+    pub drain_timeout: Duration,
+    /// Everything of a stop, leaving the group included, ends this long after it began.
+    pub shutdown_timeout: Duration,
+    /// Fired to begin the graceful stop.
+    pub stop: CancellationToken,
+}
 
 pub(crate) struct WorkerContext {
     pub topic: String,
+    pub group: String,
     pub tracker: Arc<OffsetTracker>,
     pub metrics: Metrics,
-    pub drain_timeout: Duration,
+    pub health: Arc<Health>,
+    pub release: Release,
+    /// When this consumer first saw the stop fired: its deadlines count from there.
+    stop_seen: OnceLock<Instant>,
     /// Set while the consumer holds its partitions paused for backpressure, so that partitions
     /// assigned meanwhile start paused too.
     pub backpressured: AtomicBool,
     /// Set once the graceful stop has drained: revokes from then on commit without waiting.
     pub closing: AtomicBool,
+    throttle: Throttle,
 }
 
 impl WorkerContext {
     pub fn new(
         topic: String,
+        group: String,
         tracker: Arc<OffsetTracker>,
         metrics: Metrics,
-        drain_timeout: Duration,
+        health: Arc<Health>,
+        release: Release,
     ) -> Self {
         Self {
             topic,
+            group,
             tracker,
             metrics,
-            drain_timeout,
+            health,
+            release,
+            stop_seen: OnceLock::new(),
             backpressured: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            throttle: Throttle::new(LOG_WINDOW),
         }
+    }
+
+    /// Once the stop has begun: when everything must be done, the final commit and leaving the
+    /// group included.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        if !self.release.stop.is_cancelled() {
+            return None;
+        }
+        let seen = *self.stop_seen.get_or_init(Instant::now);
+        Some(seen + self.release.shutdown_timeout)
+    }
+
+    /// Once the stop has begun: until when in-flight messages may still become durable.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.stop_deadline()
+            .map(|end| end.checked_sub(FINAL_COMMIT_MARGIN).unwrap_or(end))
     }
 
     fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
@@ -104,11 +155,14 @@ impl WorkerContext {
         Ok(offsets.len())
     }
 
-    /// Commits durable progress now and waits for the broker's answer.
-    pub fn commit_now(
+    /// Commits durable progress (of `only` some partitions, or all) and waits for the broker's
+    /// answer until `deadline`. A coordinator that does not answer in time fails the call; the
+    /// commit may still complete later, which is harmless (it covers only durable offsets).
+    pub fn commit_until(
         &self,
         consumer: &BaseConsumer<Self>,
         only: Option<&[i32]>,
+        deadline: Instant,
     ) -> KafkaResult<usize> {
         let (tpl, offsets) = self.progress(only)?;
         if offsets.is_empty() {
@@ -116,7 +170,7 @@ impl WorkerContext {
         }
         // Stored too, so librdkafka's own commit on unassign/close carries the same offsets.
         let _ = consumer.store_offsets(&tpl);
-        match consumer.commit(&tpl, CommitMode::Sync) {
+        match commit::until(consumer, &tpl, deadline) {
             Ok(()) => {
                 self.tracker.mark_committed(&offsets);
                 self.metrics.commits.increment(1);
@@ -130,22 +184,39 @@ impl WorkerContext {
     }
 
     /// Hands revoked partitions back: wait (bounded) for their in-flight messages, commit, forget.
+    /// A stop that begins meanwhile shortens the wait to the stop's own deadline.
     fn release(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let started = Instant::now();
         let wait = if self.closing.load(Ordering::Acquire) {
             Duration::ZERO
         } else {
-            self.drain_timeout
+            self.release.drain_timeout
         };
-        let started = Instant::now();
-        let drained = self.tracker.wait_drained(Some(partitions), started + wait);
+        let mut deadline = started.checked_add(wait).unwrap_or(started);
+        let drained = loop {
+            if let Some(stop) = self.drain_deadline() {
+                deadline = deadline.min(stop);
+            }
+            let slice = deadline.min(Instant::now() + Duration::from_millis(100));
+            if self.tracker.wait_drained(Some(partitions), slice) {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+        };
         if !drained {
             warn!(
                 ?partitions,
-                timeout_ms = wait.as_millis() as u64,
+                waited_ms = started.elapsed().as_millis() as u64,
                 "revoked partitions still had messages in flight; they will be redelivered to the next owner"
             );
         }
-        if let Err(e) = self.commit_now(consumer, Some(partitions)) {
+        let commit_by = self
+            .stop_deadline()
+            .unwrap_or_else(|| Instant::now() + COMMIT_WAIT)
+            .max(Instant::now() + Duration::from_millis(100));
+        if let Err(e) = self.commit_until(consumer, Some(partitions), commit_by) {
             warn!(error = %e, ?partitions, "commit on revoke failed; the next owner may reprocess some messages");
         }
         self.tracker.revoke(partitions);
@@ -156,11 +227,52 @@ impl WorkerContext {
             "partitions revoked"
         );
     }
+
+    /// Logs a consumer error (throttled), counts it, and tells readiness what it means.
+    /// `detail` is librdkafka's own sentence for it, when it gave one.
+    pub fn report_error(&self, error: &KafkaError, detail: Option<&str>) {
+        use RDKafkaErrorCode as C;
+        self.metrics.consumer_errors.increment(1);
+        let text = detail.map_or_else(|| error.to_string(), str::to_owned);
+        match error.rdkafka_error_code() {
+            Some(C::Authentication | C::SaslAuthenticationFailed) => {
+                self.health.kafka_refused_credentials(&text)
+            }
+            Some(C::AllBrokersDown) => self.health.kafka_problem(KAFKA_UNREACHABLE.into()),
+            Some(C::UnknownTopicOrPartition | C::UnknownTopic) => self
+                .health
+                .kafka_problem(format!("topic {} does not exist", self.topic)),
+            Some(C::TopicAuthorizationFailed) => self
+                .health
+                .kafka_problem(format!("not authorized to read topic {}", self.topic)),
+            Some(C::GroupAuthorizationFailed) => self
+                .health
+                .kafka_problem(format!("not authorized for group {}", self.group)),
+            _ => {}
+        }
+        if let Some(held) = self.throttle.admit(&log_key(&error.to_string(), &text)) {
+            warn!(target: "librdkafka", error = %error, repeated = held, "kafka: {text}");
+        }
+    }
+}
+
+/// The part of a librdkafka log line that stays the same when the condition repeats (it ends
+/// with timings and counts in parentheses).
+fn log_key(fac: &str, message: &str) -> String {
+    let stem = message.split(" (after").next().unwrap_or(message);
+    format!("{fac}:{stem}")
 }
 
 impl ClientContext for WorkerContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
+        let loud = matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        );
+        if loud && self.throttle.admit(&log_key(fac, message)).is_none() {
+            return;
+        }
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
                 error!(target: "librdkafka", fac, "{message}")
@@ -172,7 +284,7 @@ impl ClientContext for WorkerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(target: "librdkafka", error = %error, "{reason}");
+        self.report_error(&error, Some(reason));
     }
 }
 
@@ -198,11 +310,22 @@ impl ConsumerContext for WorkerContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance
-            && self.backpressured.load(Ordering::Acquire)
-            && let Err(e) = consumer.pause(tpl)
-        {
-            warn!(error = %e, "could not pause newly assigned partitions");
+        if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause across assignments: one paused, revoked and
+            // assigned back later would never be fetched again unless resumed here.
+            let paused = self.backpressured.load(Ordering::Acquire);
+            let result = if paused {
+                consumer.pause(tpl)
+            } else {
+                consumer.resume(tpl)
+            };
+            if let Err(e) = result {
+                warn!(error = %e, paused, "could not set the pause of newly assigned partitions");
+            }
+            if paused {
+                let assigned = consumer.assignment().map_or(0, |a| a.count());
+                self.metrics.partitions_paused.set(assigned as f64);
+            }
         }
         self.metrics
             .partitions_assigned
@@ -226,7 +349,9 @@ impl ConsumerContext for WorkerContext {
             }
             Err(e) => {
                 self.metrics.commit_failures.increment(1);
-                warn!(error = %e, "offset commit failed; the offsets are committed again at the next interval");
+                if let Some(held) = self.throttle.admit(&format!("commit {e}")) {
+                    warn!(error = %e, repeated = held, "offset commit failed; the offsets are committed again at the next interval");
+                }
             }
         }
     }

@@ -2,17 +2,18 @@
 //! original key and bytes and headers saying why and where it came from (the information Kafka
 //! Connect puts in its `__connect.errors.*` headers).
 //!
-//! Invariant: `publish` returns `Ok` only once the broker acknowledged every dead letter given; the
-//! processor reports a batch durable (so its offsets become committable) only after that. Delivery
-//! is at least once: a message redelivered after a crash is published again, so consumers of the
-//! topic de-duplicate on the source coordinates headers.
+//! Invariant: [`DeadLetterTopic::send`] returns `Ok` only once the broker acknowledged the letter
+//! in the form given; every failure is classified as [`Refusal::Transient`] (the same letter may
+//! pass later), [`Refusal::TooLarge`] (only a smaller form can pass) or [`Refusal::Permanent`]
+//! (the topic takes no letter as things are). A letter too large to publish whole has a
+//! [`Form::Cut`] that keeps its headers and the first bytes of its value and says what was cut,
+//! and each smaller form is strictly smaller, down to an empty value, so shrinking ends.
 
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaProperty;
@@ -28,16 +29,76 @@ pub const HEADER_STAGE: &str = "order_worker.errors.stage";
 pub const HEADER_REASON: &str = "order_worker.errors.reason";
 pub const HEADER_MESSAGE: &str = "order_worker.errors.message";
 pub const HEADER_GROUP: &str = "order_worker.errors.group";
+/// Present only on a letter published cut: what was cut, from what size.
+pub const HEADER_TRUNCATED: &str = "order_worker.errors.truncated";
 
 /// How long a dead letter may wait for room in librdkafka's queue before the attempt fails (and
 /// is retried by the caller).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a metadata refresh waits for the brokers.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// librdkafka's default producer `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Room kept within `message.max.bytes` for the key, the headers and the record's framing of a
+/// cut letter: its key and error message are capped below, the other headers are short.
+const FRAMING_BYTES: usize = 8 * 1024;
+/// A cut letter's key and error message keep at most this many bytes.
+const CUT_FIELD_BYTES: usize = 1024;
+
+/// How much of a letter is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Whole,
+    /// The value's first `value_max` bytes, the key and error message capped, the cut said in
+    /// a header.
+    Cut {
+        value_max: usize,
+    },
+}
+
+/// Why the topic did not take a letter.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The broker is away, slow or busy: the same letter may pass later.
+    Transient(KafkaError),
+    /// Larger than the producer or the topic accepts: only a smaller form can pass.
+    TooLarge(KafkaError),
+    /// The topic takes no letter as things are: missing, not authorized, invalid record.
+    Permanent(KafkaError),
+}
+
+impl Refusal {
+    pub fn of(e: KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize) => {
+                Self::TooLarge(e)
+            }
+            Some(
+                C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::UnknownTopicOrPartition
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::InvalidTopic
+                | C::InvalidRecord
+                | C::InvalidRequiredAcks
+                | C::PolicyViolation
+                | C::Authentication
+                | C::SaslAuthenticationFailed,
+            ) => Self::Permanent(e),
+            _ => Self::Transient(e),
+        }
+    }
+}
 
 pub struct DeadLetterTopic {
     producer: FutureProducer,
     topic: String,
     source_topic: String,
     group: String,
+    /// The largest value a cut letter carries.
+    value_budget: usize,
 }
 
 impl DeadLetterTopic {
@@ -50,11 +111,16 @@ impl DeadLetterTopic {
     ) -> Result<Self, Error> {
         let mut config = client_config(brokers, properties);
         config.set("acks", "all").set("linger.ms", "5");
+        let message_max = config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         Ok(Self {
             producer: config.create()?,
             topic: topic.to_owned(),
             source_topic: source_topic.to_owned(),
             group: group.to_owned(),
+            value_budget: message_max.saturating_sub(FRAMING_BYTES),
         })
     }
 
@@ -62,40 +128,203 @@ impl DeadLetterTopic {
         &self.topic
     }
 
-    /// Publishes the dead letters concurrently and waits for every acknowledgement.
-    pub async fn publish(&self, rows: &[DeadLetterRow<'_>]) -> Result<(), KafkaError> {
-        let sends = rows.iter().map(|r| {
-            let (partition, offset) = (r.partition.to_string(), r.offset.to_string());
-            let headers = [
-                (HEADER_TOPIC, self.source_topic.as_str()),
-                (HEADER_PARTITION, &partition),
-                (HEADER_OFFSET, &offset),
-                (HEADER_STAGE, r.reason.stage().as_str()),
-                (HEADER_REASON, r.reason.as_str()),
-                (HEADER_MESSAGE, r.error),
-                (HEADER_GROUP, &self.group),
-            ]
-            .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(7), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value),
-                })
+    /// Reads the topic's metadata again and says whether the topic exists (`false` only when
+    /// the brokers answer that it does not). librdkafka keeps a topic's error (not authorized,
+    /// unknown) until its next periodic refresh, minutes away: after a refusal, the next letters
+    /// must meet the topic as it is now, not as it was.
+    pub async fn refresh(&self) -> bool {
+        let (producer, topic) = (self.producer.clone(), self.topic.clone());
+        let answer = tokio::task::spawn_blocking(move || {
+            let metadata = producer
+                .client()
+                .fetch_metadata(Some(&topic), METADATA_TIMEOUT)
+                .ok()?;
+            let error = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)?
+                .error()?;
+            Some(RDKafkaErrorCode::from(error))
+        })
+        .await;
+        !matches!(answer, Ok(Some(RDKafkaErrorCode::UnknownTopicOrPartition)))
+    }
+
+    /// The form to try first: whole, unless the producer would refuse it for its size.
+    pub fn first_form(&self, row: &DeadLetterRow<'_>) -> Form {
+        let size =
+            row.payload.map_or(0, <[u8]>::len) + row.key.map_or(0, <[u8]>::len) + row.error.len();
+        if size <= self.value_budget {
+            Form::Whole
+        } else {
+            Form::Cut {
+                value_max: self.value_budget,
+            }
+        }
+    }
+
+    /// The next smaller form after `form` was refused as too large; `None` once the value is
+    /// empty (the letter cannot be made smaller).
+    pub fn smaller(row: &DeadLetterRow<'_>, form: Form) -> Option<Form> {
+        let len = row.payload.map_or(0, <[u8]>::len);
+        let current = match form {
+            Form::Whole => len,
+            Form::Cut { value_max } => value_max.min(len),
+        };
+        match form {
+            Form::Cut { .. } if current == 0 => None,
+            _ => Some(Form::Cut {
+                value_max: current / 2,
+            }),
+        }
+    }
+
+    /// Publishes one letter in `form` and waits for the broker's acknowledgement.
+    pub async fn send(&self, row: &DeadLetterRow<'_>, form: Form) -> Result<(), Refusal> {
+        let (partition, offset) = (row.partition.to_string(), row.offset.to_string());
+        let (key, value, message, truncated) = cut(row, form);
+        let mut headers = OwnedHeaders::new_with_capacity(8);
+        for (key, value) in [
+            (HEADER_TOPIC, self.source_topic.as_str()),
+            (HEADER_PARTITION, &partition),
+            (HEADER_OFFSET, &offset),
+            (HEADER_STAGE, row.reason.stage().as_str()),
+            (HEADER_REASON, row.reason.as_str()),
+            (HEADER_MESSAGE, message),
+            (HEADER_GROUP, &self.group),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
             });
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
-            if let Some(key) = r.key {
-                record = record.key(key);
-            }
-            if let Some(payload) = r.payload {
-                record = record.payload(payload);
-            }
-            async move {
-                self.producer
-                    .send(record, Timeout::After(QUEUE_TIMEOUT))
-                    .await
-                    .map_err(|(e, _)| e)
-            }
-        });
-        try_join_all(sends).await.map(|_| ())
+        }
+        if let Some(truncated) = &truncated {
+            headers = headers.insert(Header {
+                key: HEADER_TRUNCATED,
+                value: Some(truncated.as_str()),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, Timeout::After(QUEUE_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| Refusal::of(e))
+    }
+}
+
+type Parts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str, Option<String>);
+
+/// A letter's key, value and error message in `form`, and what was cut, if anything.
+fn cut<'a>(row: &DeadLetterRow<'a>, form: Form) -> Parts<'a> {
+    let Form::Cut { value_max } = form else {
+        return (row.key, row.payload, row.error, None);
+    };
+    let value = row.payload.map(|v| &v[..v.len().min(value_max)]);
+    let key = row.key.map(|k| &k[..k.len().min(CUT_FIELD_BYTES)]);
+    let message = prefix(row.error, CUT_FIELD_BYTES);
+    let mut said = vec![format!(
+        "value cut to {} of {} bytes",
+        value.map_or(0, <[u8]>::len),
+        row.payload_size
+    )];
+    if let (Some(cut), Some(whole)) = (key, row.key)
+        && cut.len() < whole.len()
+    {
+        said.push(format!("key cut to {} of {} bytes", cut.len(), whole.len()));
+    }
+    if message.len() < row.error.len() {
+        said.push(format!("message cut to {} bytes", message.len()));
+    }
+    (key, value, message, Some(said.join("; ")))
+}
+
+/// The longest prefix of `text` within `max` bytes that ends on a character boundary.
+fn prefix(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Reason;
+
+    fn row<'a>(key: &'a [u8], payload: &'a [u8], error: &'a str) -> DeadLetterRow<'a> {
+        DeadLetterRow {
+            partition: 0,
+            offset: 7,
+            key: Some(key),
+            payload: Some(payload),
+            payload_size: payload.len() + 1_000,
+            reason: Reason::PayloadTooLarge,
+            error,
+            kafka_timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn each_smaller_form_is_strictly_smaller_down_to_an_empty_value() {
+        let payload = vec![b'x'; 1_000];
+        let r = row(b"k", &payload, "e");
+        let mut form = Form::Whole;
+        let mut sizes = Vec::new();
+        while let Some(next) = DeadLetterTopic::smaller(&r, form) {
+            let (_, value, _, _) = cut(&r, next);
+            sizes.push(value.map_or(0, <[u8]>::len));
+            form = next;
+        }
+        assert_eq!(sizes.first(), Some(&500));
+        assert_eq!(sizes.last(), Some(&0));
+        assert!(sizes.windows(2).all(|w| w[1] < w[0]), "{sizes:?}");
+        assert!(sizes.len() <= 11);
+    }
+
+    #[test]
+    fn a_cut_letter_says_what_was_cut_and_keeps_a_prefix_of_each_part() {
+        let payload = vec![b'v'; 5_000];
+        let key = vec![b'k'; 3_000];
+        let error = "é".repeat(1_000);
+        let r = row(&key, &payload, &error);
+        let (k, v, m, said) = cut(&r, Form::Cut { value_max: 100 });
+        assert_eq!(v, Some(&payload[..100]));
+        assert_eq!(k.map(<[u8]>::len), Some(CUT_FIELD_BYTES));
+        assert!(m.len() <= CUT_FIELD_BYTES && error.starts_with(m));
+        let said = said.expect("the cut is said");
+        assert!(said.contains("value cut to 100 of 6000 bytes"), "{said}");
+        assert!(said.contains("key cut to 1024 of 3000 bytes"), "{said}");
+        assert!(said.contains("message cut to"), "{said}");
+        assert_eq!(cut(&r, Form::Whole).3, None);
+    }
+
+    #[test]
+    fn size_refusals_shrink_missing_or_forbidden_topics_are_permanent_and_outages_retry() {
+        use RDKafkaErrorCode as C;
+        let of = |c| Refusal::of(KafkaError::MessageProduction(c));
+        assert!(matches!(of(C::MessageSizeTooLarge), Refusal::TooLarge(_)));
+        for c in [
+            C::TopicAuthorizationFailed,
+            C::UnknownTopicOrPartition,
+            C::InvalidRecord,
+        ] {
+            assert!(matches!(of(c), Refusal::Permanent(_)), "{c:?}");
+        }
+        for c in [
+            C::MessageTimedOut,
+            C::QueueFull,
+            C::NotEnoughReplicas,
+            C::AllBrokersDown,
+        ] {
+            assert!(matches!(of(c), Refusal::Transient(_)), "{c:?}");
+        }
     }
 }

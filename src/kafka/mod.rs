@@ -8,6 +8,7 @@
 //! the pipeline has drained. So whatever path a commit takes, it never covers a message that is
 //! not durable.
 
+mod commit;
 mod consumer;
 mod context;
 pub mod dead_letter_topic;
@@ -23,7 +24,7 @@ use crate::config::{ConsumerConfig, KafkaProperty};
 use crate::error::Error;
 
 pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
-pub(crate) use context::WorkerContext;
+pub(crate) use context::{Release, WorkerContext};
 
 /// Properties the worker's guarantees rest on; overriding them is refused.
 const GUARDED: [&str; 4] = [

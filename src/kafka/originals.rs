@@ -1,24 +1,44 @@
-//! Reading a message's original bytes back from Kafka by its coordinates.
+//! Reading messages' original bytes back from Kafka by their coordinates.
 //!
-//! Invariant: [`Originals::fetch`] returns, for each coordinate asked for, either exactly the key
-//! and value Kafka holds at that offset or [`Original::Gone`] when Kafka no longer has (or never
-//! had) a message there; never the bytes of another offset. It only assigns partitions
-//! (no group membership) and never commits, so it cannot move the worker's offsets.
+//! Invariant: for each coordinate asked for, [`Originals::fetch_into`] records either exactly the
+//! key and value Kafka holds at that offset or [`Original::Gone`] when Kafka no longer has (or
+//! never had) a message there; never the bytes of another offset. A coordinate already recorded
+//! is never read again, so a call cut short by its deadline loses nothing: the next call reads
+//! only what is missing. It only assigns partitions (no group membership) and never commits, so
+//! it cannot move the worker's offsets.
 //!
 //! Why: a valid message's raw bytes are dropped once it is decoded (they were ~30% of the memory a
 //! row holds while a backlog drains, docs/performance.md). The only later use of them is the
-//! dead letter of a row PostgreSQL refuses at write time, which is rare; its offset is not
-//! committed yet, so Kafka still has the message, and reading it back keeps the dead letter
-//! byte-exact.
+//! dead letter of a row PostgreSQL refuses at write time; its offset is not committed yet, so
+//! Kafka still has the message, and reading it back keeps the dead letter byte-exact. A
+//! constraint can refuse thousands of rows of one batch, so a call reads each partition forward
+//! once, in small fetches, and seeks only over long runs of offsets nobody asked for.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaProperty;
-use crate::kafka::client_config;
+use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, client_config};
+
+/// Most a broker returns of one partition per fetch. A single larger message still comes whole
+/// (KIP-74), so this bounds the bytes read past what is wanted, never what can be read.
+const PARTITION_FETCH_BYTES: &str = "65536";
+/// Bound of what librdkafka prefetches ahead of the reader, per partition.
+const PREFETCH_KBYTES: &str = "256";
+/// Offsets read through rather than sought over: a few hundred small messages cost about one
+/// fetch, while a seek drops the prefetched ones and waits for a new fetch.
+const SEEK_GAP: i64 = 500;
+/// Longest a blocking librdkafka call runs before the deadline and stop token are looked at.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+/// Longest one watermark query waits before the stop token is looked at; long enough for a
+/// distant broker to answer.
+const QUERY_SLICE: Duration = Duration::from_secs(1);
 
 /// A message read back, or the news that Kafka has nothing at that offset any more (retention,
 /// compaction).
@@ -30,6 +50,18 @@ pub enum Original {
     },
     Gone,
 }
+
+impl Original {
+    fn of(m: &BorrowedMessage<'_>) -> Self {
+        Original::Found {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// What has been read back so far, by (partition, offset).
+pub type ReadBack = HashMap<(i32, i64), Original>;
 
 /// Reads messages of one topic back by partition and offset.
 #[derive(Clone)]
@@ -56,109 +88,225 @@ impl Originals {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            // The end of a partition is news: an offset asked for and not passed on the way
+            // there is not in Kafka.
+            .set("enable.partition.eof", "true")
             // An offset Kafka no longer holds must be reported, not silently replaced by another.
             .set("auto.offset.reset", "error")
-            // One message is all that is wanted from each fetch.
-            .set("fetch.max.bytes", "1048576")
-            .set("queued.min.messages", "1");
+            .set("max.partition.fetch.bytes", PARTITION_FETCH_BYTES)
+            // `fetch.max.bytes` is left to librdkafka, which keeps it at or above
+            // `message.max.bytes` (a property the user may raise) and near this bound.
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+            // librdkafka's 1 s default idles a partition that long each time the small prefetch
+            // bound is reached.
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         Self {
             config,
             topic: topic.to_owned(),
         }
     }
 
-    /// The messages at `coordinates` (partition, offset), in the same order. Blocking: a new
-    /// client is made for each call (the path is rare). Fails with a Kafka error if the brokers
-    /// do not answer within `timeout`; the caller retries.
+    /// The messages at `coordinates` (partition, offset), in the same order. Blocking. Fails
+    /// with a Kafka error if they cannot all be read within `timeout`.
     pub fn fetch(
         &self,
         coordinates: &[(i32, i64)],
         timeout: Duration,
     ) -> Result<Vec<Original>, KafkaError> {
-        let consumer: BaseConsumer = self.config.create()?;
-        let deadline = Instant::now() + timeout;
-        coordinates
-            .iter()
-            .map(|&(partition, offset)| self.fetch_one(&consumer, partition, offset, deadline))
-            .collect()
+        let mut read = ReadBack::new();
+        self.fetch_into(coordinates, &mut read, timeout, &CancellationToken::new())?;
+        Ok(coordinates.iter().map(|c| read[c].clone()).collect())
     }
 
-    fn fetch_one(
+    /// Adds to `read` the messages at those of `wanted` (partition, offset) it does not hold
+    /// yet. Blocking: a new client is made for each call (the path is rare). Fails with a Kafka
+    /// error if the brokers do not answer within `timeout`, or with [`KafkaError::Canceled`]
+    /// once `stop` fires; what was read until then stays in `read` for the next call.
+    pub fn fetch_into(
+        &self,
+        wanted: &[(i32, i64)],
+        read: &mut ReadBack,
+        timeout: Duration,
+        stop: &CancellationToken,
+    ) -> Result<(), KafkaError> {
+        self.read_missing(wanted, read, Instant::now() + timeout, stop)
+            .map(drop)
+    }
+
+    /// [`Self::fetch_into`], returning how often a partition was repositioned after the first
+    /// assignment.
+    fn read_missing(
+        &self,
+        wanted: &[(i32, i64)],
+        read: &mut ReadBack,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<usize, KafkaError> {
+        // Ascending and without duplicates: each partition is read forward, once.
+        let mut pending: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+        for &(partition, offset) in wanted {
+            if !read.contains_key(&(partition, offset)) {
+                pending.entry(partition).or_default().insert(offset);
+            }
+        }
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let consumer: BaseConsumer = self.config.create()?;
+        self.drop_out_of_range(&consumer, &mut pending, read, deadline, stop)?;
+        self.assign(&consumer, &pending)?;
+        let mut repositioned = 0;
+        while !pending.is_empty() {
+            if stop.is_cancelled() {
+                return Err(KafkaError::Canceled);
+            }
+            let message = match consumer.poll(time_left(deadline)?.min(POLL_SLICE)) {
+                None => continue,
+                Some(Ok(m)) => m,
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    // Everything up to the end of the partition was delivered before this news.
+                    if let Some(offsets) = pending.remove(&partition) {
+                        for offset in offsets {
+                            read.insert((partition, offset), Original::Gone);
+                        }
+                        self.pause(&consumer, partition)?;
+                    }
+                    continue;
+                }
+                Some(Err(KafkaError::MessageConsumption(
+                    e @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+                ))) => {
+                    // The error does not name its partition: ask every partition its range
+                    // again, then restart all of them where they stand.
+                    let dropped =
+                        self.drop_out_of_range(&consumer, &mut pending, read, deadline, stop)?;
+                    if dropped == 0 {
+                        return Err(KafkaError::MessageConsumption(e));
+                    }
+                    self.assign(&consumer, &pending)?;
+                    repositioned += 1;
+                    continue;
+                }
+                Some(Err(e)) => return Err(e),
+            };
+            let (partition, at) = (message.partition(), message.offset());
+            let Some(offsets) = pending.get_mut(&partition) else {
+                continue;
+            };
+            let mut resolved = false;
+            while let Some(&offset) = offsets.first() {
+                if offset > at {
+                    break;
+                }
+                // A partition's messages come in offset order from where it was positioned (at
+                // or before `offset`): an offset passed without its message is not in Kafka
+                // (compaction).
+                let original = if offset == at {
+                    Original::of(&message)
+                } else {
+                    Original::Gone
+                };
+                read.insert((partition, offset), original);
+                offsets.pop_first();
+                resolved = true;
+            }
+            match offsets.first() {
+                None => {
+                    pending.remove(&partition);
+                    self.pause(&consumer, partition)?;
+                }
+                Some(&next) if resolved && next - at > SEEK_GAP => {
+                    consumer.seek(
+                        &self.topic,
+                        partition,
+                        Offset::Offset(next),
+                        time_left(deadline)?,
+                    )?;
+                    repositioned += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(repositioned)
+    }
+
+    /// Records as gone the pending offsets outside their partition's range (retention removed
+    /// what is below it; nothing at or past its end was ever consumed), and returns how many.
+    fn drop_out_of_range(
+        &self,
+        consumer: &BaseConsumer,
+        pending: &mut BTreeMap<i32, BTreeSet<i64>>,
+        read: &mut ReadBack,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<usize, KafkaError> {
+        let mut dropped = 0;
+        for (&partition, offsets) in pending.iter_mut() {
+            let (low, high) = self.watermarks(consumer, partition, deadline, stop)?;
+            offsets.retain(|&offset| {
+                let held = (low..high).contains(&offset);
+                if !held {
+                    read.insert((partition, offset), Original::Gone);
+                    dropped += 1;
+                }
+                held
+            });
+        }
+        pending.retain(|_, offsets| !offsets.is_empty());
+        Ok(dropped)
+    }
+
+    fn watermarks(
         &self,
         consumer: &BaseConsumer,
         partition: i32,
-        offset: i64,
         deadline: Instant,
-    ) -> Result<Original, KafkaError> {
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
-        consumer.assign(&assignment)?;
+        stop: &CancellationToken,
+    ) -> Result<(i64, i64), KafkaError> {
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::OperationTimedOut,
-                ));
+            if stop.is_cancelled() {
+                return Err(KafkaError::Canceled);
             }
-            match consumer.poll(left.min(Duration::from_millis(100))) {
-                None => continue,
-                Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
-                    return Ok(Original::Found {
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    });
-                }
-                // A compacted partition skips deleted offsets: the first message after ours.
-                Some(Ok(m)) if m.partition() == partition && m.offset() > offset => {
-                    return Ok(Original::Gone);
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(KafkaError::MessageConsumption(
-                    RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
-                ))) => return Ok(Original::Gone),
-                Some(Err(e)) => return Err(e),
+            let slice = time_left(deadline)?.min(QUERY_SLICE);
+            match consumer.fetch_watermarks(&self.topic, partition, slice) {
+                Err(KafkaError::MetadataFetch(RDKafkaErrorCode::OperationTimedOut)) => continue,
+                answer => return answer,
             }
         }
+    }
+
+    /// Positions every pending partition at its first pending offset.
+    fn assign(
+        &self,
+        consumer: &BaseConsumer,
+        pending: &BTreeMap<i32, BTreeSet<i64>>,
+    ) -> Result<(), KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        for (&partition, offsets) in pending {
+            if let Some(&first) = offsets.first() {
+                assignment.add_partition_offset(&self.topic, partition, Offset::Offset(first))?;
+            }
+        }
+        consumer.assign(&assignment)
+    }
+
+    /// Stops fetching a partition nothing more is wanted from.
+    fn pause(&self, consumer: &BaseConsumer, partition: i32) -> Result<(), KafkaError> {
+        let mut done = TopicPartitionList::new();
+        done.add_partition(&self.topic, partition);
+        consumer.pause(&done)
+    }
+}
+
+fn time_left(deadline: Instant) -> Result<Duration, KafkaError> {
+    match deadline.saturating_duration_since(Instant::now()) {
+        left if left.is_zero() => Err(KafkaError::MessageConsumption(
+            RDKafkaErrorCode::OperationTimedOut,
+        )),
+        left => Ok(left),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-    #[test]
-    fn reads_back_exactly_the_messages_asked_for_and_reports_missing_offsets_as_gone() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("t", 2, 1).expect("topic");
-        let brokers = mock.bootstrap_servers();
-        let producer: BaseProducer = client_config(&brokers, &[]).create().expect("producer");
-        for i in 0..5 {
-            let (key, value) = (format!("k{i}"), format!("v{i}"));
-            let record = BaseRecord::to("t").partition(1).key(&key).payload(&value);
-            producer.send(record).map_err(|(e, _)| e).expect("send");
-        }
-        let tombstone: BaseRecord<'_, str, str> = BaseRecord::to("t").partition(1).key("dead");
-        producer.send(tombstone).map_err(|(e, _)| e).expect("send");
-        producer.flush(Duration::from_secs(5)).expect("flush");
-
-        let got = Originals::new(&brokers, &[], "t", "g")
-            .fetch(&[(1, 3), (1, 0), (1, 5), (1, 99)], Duration::from_secs(10))
-            .expect("fetched");
-        let found = |k: &str, v: Option<&str>| Original::Found {
-            key: Some(k.as_bytes().to_vec()),
-            payload: v.map(|v| v.as_bytes().to_vec()),
-        };
-        assert_eq!(
-            got,
-            [
-                found("k3", Some("v3")),
-                found("k0", Some("v0")),
-                found("dead", None),
-                Original::Gone
-            ]
-        );
-    }
-}
+mod tests;

@@ -4,26 +4,29 @@
 //! Invariant: every figure is read from the broker when it is measured (end offsets by ListOffsets,
 //! committed offsets from the group coordinator), never taken from librdkafka's fetch statistics:
 //! those only learn the end offset from fetch responses, so they go stale for a paused partition,
-//! and the worker pauses exactly when it is behind (measured in docs/lag-cost.md).
+//! and the worker pauses exactly when it is behind (measured in docs/lag-cost.md). Each
+//! measurement also tells readiness whether Kafka answered for the topic, and why not.
 
 mod describe;
 mod view;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tracing::{debug, warn};
 
 use crate::config::{KafkaProperty, OffsetReset};
+use crate::health::{Health, KAFKA_UNREACHABLE};
 use crate::metrics::Metrics;
+use crate::telemetry::Throttle;
 
 pub use describe::{describe, print_table};
 pub use view::LagView;
@@ -163,8 +166,22 @@ fn offsets(
 }
 
 /// librdkafka's own log lines would interleave with the `lag` command's table and repeat what
-/// the monitor reports; failures reach the caller as errors instead.
-pub struct Quiet;
+/// the monitor reports; failures reach the caller as errors instead. The last client-level error
+/// is kept: a request that merely timed out does not say that the credentials were refused.
+#[derive(Default)]
+pub struct Quiet {
+    last_error: Mutex<Option<(KafkaError, String)>>,
+}
+
+impl Quiet {
+    /// The last client-level error librdkafka reported, with its sentence, forgotten once read.
+    fn take_last_error(&self) -> Option<(KafkaError, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
 
 impl ClientContext for Quiet {
     fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -172,6 +189,7 @@ impl ClientContext for Quiet {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(target: "librdkafka", error = %error, "{reason}");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((error, reason.into()));
     }
 }
 
@@ -188,7 +206,7 @@ pub fn reader(
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    config.create_with_context(Quiet)
+    config.create_with_context(Quiet::default())
 }
 
 /// How the worker refreshes its lag figures: on a thread of its own, since the broker requests
@@ -199,6 +217,9 @@ pub(crate) struct Monitor {
     pub reset: OffsetReset,
     pub interval: Duration,
     pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// Checked for existence with every measurement.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Stops the monitor when dropped, without waiting for it: a measurement in progress may take
@@ -223,23 +244,101 @@ impl Monitor {
 
     /// Measures every `interval` until `stop` is set.
     fn run(&self, stop: &AtomicBool) {
-        // Independent of the interval: a slow broker delays the next refresh, it does not make
-        // every refresh fail.
-        let timeout = Duration::from_secs(5);
+        let throttle = Throttle::new(Duration::from_secs(60));
         let mut due = Instant::now();
         while !stop.load(Ordering::Acquire) {
             if Instant::now() >= due {
-                let v = &self.view;
-                match measure(&self.reader, v.group(), v.topic(), self.reset, timeout) {
-                    Ok(lag) => v.update(lag),
-                    Err(e) => {
-                        self.metrics.lag_refresh_failures.increment(1);
-                        warn!(error = %e, "could not measure consumer lag; the last figures stay");
-                    }
-                }
-                due = Instant::now() + self.interval;
+                // A failed measurement is retried sooner: readiness waits for the next success.
+                let next = if self.refresh(&throttle) {
+                    self.interval
+                } else {
+                    self.interval.min(RETRY_AFTER_FAILURE)
+                };
+                due = Instant::now() + next;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Measures once and tells readiness what Kafka said; true if Kafka answered.
+    fn refresh(&self, throttle: &Throttle) -> bool {
+        // Independent of the interval: a slow broker delays the next refresh, it does not make
+        // every refresh fail.
+        let timeout = Duration::from_secs(5);
+        let v = &self.view;
+        let mut answered = false;
+        match measure(&self.reader, v.group(), v.topic(), self.reset, timeout) {
+            Ok(lag) => {
+                v.update(lag);
+                self.health.kafka_ok();
+                answered = true;
+            }
+            Err(e) => {
+                self.metrics.lag_refresh_failures.increment(1);
+                let last = self.reader.context().take_last_error();
+                match problem(&e, last, v.topic()) {
+                    Problem::Credentials(detail) => self.health.kafka_refused_credentials(&detail),
+                    Problem::Other(reason) => self.health.kafka_problem(reason),
+                }
+                if let Some(held) = throttle.admit(&e.to_string()) {
+                    warn!(error = %e, repeated = held, "could not measure consumer lag; the last figures stay");
+                }
+            }
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            // Kafka itself being away is what readiness already says; a leader election is not
+            // a reason to be unready.
+            if let Ok(m) = self.reader.fetch_metadata(Some(topic), timeout) {
+                let error = m
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .and_then(|t| t.error());
+                let missing = match error.map(RDKafkaErrorCode::from) {
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                        Some(format!("dead-letter topic {topic} does not exist"))
+                    }
+                    Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                        Some(format!("not authorized for dead-letter topic {topic}"))
+                    }
+                    _ => None,
+                };
+                self.health.dead_letter_topic_exists(missing);
+            }
+        }
+        answered
+    }
+}
+
+/// How soon a failed measurement is retried (at most LAG_INTERVAL).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// Why a measurement failed, in the words `/readyz` uses.
+enum Problem {
+    Credentials(String),
+    Other(String),
+}
+
+fn problem(e: &KafkaError, last: Option<(KafkaError, String)>, topic: &str) -> Problem {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic) => {
+            return Problem::Other(format!("topic {topic} does not exist"));
+        }
+        Some(C::TopicAuthorizationFailed) => {
+            return Problem::Other(format!("not authorized to read topic {topic}"));
+        }
+        _ => {}
+    }
+    match last {
+        Some((last, reason))
+            if matches!(
+                last.rdkafka_error_code(),
+                Some(C::Authentication | C::SaslAuthenticationFailed)
+            ) =>
+        {
+            Problem::Credentials(reason)
+        }
+        _ => Problem::Other(KAFKA_UNREACHABLE.into()),
     }
 }

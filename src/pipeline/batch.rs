@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::contract::{self, OrderEvent, Rejection};
@@ -36,11 +35,6 @@ pub fn decode(mut envelope: Envelope, max_payload_bytes: usize) -> Decoded {
 }
 
 impl Decoded {
-    pub fn kafka_timestamp(&self) -> Option<OffsetDateTime> {
-        let ms = self.envelope.timestamp_ms?;
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-    }
-
     /// This rejected message as a dead letter, with the bytes it still holds.
     pub fn dead_letter<'a>(&'a self, rejection: &'a Rejection) -> DeadLetterRow<'a> {
         debug_assert!(
@@ -67,7 +61,7 @@ impl Decoded {
             payload_size: e.payload_size,
             reason: rejection.reason,
             error: &rejection.detail,
-            kafka_timestamp: self.kafka_timestamp(),
+            kafka_timestamp_ms: e.timestamp_ms,
         }
     }
 }
@@ -105,6 +99,28 @@ pub fn offset_ranges(batch: &[Decoded]) -> String {
         .map(|(p, a, b)| format!("{p}:{a}-{b}"))
         .collect();
     parts.join(",")
+}
+
+/// Each order's valid events in the batch, highest version first, and among equal versions the
+/// first offset first: the row a write plans comes first, then the versions a refused row falls
+/// back to, in turn, so that the order ends where applying the events one at a time leaves it.
+pub fn versions_by_order(batch: &[Decoded]) -> HashMap<Uuid, Vec<usize>> {
+    let mut versions: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    for (i, d) in batch.iter().enumerate() {
+        if let Ok(event) = &d.outcome {
+            versions.entry(event.order_id).or_default().push(i);
+        }
+    }
+    let version = |i: usize| batch[i].outcome.as_ref().map_or(0, |e| e.version);
+    for indices in versions.values_mut() {
+        indices.sort_by_key(|&i| {
+            (
+                std::cmp::Reverse(version(i)),
+                batch[i].envelope.position.offset,
+            )
+        });
+    }
+    versions
 }
 
 pub fn plan(batch: &[Decoded]) -> Plan<'_> {
@@ -226,6 +242,28 @@ mod tests {
     }
 
     #[test]
+    fn an_order_s_versions_are_listed_highest_first_with_the_planned_row_at_the_head() {
+        let batch = vec![
+            decoded(0, order(1), 1),
+            decoded(1, order(2), 1),
+            decoded(2, order(1), 3),
+            rejected(3),
+            decoded(4, order(1), 2),
+            decoded(5, order(1), 3),
+        ];
+        let versions = versions_by_order(&batch);
+        assert_eq!(versions[&order(1)], [2, 5, 4, 0]);
+        assert_eq!(versions[&order(2)], [1]);
+        let p = plan(&batch);
+        for (row, source) in p.orders.iter().zip(&p.order_sources) {
+            assert_eq!(
+                versions[&row.event.order_id][0], *source,
+                "the planned row leads"
+            );
+        }
+    }
+
+    #[test]
     fn a_batch_names_its_offset_range_per_partition() {
         let batch = vec![
             decoded(4, order(1), 1),
@@ -264,9 +302,6 @@ mod tests {
             (dl.partition, dl.offset, dl.payload),
             (1, 9, Some(&b"\xff"[..]))
         );
-        assert_eq!(
-            dl.kafka_timestamp.map(|t| t.unix_timestamp()),
-            Some(1_700_000_000)
-        );
+        assert_eq!(dl.kafka_timestamp_ms, Some(1_700_000_000_000));
     }
 }

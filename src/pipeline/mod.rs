@@ -10,9 +10,11 @@ mod batch;
 mod dispatch;
 mod envelope;
 mod processor;
+mod publish;
 mod refused;
+mod write;
 
-pub use batch::{Decoded, Plan, decode, offset_ranges, plan};
+pub use batch::{Decoded, Plan, decode, offset_ranges, plan, versions_by_order};
 pub use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;
 pub(crate) use processor::{Processor, ProcessorSettings};

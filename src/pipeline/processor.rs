@@ -1,12 +1,9 @@
-//! One processor: drains its lane into batches and writes each batch durably.
+//! One processor: drains its lane into batches and writes each batch durably (`write`).
 //!
 //! Invariant: a batch's offsets are reported durable to the tracker only after PostgreSQL
-//! committed every row and dead letter of that batch. A transient failure is retried without
-//! limit (never skipped); a row PostgreSQL refuses becomes a dead letter; with a dead-letter
-//! topic, the batch also waits for the broker to acknowledge its dead letters. An abort leaves the
-//! batch unreported, so its offsets are never committed and Kafka redelivers them. A refused
-//! row's dead letter carries the message's original bytes, read back from Kafka (its offset is
-//! not committed, so Kafka still has it), unless Kafka no longer has them.
+//! committed every row and dead letter of that batch, and the dead-letter topic (if any)
+//! acknowledged or refused for good each of its dead letters. An abort leaves the batch
+//! unreported, so its offsets are never committed and Kafka redelivers them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +11,16 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::contract::{Reason, Rejection};
-use crate::db::{DeadLetterRow, FailureKind, OrderRow, OrderStore, Written};
+use crate::contract::Reason;
+use crate::db::OrderStore;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::originals::Originals;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::metrics::Metrics;
-use crate::pipeline::refused::{Refused, read_back};
-use crate::pipeline::{Decoded, Envelope, InFlight, Plan, decode, offset_ranges, plan};
-use crate::retry::{self, Schedule, Verdict};
+use crate::pipeline::{Decoded, Envelope, InFlight, decode, offset_ranges};
+use crate::retry::Schedule;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProcessorSettings {
@@ -49,11 +45,6 @@ pub(crate) struct Processor {
     pub originals: Originals,
     /// Fired when the graceful stop runs out of time: stop retrying, report nothing.
     pub abort: CancellationToken,
-}
-
-enum WriteError {
-    Rejected(sqlx::Error),
-    Aborted,
 }
 
 impl Processor {
@@ -178,6 +169,7 @@ impl Processor {
         self.in_flight
             .release(batch.iter().map(|d| d.envelope.weight()).sum());
         self.health.set_db_ok(true);
+        self.health.progressed();
 
         let m = &self.metrics;
         let valid = batch.iter().filter(|d| d.outcome.is_ok()).count() as u64;
@@ -212,132 +204,6 @@ impl Processor {
         batch.clear();
         Ok(())
     }
-
-    /// Writes the batch; if PostgreSQL refuses it, isolates the refused rows as dead letters.
-    /// With a dead-letter topic, the batch's dead letters are then published there too.
-    async fn write_durably(&self, batch: &[Decoded]) -> Result<Outcome, Error> {
-        let plan = plan(batch);
-        let (stats, refusals) = match self.write_retrying(&plan.orders, &plan.dead).await {
-            Ok(stats) => (stats, Vec::new()),
-            Err(WriteError::Aborted) => return Err(Error::Aborted),
-            Err(WriteError::Rejected(e)) => self.isolate_refused(batch, &plan, e).await?,
-        };
-        if let Some(topic) = &self.dead_letter_topic {
-            let mut dead = plan.dead.clone();
-            dead.extend(refusals.iter().map(|r| r.dead_letter(batch)));
-            if !dead.is_empty() {
-                self.publish_retrying(topic, &dead).await?;
-            }
-        }
-        Ok(Outcome {
-            stats,
-            refused: refusals.len() as u64,
-        })
-    }
-
-    /// Writes each order of a refused batch alone; the ones PostgreSQL still refuses become
-    /// dead letters (written with the batch's own), with their original bytes.
-    async fn isolate_refused(
-        &self,
-        batch: &[Decoded],
-        plan: &Plan<'_>,
-        err: sqlx::Error,
-    ) -> Result<(Written, Vec<Refused>), Error> {
-        warn!(error = %err, rows = plan.orders.len(),
-              "PostgreSQL refused the batch; writing its orders one by one to isolate the refused ones");
-        let mut stats = Written::default();
-        let mut refusals: Vec<(usize, Rejection)> = Vec::new();
-        for (row, &source) in plan.orders.iter().zip(&plan.order_sources) {
-            match self.write_retrying(std::slice::from_ref(row), &[]).await {
-                Ok(w) => stats.applied += w.applied,
-                Err(WriteError::Aborted) => return Err(Error::Aborted),
-                Err(WriteError::Rejected(e)) => {
-                    warn!(order_id = %row.event.order_id, partition = row.partition,
-                          offset = row.offset, error = %e, "order refused by PostgreSQL; dead-lettering it");
-                    refusals.push((source, Rejection::new(Reason::DbRejected, e.to_string())));
-                }
-            }
-        }
-        let refusals = read_back(
-            &self.originals,
-            self.settings.retry,
-            &self.abort,
-            self.lane,
-            batch,
-            refusals,
-        )
-        .await?;
-        let mut dead = plan.dead.clone();
-        dead.extend(refusals.iter().map(|r| r.dead_letter(batch)));
-        match self.write_retrying(&[], &dead).await {
-            Ok(w) => stats.dead_letters_new = w.dead_letters_new,
-            Err(WriteError::Aborted) => return Err(Error::Aborted),
-            // Dead letters are bytes and escaped text; if even they are refused, stopping (and
-            // not committing) is the only way to lose nothing.
-            Err(WriteError::Rejected(e)) => {
-                return Err(Error::TaskFailed(format!(
-                    "PostgreSQL refused dead letters: {e}"
-                )));
-            }
-        }
-        Ok((stats, refusals))
-    }
-
-    /// Publishes to the dead-letter topic until the broker acknowledges all of them.
-    async fn publish_retrying(
-        &self,
-        topic: &DeadLetterTopic,
-        dead: &[DeadLetterRow<'_>],
-    ) -> Result<(), Error> {
-        retry::until_ok(
-            self.settings.retry,
-            &self.abort,
-            || Error::Aborted,
-            || async { topic.publish(dead).await.map_err(Error::Kafka) },
-            |err, delay| {
-                self.metrics.dead_letter_publish_failures.increment(1);
-                warn!(lane = self.lane, topic = topic.topic(), error = %err,
-                      retry_in_ms = delay.as_millis() as u64,
-                      "publishing dead letters failed; their offsets stay uncommitted, retrying");
-                Verdict::Retry
-            },
-        )
-        .await
-    }
-
-    async fn write_retrying(
-        &self,
-        orders: &[OrderRow<'_>],
-        dead: &[DeadLetterRow<'_>],
-    ) -> Result<Written, WriteError> {
-        retry::until_ok(
-            self.settings.retry,
-            &self.abort,
-            || WriteError::Aborted,
-            || async {
-                self.store
-                    .write(orders, dead)
-                    .await
-                    .map_err(WriteError::Rejected)
-            },
-            |err, delay| {
-                let WriteError::Rejected(e) = err else {
-                    return Verdict::Fail(err);
-                };
-                let kind = FailureKind::of(&e);
-                self.metrics.db_error(kind).increment(1);
-                if !kind.is_transient() {
-                    return Verdict::Fail(WriteError::Rejected(e));
-                }
-                self.health.set_db_ok(false);
-                self.metrics.db_retries.increment(1);
-                warn!(lane = self.lane, error = %e, kind = kind.as_str(),
-                      retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
-                Verdict::Retry
-            },
-        )
-        .await
-    }
 }
 
 /// How many times `BATCH_LINGER` a batch may wait to fill in a backlog. There a lane refills
@@ -345,12 +211,6 @@ impl Processor {
 /// backlog drains averaged 2,600-2,800 rows per batch without it and 2,800-3,800 with it
 /// (docs/performance.md).
 const BACKLOG_LINGER_FACTOR: u32 = 4;
-
-struct Outcome {
-    stats: Written,
-    /// Valid events PostgreSQL refused (now dead letters).
-    refused: u64,
-}
 
 /// Test hook, compiled into debug builds only: `ORDER_WORKER_TEST_PANIC_CUSTOMER=<id>` makes a
 /// processor panic on a batch holding an event of that customer, so the integration tests can

@@ -13,6 +13,7 @@
 #[path = "../it/helpers/mod.rs"]
 mod helpers;
 
+mod poison;
 mod scenarios;
 
 use std::time::{Duration, Instant};

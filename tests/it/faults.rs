@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::helpers::kafka::{
     CAUGHT_UP, Mock, OffsetProbe, RawMessage, publish, publish_in_background, publish_raw,
 };
-use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, orders};
+use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, lock_orders, orders};
 use crate::helpers::{Binary, eventually, get, metric, start_worker, unique};
 
 fn spec(seed: u64) -> SynthSpec {
@@ -137,11 +137,7 @@ async fn a_worker_killed_while_writes_are_stuck_has_committed_none_of_them_and_a
     let committed_before = probe.committed();
 
     // Writes now block: whatever the worker consumes next stays in flight.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_orders(&db.pool).await;
     publish(&mock.brokers, &topic, &spec_tail(&spec), half);
     eventually("the second half consumed", CAUGHT_UP, || async {
         metric(first.http, "order_worker_messages_consumed_total", &[]).await >= (2 * half) as f64
@@ -193,11 +189,7 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
     publish(&mock.brokers, &topic, &spec, events);
 
     // Writes block on this lock, so the processor cannot drain its lane.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_orders(&db.pool).await;
 
     let worker = start_worker(
         &mock.brokers,
@@ -214,6 +206,8 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
             // Evicted after 7 s without a poll: the lock below is held longer than that.
             "--kafka-property",
             "max.poll.interval.ms=7000",
+            "--rebalance-drain-timeout",
+            "5s",
         ],
     )
     .await;

@@ -5,12 +5,16 @@
 mod helpers;
 
 mod allocator;
+mod dead_letter_topic;
 mod dead_letters;
 mod deploy;
 mod e2e;
 mod faults;
 mod hostile;
+mod misconfig;
 mod observability;
 mod pipeline;
+mod poison;
 mod schema;
 mod security;
+mod stalls;

@@ -14,7 +14,7 @@ use order_worker::kafka::producer::{Published, Publisher};
 use order_worker::synth::{Generator, SynthSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// How long a test waits for a group to commit everything before failing.
@@ -64,6 +64,30 @@ pub fn publish_at(
     done
 }
 
+/// Publishes messages with explicit CreateTime timestamps, and values larger than librdkafka's
+/// default producer limit.
+#[allow(dead_code)] // used by some tests only
+pub fn publish_stamped(brokers: &str, topic: &str, messages: &[(RawMessage, Option<i64>)]) {
+    let producer: BaseProducer = client_config(brokers, &[])
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    for ((key, value), timestamp) in messages {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(0);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(*ts);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
 /// A message as Kafka carries it: an optional key and an optional value.
 pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -89,6 +113,25 @@ pub fn publish_raw(brokers: &str, topic: &str, messages: &[RawMessage]) {
         .finish(Duration::from_secs(30), Instant::now())
         .expect("flush");
     assert_eq!(done.delivered as usize, messages.len());
+}
+
+/// How many partitions a topic has; 0 when it does not exist.
+#[allow(dead_code)] // used by some tests only
+pub fn partition_count(brokers: &str, topic: &str) -> i32 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()
+        .and_then(|m| {
+            m.topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+        })
+        .unwrap_or(0)
 }
 
 /// Every message of a topic, read from the beginning without a group (blocking).
@@ -200,7 +243,12 @@ impl OffsetProbe {
     /// Waits until the group has committed the end of every partition, which proves nothing
     /// if the broker dropped the head of a partition, so that must not have happened.
     pub async fn wait_caught_up(&self, what: &str) {
-        super::eventually(what, CAUGHT_UP, || async { self.caught_up() }).await;
+        self.wait_caught_up_within(what, CAUGHT_UP).await;
+    }
+
+    /// [`wait_caught_up`](Self::wait_caught_up) with a timeout of the test's own.
+    pub async fn wait_caught_up_within(&self, what: &str, timeout: Duration) {
+        super::eventually(what, timeout, || async { self.caught_up() }).await;
         let truncated = self.truncated();
         assert!(
             truncated.is_empty(),
@@ -224,26 +272,35 @@ pub struct Tansu {
     dir: tempfile::TempDir,
     #[allow(dead_code)]
     port: u16,
+    /// Extra `tansu broker` flags, kept for a restart.
+    flags: Vec<String>,
     pub brokers: String,
 }
 
 impl Tansu {
     pub fn start() -> Self {
+        Self::start_on(super::free_port(), &[])
+    }
+
+    /// A broker on `port` (a worker may already be trying to reach it), with extra flags (e.g.
+    /// `--authentication`: every client must log in with SASL).
+    pub fn start_on(port: u16, flags: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ow-tansu-")
             .tempdir()
             .expect("tempdir");
-        let port = super::free_port();
-        let child = Self::spawn(dir.path(), port);
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let child = Self::spawn(dir.path(), port, &flags);
         Self {
             child,
             dir,
             port,
+            flags,
             brokers: format!("127.0.0.1:{port}"),
         }
     }
 
-    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+    fn spawn(dir: &std::path::Path, port: u16, flags: &[String]) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -259,6 +316,7 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(flags)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -282,7 +340,7 @@ impl Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = Self::spawn(self.dir.path(), self.port);
+        self.child = Self::spawn(self.dir.path(), self.port, &self.flags);
     }
 }
 
@@ -307,5 +365,60 @@ fn tansu_bin() -> PathBuf {
         installed
     } else {
         "tansu".into()
+    }
+}
+
+/// Another member of a consumer group: a plain consumer (cooperative-sticky, like the worker)
+/// polling on a thread of its own. It never commits. Dropping it closes the consumer, so it
+/// leaves the group and its partitions are assigned to the others again.
+pub struct Member {
+    stop: std::sync::Arc<AtomicBool>,
+    assigned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Member {
+    pub fn join(brokers: &str, group: &str, topic: &str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("second member");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let stop = Arc::new(AtomicBool::new(false));
+        let assigned = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), assigned.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(100));
+                let n = consumer.assignment().map_or(0, |a| a.count());
+                count.store(n, Ordering::Relaxed);
+            }
+        });
+        Self {
+            stop,
+            assigned,
+            thread: Some(thread),
+        }
+    }
+
+    /// Partitions this member holds now.
+    pub fn assigned(&self) -> usize {
+        self.assigned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -23,6 +23,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A stream of valid, distinct events only: no invalid message, no duplicate.
+pub fn valid_only(orders: u64, seed: u64) -> order_worker::synth::SynthSpec {
+    order_worker::synth::SynthSpec {
+        orders,
+        invalid_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        seed,
+    }
+}
+
 /// A name no other test uses (topics, groups).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -193,6 +203,45 @@ impl Binary {
             log,
             _dir: dir,
         }
+    }
+
+    /// A gauge or counter of its `/metrics`; `None` while it does not answer.
+    pub async fn sample(&self, name: &str) -> Option<f64> {
+        let (_, text) = try_get(self.http, "/metrics").await?;
+        sample(&text, name, &[])
+    }
+
+    /// Waits until `/readyz` answers 503 with a reason containing `reason`; returns the body.
+    pub async fn unready_because(&self, reason: &str) -> String {
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some((status, body)) = try_get(self.http, "/readyz").await {
+                if status == 503 && body.contains(reason) {
+                    return body;
+                }
+                last = format!("{status} {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "/readyz never said {reason:?}; last answer {last:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        eventually("/readyz 200", Duration::from_secs(60), || async {
+            try_get(self.http, "/readyz")
+                .await
+                .is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: Signal) {

@@ -122,6 +122,17 @@ pub async fn dead_letters_by_reason(pool: &PgPool) -> BTreeMap<String, u64> {
     rows.into_iter().map(|(r, n)| (r, n as u64)).collect()
 }
 
+/// Holds an exclusive lock on `orders` until the transaction ends: the worker's writes block
+/// while PostgreSQL itself keeps answering (a stalled database, as the worker sees it).
+pub async fn lock_orders(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock orders");
+    lock
+}
+
 pub async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)

@@ -1,0 +1,92 @@
+use super::*;
+
+fn running() -> Health {
+    let h = Health::new(Duration::from_millis(50));
+    h.set_db_ok(true);
+    h.kafka_ok();
+    h.consumer_polled(Instant::now());
+    h.group_member(true);
+    h
+}
+
+#[test]
+fn a_fresh_worker_is_not_ready_until_postgres_kafka_and_the_group_are_there() {
+    let h = Health::default();
+    assert_eq!(h.readiness(), Err("postgres unavailable".into()));
+    h.set_db_ok(true);
+    assert_eq!(h.readiness(), Err("kafka not reached yet".into()));
+    h.kafka_ok();
+    assert_eq!(h.readiness(), Err("consumer not running".into()));
+    h.consumer_polled(Instant::now());
+    assert_eq!(
+        h.readiness(),
+        Err("consumer has not joined its group yet".into())
+    );
+    h.group_member(true);
+    assert_eq!(h.readiness(), Ok(()));
+}
+
+#[test]
+fn draining_wins_over_everything() {
+    let h = running();
+    h.start_draining();
+    assert_eq!(h.readiness(), Err("draining".into()));
+}
+
+#[test]
+fn each_missing_part_gives_its_own_reason() {
+    let h = running();
+    h.kafka_problem("topic orders does not exist".into());
+    assert_eq!(h.readiness(), Err("topic orders does not exist".into()));
+    h.kafka_ok();
+    h.dead_letter_topic_exists(Some("dead-letter topic dlq does not exist".into()));
+    assert_eq!(
+        h.readiness(),
+        Err("dead-letter topic dlq does not exist".into())
+    );
+    h.dead_letter_topic_exists(None);
+    h.dead_letter_topic_refused("dead-letter topic dlq refused".into(), false);
+    assert!(h.readiness().is_err());
+    h.dead_letter_topic_exists(None);
+    assert!(
+        h.readiness().is_err(),
+        "no ACL: only an accepted letter tells"
+    );
+    h.dead_letter_topic_accepted();
+    assert_eq!(h.readiness(), Ok(()));
+    h.dead_letter_topic_refused("dead-letter topic dlq does not exist".into(), true);
+    h.dead_letter_topic_exists(None);
+    assert_eq!(h.readiness(), Ok(()), "created since");
+    h.set_db_ok(false);
+    assert_eq!(h.readiness(), Err("postgres unavailable".into()));
+}
+
+#[test]
+fn messages_in_flight_with_no_progress_fail_liveness_after_the_stall_timeout() {
+    let h = running();
+    h.observe(0, Instant::now());
+    h.observe(10, Instant::now());
+    assert_eq!(h.liveness(), Ok(()));
+    std::thread::sleep(Duration::from_millis(80));
+    h.consumer_polled(Instant::now());
+    let reason = h.liveness().unwrap_err();
+    assert!(reason.contains("10 messages in flight"), "{reason}");
+    h.progressed();
+    assert_eq!(h.liveness(), Ok(()));
+}
+
+#[test]
+fn an_outage_or_an_idle_pipeline_is_never_a_stall() {
+    let h = running();
+    h.observe(0, Instant::now());
+    std::thread::sleep(Duration::from_millis(80));
+    h.consumer_polled(Instant::now());
+    h.observe(0, Instant::now());
+    assert_eq!(h.liveness(), Ok(()), "idle");
+    h.set_db_ok(false);
+    h.observe(10, Instant::now());
+    std::thread::sleep(Duration::from_millis(80));
+    h.consumer_polled(Instant::now());
+    h.observe(10, Instant::now());
+    assert_eq!(h.liveness(), Ok(()), "PostgreSQL away");
+}

@@ -1,0 +1,282 @@
+//! How a processor makes one batch durable: one statement for the whole batch, split when
+//! PostgreSQL cancels it for running too long, and, when PostgreSQL refuses a row, the orders
+//! written one at a time to find the refused ones.
+//!
+//! Invariant: the outcome is the one applying the batch's events one at a time would give: an
+//! order whose newest version is refused falls back to its next lower version in the batch, and
+//! each refused event becomes a dead letter carrying its original bytes (read back from Kafka:
+//! its offset is not committed, so Kafka still has it) or, when they cannot be had, its event
+//! re-encoded. A transient failure is retried, never skipped; nothing here retries a statement
+//! that can never succeed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tracing::warn;
+
+use crate::contract::{Reason, Rejection};
+use crate::db::{DeadLetterRow, FailureKind, OrderRow, Written};
+use crate::error::Error;
+use crate::pipeline::processor::Processor;
+use crate::pipeline::publish::Publisher;
+use crate::pipeline::refused::read_back;
+use crate::pipeline::{Decoded, plan, versions_by_order};
+use crate::retry::{self, Verdict};
+
+pub(crate) enum WriteError {
+    /// PostgreSQL refused the data (SQLSTATE classes 22, 23): the same statement always fails.
+    Rejected(sqlx::Error),
+    /// PostgreSQL cancelled the statement for running longer than `statement_timeout`.
+    TooSlow(sqlx::Error),
+    Aborted,
+}
+
+/// What writing a batch did.
+pub(crate) struct Outcome {
+    pub stats: Written,
+    /// Valid events PostgreSQL refused (now dead letters).
+    pub refused: u64,
+}
+
+type Boxed<'f> = Pin<Box<dyn Future<Output = Result<Written, WriteError>> + Send + 'f>>;
+
+impl Processor {
+    /// Writes the batch; if PostgreSQL refuses it, isolates the refused rows as dead letters.
+    /// With a dead-letter topic, the batch's dead letters are then published there too.
+    pub(crate) async fn write_durably(&self, batch: &[Decoded]) -> Result<Outcome, Error> {
+        let plan = plan(batch);
+        let (stats, refusals) = match self.write_split(&plan.orders, &plan.dead).await {
+            Ok(stats) => (stats, Vec::new()),
+            Err(WriteError::Aborted) => return Err(Error::Aborted),
+            Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+                self.isolate_refused(batch, &plan.orders, &plan.dead, e)
+                    .await?
+            }
+        };
+        if let Some(topic) = &self.dead_letter_topic {
+            let mut dead = plan.dead.clone();
+            dead.extend(refusals.iter().map(|r| r.dead_letter(batch)));
+            if !dead.is_empty() {
+                let publisher = Publisher {
+                    topic,
+                    schedule: self.settings.retry,
+                    abort: &self.abort,
+                    metrics: &self.metrics,
+                    health: &self.health,
+                    lane: self.lane,
+                };
+                publisher.publish(&dead).await?;
+            }
+        }
+        Ok(Outcome {
+            stats,
+            refused: refusals.len() as u64,
+        })
+    }
+
+    /// Writes each order of a refused batch alone, falling back through the order's lower
+    /// versions in the batch while PostgreSQL refuses the higher ones; every refused event
+    /// becomes a dead letter, written with the batch's own.
+    async fn isolate_refused(
+        &self,
+        batch: &[Decoded],
+        orders: &[OrderRow<'_>],
+        dead: &[DeadLetterRow<'_>],
+        err: sqlx::Error,
+    ) -> Result<(Written, Vec<crate::pipeline::refused::Refused>), Error> {
+        warn!(error = %err, rows = orders.len(),
+              "PostgreSQL refused the batch; writing its orders one by one to isolate the refused ones");
+        let versions = versions_by_order(batch);
+        let mut stats = Written::default();
+        let mut refusals: Vec<(usize, Rejection)> = Vec::new();
+        for order in orders {
+            for &i in versions.get(&order.event.order_id).into_iter().flatten() {
+                let (d, Ok(event)) = (&batch[i], &batch[i].outcome) else {
+                    continue;
+                };
+                let row = OrderRow {
+                    event,
+                    partition: d.envelope.position.partition,
+                    offset: d.envelope.position.offset,
+                };
+                match self.write_retrying(std::slice::from_ref(&row), &[]).await {
+                    Ok(w) => {
+                        stats.applied += w.applied;
+                        break;
+                    }
+                    Err(WriteError::Aborted) => return Err(Error::Aborted),
+                    Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+                        warn!(order_id = %event.order_id, version = event.version,
+                              partition = row.partition, offset = row.offset, error = %e,
+                              "event refused by PostgreSQL; dead-lettering it");
+                        refusals.push((i, Rejection::new(Reason::DbRejected, e.to_string())));
+                    }
+                }
+            }
+        }
+        let refusals = read_back(
+            &self.originals,
+            self.settings.retry,
+            &self.abort,
+            self.lane,
+            batch,
+            refusals,
+        )
+        .await?;
+        let mut letters = dead.to_vec();
+        letters.extend(refusals.iter().map(|r| r.dead_letter(batch)));
+        match self.write_split(&[], &letters).await {
+            Ok(w) => stats.dead_letters_new = w.dead_letters_new,
+            Err(WriteError::Aborted) => return Err(Error::Aborted),
+            // Dead letters are bytes and text made storable (`db::store`); PostgreSQL refusing
+            // them means the table itself was changed, and stopping (not committing) is the
+            // only way to lose nothing.
+            Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+                return Err(Error::TaskFailed(format!(
+                    "PostgreSQL refused dead letters: {e}"
+                )));
+            }
+        }
+        Ok((stats, refusals))
+    }
+
+    /// Writes orders and dead letters; a statement PostgreSQL cancels for running too long is
+    /// written in two halves instead (each half again, down to single rows), since the same
+    /// statement would be cancelled again at every retry.
+    fn write_split<'f>(
+        &'f self,
+        orders: &'f [OrderRow<'f>],
+        dead: &'f [DeadLetterRow<'f>],
+    ) -> Boxed<'f> {
+        Box::pin(async move {
+            match self.write_retrying(orders, dead).await {
+                Err(WriteError::TooSlow(e)) => {
+                    let Some([first, second]) = halves(orders, dead) else {
+                        return Err(WriteError::TooSlow(e));
+                    };
+                    warn!(lane = self.lane, rows = orders.len() + dead.len(), error = %e,
+                          "the batch ran past statement_timeout; writing it in two halves");
+                    let a = self.write_split(first.0, first.1).await?;
+                    let b = self.write_split(second.0, second.1).await?;
+                    Ok(Written {
+                        applied: a.applied + b.applied,
+                        dead_letters_new: a.dead_letters_new + b.dead_letters_new,
+                    })
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Writes until PostgreSQL commits, retrying transient failures; returns at once when it
+    /// refuses the data, and when it cancels a statement of more than one row for its duration
+    /// (a single row is retried: a lock it waits for is released some day).
+    pub(crate) async fn write_retrying(
+        &self,
+        orders: &[OrderRow<'_>],
+        dead: &[DeadLetterRow<'_>],
+    ) -> Result<Written, WriteError> {
+        let rows = orders.len() + dead.len();
+        retry::until_ok(
+            self.settings.retry,
+            &self.abort,
+            || WriteError::Aborted,
+            || async {
+                self.store
+                    .write(orders, dead)
+                    .await
+                    .map_err(WriteError::Rejected)
+            },
+            |err, delay| {
+                let WriteError::Rejected(e) = err else {
+                    return Verdict::Fail(err);
+                };
+                let kind = FailureKind::of(&e);
+                self.metrics.db_error(kind).increment(1);
+                if !kind.is_transient() {
+                    return Verdict::Fail(WriteError::Rejected(e));
+                }
+                if kind == FailureKind::Timeout && rows > 1 {
+                    return Verdict::Fail(WriteError::TooSlow(e));
+                }
+                if kind != FailureKind::Timeout {
+                    self.health.set_db_ok(false);
+                }
+                self.metrics.db_retries.increment(1);
+                warn!(lane = self.lane, error = %e, kind = kind.as_str(),
+                      retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
+                Verdict::Retry
+            },
+        )
+        .await
+    }
+}
+
+type Part<'x, 'a> = (&'x [OrderRow<'a>], &'x [DeadLetterRow<'a>]);
+
+/// A write cut in two non-empty parts that together hold every row once, orders kept in their
+/// (id) order; `None` for a single row.
+fn halves<'x, 'a>(
+    orders: &'x [OrderRow<'a>],
+    dead: &'x [DeadLetterRow<'a>],
+) -> Option<[Part<'x, 'a>; 2]> {
+    if orders.len() > 1 {
+        let (a, b) = orders.split_at(orders.len() / 2);
+        Some([(a, dead), (b, &[])])
+    } else if dead.len() > 1 {
+        let (a, b) = dead.split_at(dead.len() / 2);
+        Some([(orders, a), (&[], b)])
+    } else if !orders.is_empty() && !dead.is_empty() {
+        Some([(orders, &[]), (&[], dead)])
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{self, SynthSpec};
+
+    #[test]
+    fn halving_a_write_keeps_every_row_once_and_ends_at_single_rows() {
+        let events: Vec<_> = (0..5)
+            .map(|n| synth::event(synth::order_id(&SynthSpec::default(), n), 1, n))
+            .collect();
+        let orders: Vec<OrderRow<'_>> = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| OrderRow {
+                event,
+                partition: 0,
+                offset: i as i64,
+            })
+            .collect();
+        let dead: Vec<DeadLetterRow<'_>> = (0..3)
+            .map(|i| DeadLetterRow {
+                partition: 0,
+                offset: 100 + i,
+                key: None,
+                payload: None,
+                payload_size: 0,
+                reason: Reason::Tombstone,
+                error: "",
+                kafka_timestamp_ms: None,
+            })
+            .collect();
+        let mut parts = vec![(&orders[..], &dead[..])];
+        let mut singles = Vec::new();
+        while let Some((o, d)) = parts.pop() {
+            match halves(o, d) {
+                Some([a, b]) => {
+                    assert!(!a.0.is_empty() || !a.1.is_empty());
+                    assert!(!b.0.is_empty() || !b.1.is_empty());
+                    parts.extend([a, b]);
+                }
+                None => singles.push((o.len(), d.len())),
+            }
+        }
+        assert_eq!(singles.len(), 8, "every row alone in the end");
+        assert!(singles.iter().all(|&(o, d)| o + d == 1));
+    }
+}
