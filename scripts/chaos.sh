@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The chaos suite: streams known events through worker kills, PostgreSQL and broker outages,
-# rebalances, SIGTERM at full speed and a large backlog, then compares PostgreSQL with the
-# oracle. Prints one table (also written to target/chaos/<profile>.md); fails if any scenario
-# lost an event or applied one twice.
+# rebalances, SIGTERM at full speed, a large backlog, and poison (oversized dead letters, rows
+# PostgreSQL refuses, keys in upper case, partitions revoked while paused, a broker that appears
+# late), then compares PostgreSQL with the oracle. Prints one table (also written to
+# target/chaos/<profile>.md); fails if any scenario lost an event or applied one twice.
 #
-#   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~4 minutes
+#   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~5 minutes
 #   scripts/chaos.sh long     # long profile: 12 kills, 1M-event backlog, release binary
 #   scripts/chaos.sh long backlog   # further arguments go to nextest (here: a filter)
 #

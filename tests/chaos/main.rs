@@ -1,5 +1,6 @@
-//! The chaos suite: the worker streamed through crashes, outages and rebalances, each scenario
-//! ending with a comparison against the oracle computed from what was produced.
+//! The chaos suite: the worker streamed through crashes, outages, rebalances and poison
+//! (`poison.rs`), each scenario ending with a comparison against the oracle computed from what
+//! was produced.
 //!
 //! Every scenario prints one row: produced, applied, dead-lettered, **lost** and **applied twice
 //! or regressed**, and fails unless both of the latter are 0. "Applied twice or regressed" is
