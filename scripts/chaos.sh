@@ -5,7 +5,7 @@
 # late), then compares PostgreSQL with the oracle. Prints one table (also written to
 # target/chaos/<profile>.md); fails if any scenario lost an event or applied one twice.
 #
-#   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~5 minutes
+#   scripts/chaos.sh          # short profile (part of scripts/test.sh), ~4 minutes
 #   scripts/chaos.sh long     # long profile: 12 kills, 1M-event backlog, release binary
 #   scripts/chaos.sh long backlog   # further arguments go to nextest (here: a filter)
 #

@@ -284,6 +284,8 @@ pub struct PipelineConfig {
     pub commit_interval: Duration,
     /// How long a revoked partition's in-flight messages may take to become durable before the
     /// partition is released anyway (its uncommitted messages are then redelivered elsewhere).
+    /// With the 5 s its commit may wait, it must stay below max.poll.interval.ms and
+    /// STALL_TIMEOUT, and it may not exceed SHUTDOWN_TIMEOUT.
     #[arg(long, env = "REBALANCE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = parse_duration)]
     pub rebalance_drain_timeout: Duration,
@@ -334,7 +336,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// How long messages may stay in flight with nothing becoming durable, while PostgreSQL and
     /// Kafka answer, before /healthz fails and Kubernetes restarts the pod. An outage does not
-    /// count. Far above any batch write, so only a wedged pipeline reaches it.
+    /// count. Far above any batch write, so only a wedged pipeline reaches it: a batch whose
+    /// refused rows are read back from Kafka may take a minute. At least 10s.
     #[arg(long, env = "STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 }

@@ -22,6 +22,9 @@ pub const KAFKA_CREDENTIALS_REFUSED: &str = "kafka authentication failed";
 
 /// A consumer thread that has not polled for this long is reported as stuck.
 const CONSUMER_STALL: Duration = Duration::from_secs(30);
+/// A refusal only the consumer sees (its Fetch not authorized) is over once it has not been
+/// reported for this long, or at the next message.
+const CONSUMER_PROBLEM_QUIET: Duration = Duration::from_secs(30);
 
 /// Why something the worker needs is not there, as `/readyz` and the log say it.
 #[derive(Debug, Default)]
@@ -54,12 +57,19 @@ pub struct Health {
     db_ok: AtomicBool,
     /// Milliseconds since `epoch` of the consumer's last poll; 0 until it starts.
     consumer_polled_ms: AtomicU64,
-    /// Whether the consumer has a member id from the group coordinator.
+    /// Whether the consumer is a member of its group: assigned partitions (or none) by it.
     group_member: AtomicBool,
     draining: AtomicBool,
+    /// What the lag monitor's measurements say of Kafka and the topic; it clears them too.
     kafka: Problem,
+    /// What only the consumer sees (its fetches refused), cleared by its own evidence.
+    consumer: Problem,
+    /// Milliseconds since `epoch` when the consumer last reported `consumer`'s problem.
+    consumer_problem_ms: AtomicU64,
     dead_letter_topic_missing: Problem,
     dead_letter_topic_refusing: Problem,
+    /// The dead-letter topic failed for a passing reason and letters wait for it.
+    dead_letter_topic_unavailable: Problem,
     /// Whether the refusal was for a topic that does not exist: its creation ends it.
     refused_for_missing_topic: AtomicBool,
     /// Whether Kafka ever answered (a credential refused before that is a configuration error).
@@ -95,8 +105,11 @@ impl Health {
             group_member: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             kafka: Problem(Mutex::new(Some("kafka not reached yet".into()))),
+            consumer: Problem::default(),
+            consumer_problem_ms: AtomicU64::new(0),
             dead_letter_topic_missing: Problem::default(),
             dead_letter_topic_refusing: Problem::default(),
+            dead_letter_topic_unavailable: Problem::default(),
             refused_for_missing_topic: AtomicBool::new(false),
             kafka_answered: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
@@ -133,6 +146,24 @@ impl Health {
     /// Kafka is unreachable, refuses the credentials, or lacks the topic.
     pub fn kafka_problem(&self, reason: String) {
         self.kafka.set(Some(reason), "kafka");
+    }
+
+    /// The consumer's own requests are refused (its Fetch not authorized) although Kafka
+    /// answers the lag monitor.
+    pub fn consumer_refused(&self, reason: String) {
+        self.consumer_problem_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        self.consumer.set(Some(reason), "kafka consumer");
+    }
+
+    /// The consumer received a message: whatever refused it before does not any more.
+    pub fn consumer_fetched(&self) {
+        // A load first: this runs for every message, and the problem is rare.
+        if self.consumer_problem_ms.load(Ordering::Relaxed) != 0
+            && self.consumer_problem_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            self.consumer.set(None, "kafka consumer");
+        }
     }
 
     /// Kafka refused the worker's credentials (`detail`: librdkafka's sentence). Before Kafka
@@ -190,6 +221,16 @@ impl Health {
     pub fn dead_letter_topic_accepted(&self) {
         self.dead_letter_topic_refusing
             .set(None, "dead-letter topic publishing");
+        self.dead_letter_topic_unavailable
+            .set(None, "dead-letter topic");
+    }
+
+    /// Letters wait for the dead-letter topic, which failed for a passing reason (no leader,
+    /// too few replicas, a timeout): unready, and not a stall, while they do (`None` once no
+    /// letter waits).
+    pub fn dead_letter_topic_unavailable(&self, reason: Option<String>) {
+        self.dead_letter_topic_unavailable
+            .set(reason, "dead-letter topic");
     }
 
     /// Whether the dead-letter topic refused the last letters it was given for good.
@@ -199,8 +240,11 @@ impl Health {
 
     /// The consumer polled at `now` (the caller's clock reading: it has one at hand).
     pub fn consumer_polled(&self, now: Instant) {
-        self.consumer_polled_ms
-            .store(self.ms(now).max(1), Ordering::Relaxed);
+        let ms = self.ms(now).max(1);
+        if self.consumer_polled_ms.swap(ms, Ordering::Relaxed) == 0 {
+            // A stall is counted from the consumer's start, not the process's.
+            self.excused_ms.store(ms, Ordering::Relaxed);
+        }
     }
 
     pub fn group_member(&self, member: bool) {
@@ -228,9 +272,15 @@ impl Health {
     /// there are some and both PostgreSQL and Kafka answer.
     pub fn observe(&self, in_flight: usize, now: Instant) {
         self.in_flight.store(in_flight as u64, Ordering::Relaxed);
-        let kafka_away = self.kafka.get().is_some();
+        let kafka_away =
+            self.kafka.get().is_some() || self.dead_letter_topic_unavailable.get().is_some();
         if in_flight == 0 || !self.db_ok() || kafka_away {
             self.excused_ms.store(self.ms(now), Ordering::Relaxed);
+        }
+        let reported = self.consumer_problem_ms.load(Ordering::Relaxed);
+        let quiet = CONSUMER_PROBLEM_QUIET.as_millis() as u64;
+        if reported != 0 && self.ms(now).saturating_sub(reported) > quiet {
+            self.consumer_fetched();
         }
     }
 
@@ -292,7 +342,7 @@ impl Health {
         if !self.db_ok() {
             return Err("postgres unavailable".into());
         }
-        if let Some(reason) = self.kafka.get() {
+        if let Some(reason) = self.kafka.get().or_else(|| self.consumer.get()) {
             return Err(reason);
         }
         let polled = self.consumer_polled_ms.load(Ordering::Relaxed);
@@ -308,6 +358,7 @@ impl Health {
         for problem in [
             &self.dead_letter_topic_missing,
             &self.dead_letter_topic_refusing,
+            &self.dead_letter_topic_unavailable,
         ] {
             if let Some(reason) = problem.get() {
                 return Err(reason);

@@ -80,8 +80,13 @@ impl Throttle {
         if seen.len() >= THROTTLE_KEYS {
             let window = self.window;
             seen.retain(|_, s| now.saturating_duration_since(s.logged_at) < window);
-            if seen.len() >= THROTTLE_KEYS {
-                seen.clear();
+            // Still full: the line logged longest ago is forgotten (it may log again).
+            let oldest = seen
+                .iter()
+                .min_by_key(|(_, s)| s.logged_at)
+                .map(|(k, _)| k.clone());
+            if let (true, Some(oldest)) = (seen.len() >= THROTTLE_KEYS, oldest) {
+                seen.remove(&oldest);
             }
         }
         seen.insert(

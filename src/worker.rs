@@ -8,8 +8,8 @@
 //! nothing that is not durable is ever committed, and nothing waits for the consumer thread.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
@@ -67,6 +67,7 @@ impl Worker {
             tracker.clone(),
         ));
         let stop = CancellationToken::new();
+        let stopped_at = Arc::new(OnceLock::new());
         let context = WorkerContext::new(
             cfg.consumer.topic.clone(),
             cfg.consumer.group_id.clone(),
@@ -77,6 +78,7 @@ impl Worker {
                 drain_timeout: cfg.pipeline.rebalance_drain_timeout,
                 shutdown_timeout: cfg.shutdown_timeout,
                 stop: stop.clone(),
+                stopped_at: stopped_at.clone(),
             },
         );
         let consumer: BaseConsumer<WorkerContext> =
@@ -110,6 +112,7 @@ impl Worker {
             dead_letter_topic,
             originals,
             stop: stop.clone(),
+            stopped_at,
         };
         let task = tokio::spawn(async move {
             let result = parts.run(consumer, lag_reader).await;
@@ -163,6 +166,8 @@ struct Parts {
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     originals: Originals,
     stop: CancellationToken,
+    /// When the stop began (shared with the consumer thread, which counts from it too).
+    stopped_at: Arc<OnceLock<Instant>>,
 }
 
 impl Parts {
@@ -330,6 +335,7 @@ impl Parts {
 
         // The ordered stop, bounded by the shutdown timeout.
         let timeout = self.cfg.shutdown_timeout;
+        let began = *self.stopped_at.get_or_init(Instant::now);
         let drain = async {
             let consumer = match consumer_result.take() {
                 Some(r) => r,
@@ -344,7 +350,8 @@ impl Parts {
             }
             consumer
         };
-        let consumer = match tokio::time::timeout(timeout, drain).await {
+        let deadline = tokio::time::Instant::from_std(began + timeout);
+        let consumer = match tokio::time::timeout_at(deadline, drain).await {
             Ok(consumer) => consumer,
             Err(_) => {
                 abort.cancel();

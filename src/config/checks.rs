@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::WorkerConfig;
 use crate::error::Error;
+use crate::kafka::REVOKE_COMMIT_WAIT;
 
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), Error> {
@@ -41,11 +42,13 @@ impl WorkerConfig {
         self.check_drain_timeout()
     }
 
-    /// A revoked partition's drain runs inside librdkafka's rebalance callback, so the consumer
-    /// does not poll meanwhile: it must end before the group evicts the member for not polling,
-    /// fit in a graceful stop, and not look like a stalled pipeline.
+    /// A revoked partition's drain, and the commit after it, run inside librdkafka's rebalance
+    /// callback, so the consumer does not poll meanwhile: they must end before the group evicts
+    /// the member for not polling, and before a stall would be counted; the drain must also fit
+    /// in a graceful stop.
     fn check_drain_timeout(&self) -> Result<(), Error> {
         let drain = self.pipeline.rebalance_drain_timeout;
+        let blocked = drain + REVOKE_COMMIT_WAIT;
         let max_poll_ms = self
             .consumer
             .properties
@@ -58,11 +61,12 @@ impl WorkerConfig {
                 })
             })?;
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
-        if drain.as_millis() >= u128::from(max_poll_ms) {
+        if blocked.as_millis() >= u128::from(max_poll_ms) {
             return Err(Error::Config(format!(
-                "REBALANCE_DRAIN_TIMEOUT ({}) must be below max.poll.interval.ms ({max_poll_ms} ms): \
-                 the member would be evicted while it drains",
-                fmt(drain)
+                "REBALANCE_DRAIN_TIMEOUT ({}) plus the {} a revoke's commit may wait must be below \
+                 max.poll.interval.ms ({max_poll_ms} ms): the member would be evicted while it drains",
+                fmt(drain),
+                fmt(REVOKE_COMMIT_WAIT)
             )));
         }
         if drain > self.shutdown_timeout {
@@ -72,10 +76,12 @@ impl WorkerConfig {
                 fmt(self.shutdown_timeout)
             )));
         }
-        if drain >= self.stall_timeout {
+        if blocked >= self.stall_timeout {
             return Err(Error::Config(format!(
-                "REBALANCE_DRAIN_TIMEOUT ({}) must be below STALL_TIMEOUT ({})",
+                "REBALANCE_DRAIN_TIMEOUT ({}) plus the {} a revoke's commit may wait must be below \
+                 STALL_TIMEOUT ({})",
                 fmt(drain),
+                fmt(REVOKE_COMMIT_WAIT),
                 fmt(self.stall_timeout)
             )));
         }

@@ -65,12 +65,21 @@ fn a_drain_timeout_must_fit_the_poll_interval_the_stop_and_the_stall_timeout() {
     assert!(check(&[]).is_ok());
     let err = check(&["--kafka-property", "max.poll.interval.ms=7000"]).unwrap_err();
     assert!(err.contains("max.poll.interval.ms (7000 ms)"), "{err}");
+    // The revoke's commit may wait 5 s after the drain: 2 s + 5 s is still too long.
+    let err = check(&[
+        "--kafka-property",
+        "max.poll.interval.ms=7000",
+        "--rebalance-drain-timeout",
+        "2s",
+    ])
+    .unwrap_err();
+    assert!(err.contains("plus the 5s"), "{err}");
     assert!(
         check(&[
             "--kafka-property",
             "max.poll.interval.ms=7000",
             "--rebalance-drain-timeout",
-            "5s"
+            "1s"
         ])
         .is_ok()
     );

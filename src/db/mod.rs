@@ -186,6 +186,15 @@ impl FailureKind {
     pub fn is_transient(self) -> bool {
         !matches!(self, Self::Data | Self::Constraint)
     }
+
+    /// Whether PostgreSQL itself is away or out of resources (what a restart of the worker
+    /// would not fix), as opposed to a statement failing while PostgreSQL answers.
+    pub fn is_outage(self) -> bool {
+        matches!(
+            self,
+            Self::Connection | Self::PoolTimeout | Self::Shutdown | Self::Resources
+        )
+    }
 }
 
 #[cfg(test)]

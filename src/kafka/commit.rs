@@ -1,10 +1,9 @@
-//! librdkafka calls that rdkafka 0.39 does not offer with a bound: a commit that waits for the
-//! broker's answer only until a deadline, and the consumer's group member id.
+//! The librdkafka call that rdkafka 0.39 does not offer with a bound: a commit that waits for
+//! the broker's answer only until a deadline.
 //!
 //! Invariant: no call here blocks past the deadline it is given, whatever the coordinator does;
 //! every librdkafka object created here is released before returning.
 
-use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 use rdkafka::TopicPartitionList;
@@ -94,21 +93,6 @@ unsafe fn commit_result(event: *mut rdsys::rd_kafka_event_t) -> KafkaResult<()> 
     Ok(())
 }
 
-/// The member id the group coordinator gave this consumer; `None` until it joined.
-pub(crate) fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<String> {
-    let rk = consumer.client().native_ptr();
-    // SAFETY: librdkafka returns a copy (or NULL) that must be freed with rd_kafka_mem_free.
-    unsafe {
-        let id = rdsys::rd_kafka_memberid(rk);
-        if id.is_null() {
-            return None;
-        }
-        let text = CStr::from_ptr(id).to_string_lossy().into_owned();
-        rdsys::rd_kafka_mem_free(rk, id.cast());
-        (!text.is_empty()).then_some(text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,11 +138,5 @@ mod tests {
         assert!(r.is_err(), "{r:?}");
         assert!(took < Duration::from_millis(1_500), "{took:?}");
         mock.broker_up(1).expect("up");
-    }
-
-    #[test]
-    fn a_consumer_outside_a_group_has_no_member_id() {
-        let mock = MockCluster::new(1).expect("mock");
-        assert_eq!(member_id(&consumer(&mock.bootstrap_servers())), None);
     }
 }

@@ -24,7 +24,6 @@ use tracing::{debug, info, warn};
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::WorkerContext;
-use crate::kafka::commit;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::lag::MonitorHandle;
 use crate::memory::IdleRelease;
@@ -45,6 +44,11 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Part of the stop's final margin kept for leaving the group after the final commit.
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
+/// The group is left this long before the stop's deadline, so that the worker sees the
+/// consumer done before it gives up on it.
+const LEAVE_BEFORE_END: Duration = Duration::from_millis(200);
+/// How long a consumer that failed waits to leave its group: the worker's own stop follows.
+const LEAVE_ON_FAILURE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {
@@ -82,10 +86,11 @@ impl ConsumerLoop {
         if let Err(e) = polled {
             // A lane's processor is gone, or librdkafka gave up: leave without waiting for work
             // that cannot finish.
-            let ctx = self.consumer.context();
-            ctx.closing.store(true, Ordering::Release);
-            let end = Instant::now() + ctx.release.shutdown_timeout;
-            leave_group(self.consumer, end);
+            self.consumer
+                .context()
+                .closing
+                .store(true, Ordering::Release);
+            leave_group(self.consumer, Instant::now() + LEAVE_ON_FAILURE);
             return Err(e);
         }
         Ok(self.finish(pending))
@@ -138,6 +143,7 @@ impl ConsumerLoop {
                     None => {}
                     Some(Ok(message)) => {
                         self.metrics.consumed.increment(1);
+                        self.health.consumer_fetched();
                         (last_message, trimmed) = (now, false);
                         if let Some(envelope) = self.envelope(&message) {
                             pending.push_back(envelope);
@@ -156,9 +162,12 @@ impl ConsumerLoop {
                 self.store();
                 let in_flight = self.tracker.in_flight();
                 self.report_depths(in_flight);
-                self.health.observe(in_flight, now);
+                // Held here or in a lane counts as in flight too: a lane wedged on messages of
+                // partitions revoked since holds no tracked message, but it holds its bytes.
+                let waiting = in_flight + pending.len();
+                let holding = waiting > 0 || self.in_flight.bytes() > 0;
                 self.health
-                    .group_member(commit::member_id(&self.consumer).is_some());
+                    .observe(if holding { waiting.max(1) } else { 0 }, now);
                 let drained = pending.is_empty() && in_flight == 0;
                 if drained
                     && last_idle_commit
@@ -340,7 +349,7 @@ impl ConsumerLoop {
                 "stop deadline reached with messages not yet durable; they stay uncommitted"
             );
         }
-        leave_group(consumer, end);
+        leave_group(consumer, end.checked_sub(LEAVE_BEFORE_END).unwrap_or(end));
         health.consumer_stopped();
         drained
     }

@@ -27,8 +27,8 @@ use crate::telemetry::Throttle;
 
 /// Part of the shutdown timeout kept for the final commit and leaving the group.
 pub(crate) const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
-/// Longest a commit waits for the coordinator's answer outside a stop.
-const COMMIT_WAIT: Duration = Duration::from_secs(5);
+/// Longest a revoke's commit waits for the coordinator's answer outside a stop.
+pub(crate) const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 /// How often a repeating librdkafka warning or error is logged at most.
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
@@ -40,6 +40,9 @@ pub(crate) struct Release {
     pub shutdown_timeout: Duration,
     /// Fired to begin the graceful stop.
     pub stop: CancellationToken,
+    /// When the stop began, as the first to see `stop` fired recorded it: the worker and the
+    /// consumer count the stop's deadline from the same instant.
+    pub stopped_at: Arc<OnceLock<Instant>>,
 }
 
 pub(crate) struct WorkerContext {
@@ -49,8 +52,6 @@ pub(crate) struct WorkerContext {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub release: Release,
-    /// When this consumer first saw the stop fired: its deadlines count from there.
-    stop_seen: OnceLock<Instant>,
     /// Set while the consumer holds its partitions paused for backpressure, so that partitions
     /// assigned meanwhile start paused too.
     pub backpressured: AtomicBool,
@@ -75,7 +76,6 @@ impl WorkerContext {
             metrics,
             health,
             release,
-            stop_seen: OnceLock::new(),
             backpressured: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             throttle: Throttle::new(LOG_WINDOW),
@@ -88,8 +88,8 @@ impl WorkerContext {
         if !self.release.stop.is_cancelled() {
             return None;
         }
-        let seen = *self.stop_seen.get_or_init(Instant::now);
-        Some(seen + self.release.shutdown_timeout)
+        let began = *self.release.stopped_at.get_or_init(Instant::now);
+        Some(began + self.release.shutdown_timeout)
     }
 
     /// Once the stop has begun: until when in-flight messages may still become durable.
@@ -214,7 +214,7 @@ impl WorkerContext {
         }
         let commit_by = self
             .stop_deadline()
-            .unwrap_or_else(|| Instant::now() + COMMIT_WAIT)
+            .unwrap_or_else(|| Instant::now() + REVOKE_COMMIT_WAIT)
             .max(Instant::now() + Duration::from_millis(100));
         if let Err(e) = self.commit_until(consumer, Some(partitions), commit_by) {
             warn!(error = %e, ?partitions, "commit on revoke failed; the next owner may reprocess some messages");
@@ -242,12 +242,13 @@ impl WorkerContext {
             Some(C::UnknownTopicOrPartition | C::UnknownTopic) => self
                 .health
                 .kafka_problem(format!("topic {} does not exist", self.topic)),
+            // Only the consumer's own requests see these: the lag monitor needs less (Describe).
             Some(C::TopicAuthorizationFailed) => self
                 .health
-                .kafka_problem(format!("not authorized to read topic {}", self.topic)),
+                .consumer_refused(format!("not authorized to read topic {}", self.topic)),
             Some(C::GroupAuthorizationFailed) => self
                 .health
-                .kafka_problem(format!("not authorized for group {}", self.group)),
+                .consumer_refused(format!("not authorized for group {}", self.group)),
             _ => {}
         }
         if let Some(held) = self.throttle.admit(&log_key(&error.to_string(), &text)) {
@@ -270,14 +271,19 @@ impl ClientContext for WorkerContext {
             level,
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
         );
-        if loud && self.throttle.admit(&log_key(fac, message)).is_none() {
-            return;
-        }
+        let repeated = if loud {
+            match self.throttle.admit(&log_key(fac, message)) {
+                Some(held) => held,
+                None => return,
+            }
+        } else {
+            0
+        };
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error => {
-                error!(target: "librdkafka", fac, "{message}")
+                error!(target: "librdkafka", fac, repeated, "{message}")
             }
-            L::Warning => warn!(target: "librdkafka", fac, "{message}"),
+            L::Warning => warn!(target: "librdkafka", fac, repeated, "{message}"),
             L::Notice | L::Info => info!(target: "librdkafka", fac, "{message}"),
             L::Debug => debug!(target: "librdkafka", fac, "{message}"),
         }
@@ -300,10 +306,15 @@ impl ConsumerContext for WorkerContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = self.partitions_of(tpl);
                 self.metrics.rebalance_revoke.increment(1);
+                if consumer.assignment_lost() {
+                    // Evicted (a missed session timeout): not a member until it joins again.
+                    self.health.group_member(false);
+                }
                 self.release(consumer, &partitions);
             }
             Rebalance::Error(e) => {
                 self.metrics.rebalance_error.increment(1);
+                self.health.group_member(false);
                 error!(error = %e, "rebalance failed");
             }
         }
@@ -311,6 +322,8 @@ impl ConsumerContext for WorkerContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // The group assigned partitions, or none (more members than partitions): a member.
+            self.health.group_member(true);
             // librdkafka keeps a partition's pause across assignments: one paused, revoked and
             // assigned back later would never be fetched again unless resumed here.
             let paused = self.backpressured.load(Ordering::Acquire);

@@ -4,8 +4,8 @@
 //!
 //! Invariant: [`DeadLetterTopic::send`] returns `Ok` only once the broker acknowledged the letter
 //! in the form given; every failure is classified as [`Refusal::Transient`] (the same letter may
-//! pass later), [`Refusal::TooLarge`] (only a smaller form can pass) or [`Refusal::Permanent`]
-//! (the topic takes no letter as things are). A letter too large to publish whole has a
+//! pass later), [`Refusal::TooLarge`] (only a smaller form can pass), [`Refusal::Topic`] (the
+//! topic takes no letter as things are) or [`Refusal::Letter`] (never this letter). A letter too large to publish whole has a
 //! [`Form::Cut`] that keeps its headers and the first bytes of its value and says what was cut,
 //! and each smaller form is strictly smaller, down to an empty value, so shrinking ends.
 
@@ -35,6 +35,8 @@ pub const HEADER_TRUNCATED: &str = "order_worker.errors.truncated";
 /// How long a dead letter may wait for room in librdkafka's queue before the attempt fails (and
 /// is retried by the caller).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long librdkafka keeps trying to deliver a letter before it reports a failure.
+const DELIVERY_TIMEOUT_MS: &str = "30000";
 /// Longest a metadata refresh waits for the brokers.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// librdkafka's default producer `message.max.bytes`.
@@ -63,8 +65,10 @@ pub enum Refusal {
     Transient(KafkaError),
     /// Larger than the producer or the topic accepts: only a smaller form can pass.
     TooLarge(KafkaError),
-    /// The topic takes no letter as things are: missing, not authorized, invalid record.
-    Permanent(KafkaError),
+    /// The topic takes no letter as things are: missing, not authorized.
+    Topic(KafkaError),
+    /// The topic will never take this letter (an invalid record, a policy), others may pass.
+    Letter(KafkaError),
 }
 
 impl Refusal {
@@ -81,12 +85,11 @@ impl Refusal {
                 | C::UnknownTopic
                 | C::UnknownPartition
                 | C::InvalidTopic
-                | C::InvalidRecord
                 | C::InvalidRequiredAcks
-                | C::PolicyViolation
                 | C::Authentication
                 | C::SaslAuthenticationFailed,
-            ) => Self::Permanent(e),
+            ) => Self::Topic(e),
+            Some(C::InvalidRecord | C::PolicyViolation) => Self::Letter(e),
             _ => Self::Transient(e),
         }
     }
@@ -110,7 +113,17 @@ impl DeadLetterTopic {
         group: &str,
     ) -> Result<Self, Error> {
         let mut config = client_config(brokers, properties);
-        config.set("acks", "all").set("linger.ms", "5");
+        // One letter per record batch: a broker refuses a whole batch larger than the topic's
+        // max.message.bytes, which would shrink letters that fit alone.
+        config
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "1");
+        // A letter the topic cannot take for a while (no leader) fails after this instead of
+        // librdkafka's 5 minutes, so the worker says so (unready) rather than look wedged.
+        if config.get("message.timeout.ms").is_none() {
+            config.set("message.timeout.ms", DELIVERY_TIMEOUT_MS);
+        }
         let message_max = config
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
@@ -179,8 +192,9 @@ impl DeadLetterTopic {
         }
     }
 
-    /// Publishes one letter in `form` and waits for the broker's acknowledgement.
-    pub async fn send(&self, row: &DeadLetterRow<'_>, form: Form) -> Result<(), Refusal> {
+    /// Publishes one letter in `form` and waits for the broker's acknowledgement; says whether
+    /// the letter published was cut.
+    pub async fn send(&self, row: &DeadLetterRow<'_>, form: Form) -> Result<bool, Refusal> {
         let (partition, offset) = (row.partition.to_string(), row.offset.to_string());
         let (key, value, message, truncated) = cut(row, form);
         let mut headers = OwnedHeaders::new_with_capacity(8);
@@ -211,10 +225,11 @@ impl DeadLetterTopic {
         if let Some(value) = value {
             record = record.payload(value);
         }
+        let was_cut = truncated.is_some();
         self.producer
             .send(record, Timeout::After(QUEUE_TIMEOUT))
             .await
-            .map(|_| ())
+            .map(|_| was_cut)
             .map_err(|(e, _)| Refusal::of(e))
     }
 }
@@ -223,17 +238,23 @@ type Parts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str, Option<String>);
 
 /// A letter's key, value and error message in `form`, and what was cut, if anything.
 fn cut<'a>(row: &DeadLetterRow<'a>, form: Form) -> Parts<'a> {
-    let Form::Cut { value_max } = form else {
-        return (row.key, row.payload, row.error, None);
+    let (value, key, message) = match form {
+        Form::Whole => (row.payload, row.key, row.error),
+        Form::Cut { value_max } => (
+            row.payload.map(|v| &v[..v.len().min(value_max)]),
+            row.key.map(|k| &k[..k.len().min(CUT_FIELD_BYTES)]),
+            prefix(row.error, CUT_FIELD_BYTES),
+        ),
     };
-    let value = row.payload.map(|v| &v[..v.len().min(value_max)]);
-    let key = row.key.map(|k| &k[..k.len().min(CUT_FIELD_BYTES)]);
-    let message = prefix(row.error, CUT_FIELD_BYTES);
-    let mut said = vec![format!(
-        "value cut to {} of {} bytes",
-        value.map_or(0, <[u8]>::len),
-        row.payload_size
-    )];
+    let mut said = Vec::new();
+    // Below the message's own size also when the worker kept only MAX_PAYLOAD_BYTES of it.
+    let shown = value.map_or(0, <[u8]>::len);
+    if value.is_some() && shown < row.payload_size {
+        said.push(format!(
+            "value cut to {shown} of {} bytes",
+            row.payload_size
+        ));
+    }
     if let (Some(cut), Some(whole)) = (key, row.key)
         && cut.len() < whole.len()
     {
@@ -242,7 +263,8 @@ fn cut<'a>(row: &DeadLetterRow<'a>, form: Form) -> Parts<'a> {
     if message.len() < row.error.len() {
         said.push(format!("message cut to {} bytes", message.len()));
     }
-    (key, value, message, Some(said.join("; ")))
+    let said = (!said.is_empty()).then(|| said.join("; "));
+    (key, value, message, said)
 }
 
 /// The longest prefix of `text` within `max` bytes that ends on a character boundary.
@@ -303,20 +325,33 @@ mod tests {
         assert!(said.contains("value cut to 100 of 6000 bytes"), "{said}");
         assert!(said.contains("key cut to 1024 of 3000 bytes"), "{said}");
         assert!(said.contains("message cut to"), "{said}");
-        assert_eq!(cut(&r, Form::Whole).3, None);
+        let within = row(b"k", b"v", "e");
+        assert_eq!(
+            cut(&within, Form::Whole).3.as_deref(),
+            Some("value cut to 1 of 1001 bytes")
+        );
+        let whole = DeadLetterRow {
+            payload_size: 1,
+            ..within
+        };
+        assert_eq!(cut(&whole, Form::Whole).3, None);
+        assert_eq!(
+            cut(&whole, Form::Cut { value_max: 10 }).3,
+            None,
+            "nothing to cut"
+        );
     }
 
     #[test]
-    fn size_refusals_shrink_missing_or_forbidden_topics_are_permanent_and_outages_retry() {
+    fn size_refusals_shrink_topic_and_letter_refusals_are_permanent_and_outages_retry() {
         use RDKafkaErrorCode as C;
         let of = |c| Refusal::of(KafkaError::MessageProduction(c));
         assert!(matches!(of(C::MessageSizeTooLarge), Refusal::TooLarge(_)));
-        for c in [
-            C::TopicAuthorizationFailed,
-            C::UnknownTopicOrPartition,
-            C::InvalidRecord,
-        ] {
-            assert!(matches!(of(c), Refusal::Permanent(_)), "{c:?}");
+        for c in [C::TopicAuthorizationFailed, C::UnknownTopicOrPartition] {
+            assert!(matches!(of(c), Refusal::Topic(_)), "{c:?}");
+        }
+        for c in [C::InvalidRecord, C::PolicyViolation] {
+            assert!(matches!(of(c), Refusal::Letter(_)), "{c:?}");
         }
         for c in [
             C::MessageTimedOut,

@@ -24,7 +24,7 @@ use crate::config::{ConsumerConfig, KafkaProperty};
 use crate::error::Error;
 
 pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
-pub(crate) use context::{Release, WorkerContext};
+pub(crate) use context::{REVOKE_COMMIT_WAIT, Release, WorkerContext};
 
 /// Properties the worker's guarantees rest on; overriding them is refused.
 const GUARDED: [&str; 4] = [

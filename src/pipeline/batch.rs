@@ -79,6 +79,25 @@ pub struct Plan<'a> {
     pub superseded: u64,
 }
 
+/// Coordinates named in a log line that summarizes many messages; the rest are counted.
+const NAMED: usize = 10;
+
+/// `partition@offset` of the first few of `coordinates`, and how many more there are: a log
+/// line about many messages names some and counts the rest, so it stays one line.
+pub fn named(coordinates: impl IntoIterator<Item = (i32, i64)>) -> String {
+    let mut all = coordinates.into_iter();
+    let mut text: Vec<String> = all
+        .by_ref()
+        .take(NAMED)
+        .map(|(p, o)| format!("{p}@{o}"))
+        .collect();
+    let more = all.count();
+    if more > 0 {
+        text.push(format!("and {more} more"));
+    }
+    text.join(",")
+}
+
 /// The offsets of a batch as `partition:first-last` ranges, for its log span (a batch holds the
 /// messages of one lane, which may come from several partitions).
 pub fn offset_ranges(batch: &[Decoded]) -> String {
@@ -261,6 +280,14 @@ mod tests {
                 "the planned row leads"
             );
         }
+    }
+
+    #[test]
+    fn a_summary_names_ten_coordinates_and_counts_the_rest() {
+        assert_eq!(named([(0, 1), (2, 7)]), "0@1,2@7");
+        let many = named((0..25).map(|o| (1, o)));
+        assert!(many.starts_with("1@0,1@1,"), "{many}");
+        assert!(many.ends_with("1@9,and 15 more"), "{many}");
     }
 
     #[test]

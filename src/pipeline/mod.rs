@@ -14,7 +14,7 @@ mod publish;
 mod refused;
 mod write;
 
-pub use batch::{Decoded, Plan, decode, offset_ranges, plan, versions_by_order};
+pub use batch::{Decoded, Plan, decode, named, offset_ranges, plan, versions_by_order};
 pub use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;
 pub(crate) use processor::{Processor, ProcessorSettings};

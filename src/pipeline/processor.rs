@@ -19,7 +19,7 @@ use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::originals::Originals;
 use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::metrics::Metrics;
-use crate::pipeline::{Decoded, Envelope, InFlight, decode, offset_ranges};
+use crate::pipeline::{Decoded, Envelope, InFlight, decode, named, offset_ranges};
 use crate::retry::Schedule;
 
 #[derive(Debug, Clone, Copy)]
@@ -177,19 +177,12 @@ impl Processor {
         m.applied.increment(written.stats.applied);
         m.duplicates
             .increment((valid - refused).saturating_sub(written.stats.applied));
-        for d in batch.iter() {
-            if let Err(r) = &d.outcome {
-                m.dead_lettered(r.reason).increment(1);
-                let at = d.envelope.position;
-                warn!(partition = at.partition, offset = at.offset, reason = r.reason.as_str(),
-                      stage = r.stage().as_str(), error = %r.detail, "message dead-lettered");
-            }
-        }
+        self.log_rejections(batch);
         m.dead_lettered(Reason::DbRejected).increment(refused);
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         for ts in batch.iter().filter_map(|d| d.envelope.timestamp_ms) {
             m.end_to_end_latency
-                .record((now_ms - ts).max(0) as f64 / 1000.0);
+                .record(now_ms.saturating_sub(ts).max(0) as f64 / 1000.0);
         }
         m.batch_duration.record(elapsed.as_secs_f64());
         m.batch_size.record(batch.len() as f64);
@@ -203,6 +196,28 @@ impl Processor {
         );
         batch.clear();
         Ok(())
+    }
+}
+
+impl Processor {
+    /// Counts a batch's rejected messages and logs one line per reason, naming some of them
+    /// with the first one's error: a stream of bad messages is a few lines per batch, not one
+    /// per message.
+    fn log_rejections(&self, batch: &[Decoded]) {
+        for reason in Reason::ALL {
+            let mut rejected = batch.iter().filter_map(|d| match &d.outcome {
+                Err(r) if r.reason == reason => Some((d.envelope.position, r)),
+                _ => None,
+            });
+            let Some((_, first)) = rejected.clone().next() else {
+                continue;
+            };
+            let count = rejected.clone().count();
+            self.metrics.dead_lettered(reason).increment(count as u64);
+            let coordinates = named(rejected.by_ref().map(|(at, _)| (at.partition, at.offset)));
+            warn!(lane = self.lane, reason = reason.as_str(), stage = reason.stage().as_str(),
+                  messages = count, %coordinates, error = %first.detail, "messages dead-lettered");
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! Publishing a batch's dead letters to the dead-letter topic.
 //!
-//! Invariant: [`publish`] returns once every letter was acknowledged by the topic (whole, or cut
-//! to a size it takes) or refused for good; a transient failure is retried, re-sending only the
-//! letters not yet acknowledged, until it passes or the processor aborts. A letter refused for
-//! good is already durable in the `dead_letters` table: it is counted, logged with its
-//! coordinates and makes the worker unready, but it never holds its partition.
+//! Invariant: [`Publisher::publish`] returns once every letter was acknowledged by the topic
+//! (whole, or cut to a size it takes) or refused for good; a transient failure is retried,
+//! re-sending only the letters not yet acknowledged, until it passes or the processor aborts,
+//! and meanwhile the worker is unready and the wait is not counted as a stall. A letter refused
+//! for good is already durable in the `dead_letters` table: it is counted and logged with its
+//! coordinates, a topic that refuses every letter makes the worker unready, and neither ever
+//! holds its partition.
 
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -16,10 +18,8 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::dead_letter_topic::{DeadLetterTopic, Form, Refusal};
 use crate::metrics::Metrics;
+use crate::pipeline::named;
 use crate::retry::{Delays, Schedule};
-
-/// Coordinates named in the log line of a refusal; the rest are counted.
-const NAMED: usize = 10;
 
 /// Where a processor's dead letters go besides PostgreSQL, and what it reports to.
 pub(crate) struct Publisher<'a> {
@@ -29,6 +29,15 @@ pub(crate) struct Publisher<'a> {
     pub metrics: &'a Metrics,
     pub health: &'a Health,
     pub lane: usize,
+}
+
+/// What became of a call's letters.
+#[derive(Default)]
+struct Sent {
+    delivered: u64,
+    cut: u64,
+    /// Letters refused for good, by index, and whether the topic refuses every letter.
+    refused: Vec<(usize, KafkaError, bool)>,
 }
 
 impl Publisher<'_> {
@@ -42,39 +51,70 @@ impl Publisher<'_> {
         if troubled && !topic.refresh().await {
             let all: Vec<usize> = (0..letters.len()).collect();
             let reason = format!("dead-letter topic {} does not exist", topic.topic());
-            self.refused(letters, &all, &reason, true);
+            self.refused(letters, &all, &reason);
+            self.health.dead_letter_topic_refused(reason, true);
             return Ok(());
         }
+        let sent = self.send_all(letters).await?;
+        self.health.dead_letter_topic_unavailable(None);
+        self.metrics.dead_letters_cut.increment(sent.cut);
+        if sent.delivered > 0 {
+            self.health.dead_letter_topic_accepted();
+        }
+        if let Some((_, e, _)) = sent.refused.first() {
+            let which: Vec<usize> = sent.refused.iter().map(|(i, _, _)| *i).collect();
+            let reason = format!("dead-letter topic {} refuses letters: {e}", topic.topic());
+            self.refused(letters, &which, &reason);
+            // A letter refused for its own content says nothing of the next one.
+            if let Some((_, e, _)) = sent.refused.iter().find(|(_, _, topic)| *topic) {
+                let missing = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                );
+                self.health.dead_letter_topic_refused(reason, missing);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every letter until each is acknowledged or refused for good: a letter refused as
+    /// too large is sent again at once, smaller; a transient failure waits and is retried.
+    async fn send_all(&self, letters: &[DeadLetterRow<'_>]) -> Result<Sent, Error> {
+        let topic = self.topic;
         let mut pending: Vec<(usize, Form)> = letters
             .iter()
             .enumerate()
             .map(|(i, r)| (i, topic.first_form(r)))
             .collect();
-        let mut refused: Vec<(usize, KafkaError)> = Vec::new();
-        let (mut delivered, mut cut) = (0u64, 0u64);
+        let mut sent = Sent::default();
         let mut delays = Delays::new(self.schedule);
         while !pending.is_empty() {
-            if self.abort.is_cancelled() {
-                return Err(Error::Aborted);
-            }
             let sends = pending
                 .iter()
                 .map(|&(i, form)| async move { (i, form, topic.send(&letters[i], form).await) });
+            let outcomes = tokio::select! {
+                biased;
+                () = self.abort.cancelled() => return Err(Error::Aborted),
+                outcomes = join_all(sends) => outcomes,
+            };
             let mut transient = None;
             let mut next = Vec::new();
-            for (i, form, outcome) in join_all(sends).await {
+            for (i, form, outcome) in outcomes {
                 match outcome {
-                    Ok(()) => {
-                        delivered += 1;
-                        cut += u64::from(form != Form::Whole);
+                    Ok(was_cut) => {
+                        sent.delivered += 1;
+                        sent.cut += u64::from(was_cut);
                     }
                     Err(Refusal::TooLarge(e)) => {
                         match DeadLetterTopic::smaller(&letters[i], form) {
                             Some(smaller) => next.push((i, smaller)),
-                            None => refused.push((i, e)),
+                            None => sent.refused.push((i, e, false)),
                         }
                     }
-                    Err(Refusal::Permanent(e)) => refused.push((i, e)),
+                    Err(Refusal::Topic(e)) => sent.refused.push((i, e, true)),
+                    Err(Refusal::Letter(e)) => sent.refused.push((i, e, false)),
                     Err(Refusal::Transient(e)) => {
                         next.push((i, form));
                         transient.get_or_insert(e);
@@ -82,9 +122,12 @@ impl Publisher<'_> {
                 }
             }
             pending = next;
-            // A letter refused as too large is sent again at once, smaller; an outage waits.
             if let Some(e) = transient {
                 self.metrics.dead_letter_publish_failures.increment(1);
+                self.health.dead_letter_topic_unavailable(Some(format!(
+                    "dead-letter topic {} unavailable: {e}",
+                    topic.topic()
+                )));
                 warn!(lane = self.lane, topic = topic.topic(), error = %e, letters = pending.len(),
                       "publishing dead letters failed; their offsets stay uncommitted, retrying");
                 if !delays.sleep(self.abort).await {
@@ -92,36 +135,21 @@ impl Publisher<'_> {
                 }
             }
         }
-        self.metrics.dead_letters_cut.increment(cut);
-        if delivered > 0 {
-            self.health.dead_letter_topic_accepted();
-        }
-        if let Some((_, e)) = refused.first() {
-            let missing = matches!(
-                e.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
-            );
-            let which: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
-            let reason = format!("dead-letter topic {} refuses letters: {e}", topic.topic());
-            self.refused(letters, &which, &reason, missing);
-        }
-        Ok(())
+        Ok(sent)
     }
 
-    /// Counts, logs and reports letters the topic refused for good.
-    fn refused(&self, letters: &[DeadLetterRow<'_>], which: &[usize], reason: &str, missing: bool) {
+    /// Counts and logs letters the topic refused for good.
+    fn refused(&self, letters: &[DeadLetterRow<'_>], which: &[usize], reason: &str) {
         self.metrics
             .dead_letter_topic_refusals
             .increment(which.len() as u64);
-        self.health
-            .dead_letter_topic_refused(reason.to_owned(), missing);
-        let named: Vec<String> = which
-            .iter()
-            .take(NAMED)
-            .map(|&i| format!("{}@{}", letters[i].partition, letters[i].offset))
-            .collect();
+        let coordinates = named(
+            which
+                .iter()
+                .map(|&i| (letters[i].partition, letters[i].offset)),
+        );
         error!(lane = self.lane, topic = self.topic.topic(), %reason, letters = which.len(),
-               coordinates = %named.join(","),
+               %coordinates,
                "the dead-letter topic refused dead letters for good; they are kept in the \
                 dead_letters table only");
     }

@@ -17,7 +17,7 @@ use crate::contract::{OrderEvent, Rejection};
 use crate::db::DeadLetterRow;
 use crate::error::Error;
 use crate::kafka::originals::{Original, Originals, ReadBack};
-use crate::pipeline::Decoded;
+use crate::pipeline::{Decoded, named};
 use crate::retry::{self, Schedule, Verdict};
 
 /// How long one attempt to read refused messages back from Kafka may take.
@@ -57,12 +57,6 @@ impl Refused {
                 };
             }
             ReadBackOutcome::Read(Original::Gone) => {
-                let at = batch[index].envelope.position;
-                warn!(
-                    partition = at.partition,
-                    offset = at.offset,
-                    "refused message no longer in Kafka; dead-lettering its event re-encoded"
-                );
                 " (the message was no longer in Kafka: the payload is its event re-encoded)"
                     .to_owned()
             }
@@ -179,6 +173,15 @@ async fn read_back_within(
             "refused messages not all read back from Kafka in time; dead-lettering the unread \
              ones with their events re-encoded"
         ),
+    }
+    let gone: Vec<(i32, i64)> = refusals
+        .iter()
+        .map(|&(i, _)| coordinate(i))
+        .filter(|c| read.get(c) == Some(&Original::Gone))
+        .collect();
+    if !gone.is_empty() {
+        warn!(lane, messages = gone.len(), coordinates = %named(gone),
+              "refused messages no longer in Kafka; dead-lettering their events re-encoded");
     }
     Ok(refusals
         .into_iter()

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::pipeline::processor::Processor;
 use crate::pipeline::publish::Publisher;
 use crate::pipeline::refused::read_back;
-use crate::pipeline::{Decoded, plan, versions_by_order};
+use crate::pipeline::{Decoded, named, plan, versions_by_order};
 use crate::retry::{self, Verdict};
 
 pub(crate) enum WriteError {
@@ -106,13 +106,20 @@ impl Processor {
                     }
                     Err(WriteError::Aborted) => return Err(Error::Aborted),
                     Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
-                        warn!(order_id = %event.order_id, version = event.version,
-                              partition = row.partition, offset = row.offset, error = %e,
-                              "event refused by PostgreSQL; dead-lettering it");
                         refusals.push((i, Rejection::new(Reason::DbRejected, e.to_string())));
                     }
                 }
             }
+        }
+        if let Some((_, first)) = refusals.first() {
+            let at = |i: usize| batch[i].envelope.position;
+            let coordinates = named(
+                refusals
+                    .iter()
+                    .map(|&(i, _)| (at(i).partition, at(i).offset)),
+            );
+            warn!(lane = self.lane, events = refusals.len(), %coordinates, error = %first.detail,
+                  "events refused by PostgreSQL; dead-lettering them");
         }
         let refusals = read_back(
             &self.originals,
@@ -199,7 +206,9 @@ impl Processor {
                 if kind == FailureKind::Timeout && rows > 1 {
                     return Verdict::Fail(WriteError::TooSlow(e));
                 }
-                if kind != FailureKind::Timeout {
+                // Only an outage excuses the stall clock: a statement that keeps failing while
+                // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge.
+                if kind.is_outage() {
                     self.health.set_db_ok(false);
                 }
                 self.metrics.db_retries.increment(1);

@@ -207,7 +207,7 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
             "--kafka-property",
             "max.poll.interval.ms=7000",
             "--rebalance-drain-timeout",
-            "5s",
+            "1s",
         ],
     )
     .await;

@@ -233,3 +233,58 @@ async fn sigterm_during_a_rebalance_drain_exits_within_the_shutdown_timeout() {
     );
     lock.rollback().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_wedged_on_messages_of_partitions_revoked_since_still_fails_liveness() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 2);
+    let db = TestDb::create().await;
+    publish(&mock.brokers, &topic, &spec(361), 400);
+    let lock = lock_orders(&db.pool).await;
+    let worker = Binary::run(
+        &mock.brokers,
+        &db.url,
+        &topic,
+        &group,
+        &[
+            "--processors",
+            "1",
+            "--channel-capacity",
+            "4",
+            "--batch-max-rows",
+            "4",
+            "--rebalance-drain-timeout",
+            "2s",
+            "--stall-timeout",
+            "30s",
+            // Eager rebalancing: a new member takes every partition away, then hands some back.
+            "--kafka-property",
+            "partition.assignment.strategy=range",
+        ],
+    );
+    eventually("paused for backpressure", SETTLES, || async {
+        worker
+            .sample("order_worker_partitions_paused")
+            .await
+            .is_some_and(|n| n > 0.0)
+    })
+    .await;
+    let _member = Member::join_with(&mock.brokers, &group, &topic, "range");
+    eventually("the revoke done", SETTLES, || async {
+        metric(
+            worker.http,
+            "order_worker_rebalances_total",
+            &[("kind", "assign")],
+        )
+        .await
+            >= 2.0
+    })
+    .await;
+    // No message the worker tracks is in flight any more, but its lane is full of the revoked
+    // ones and nothing moves: that is a wedge, however the tracker counts.
+    eventually("liveness fails", Duration::from_secs(60), || async {
+        get(worker.http, "/healthz").await.0 == 503
+    })
+    .await;
+    lock.rollback().await.unwrap();
+}

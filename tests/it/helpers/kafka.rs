@@ -379,12 +379,17 @@ pub struct Member {
 
 impl Member {
     pub fn join(brokers: &str, group: &str, topic: &str) -> Self {
+        Self::join_with(brokers, group, topic, "cooperative-sticky")
+    }
+
+    /// A member with another assignment strategy (the group's members must share it).
+    pub fn join_with(brokers: &str, group: &str, topic: &str, strategy: &str) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", group)
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", strategy)
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("enable.auto.commit", "false")
