@@ -39,6 +39,28 @@ fn exits_within(args: &[&str], env: &[(&str, &str)], within: Duration) -> Option
     None
 }
 
+/// `order-worker run` against `brokers` and `database_url` with `extra` flags, as
+/// [`exits_within`] runs it.
+fn run_exits_within(
+    brokers: &str,
+    database_url: &str,
+    extra: &[&str],
+    within: Duration,
+) -> Option<(i32, String)> {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mut args = vec!["run", "--brokers", brokers, "--database-url", database_url];
+    args.extend([
+        "--topic",
+        &topic,
+        "--group-id",
+        &group,
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    args.extend(extra);
+    exits_within(&args, &[], within)
+}
+
 /// The last line of stderr: the one-line error the binary ends with.
 fn last_line(stderr: &str) -> &str {
     stderr.lines().last().unwrap_or_default()
@@ -155,24 +177,10 @@ fn settings_that_would_overflow_or_contradict_each_other_are_refused_in_one_line
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_postgres_password_exits_non_zero_with_one_line() {
-    let (topic, group) = (unique("orders"), unique("group"));
-    let mock = Mock::with_topic(&topic, 1);
+    let mock = Mock::with_topic(&unique("orders"), 1);
     let url = crate::helpers::pg::server_url().replacen(":postgres@", ":wrong@", 1);
     assert!(url.contains(":wrong@"), "{url}");
-    let args = [
-        "run",
-        "--brokers",
-        &mock.brokers,
-        "--database-url",
-        &url,
-        "--topic",
-        &topic,
-        "--group-id",
-        &group,
-        "--http-addr",
-        "127.0.0.1:0",
-    ];
-    let (code, stderr) = exits_within(&args, &[], Duration::from_secs(20))
+    let (code, stderr) = run_exits_within(&mock.brokers, &url, &[], Duration::from_secs(20))
         .expect("a refused password is not retried for ever");
     assert_eq!(code, 1, "{stderr}");
     assert!(last_line(&stderr).starts_with("order-worker: "), "{stderr}");
@@ -188,8 +196,7 @@ async fn a_wrong_postgres_password_exits_non_zero_with_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_without_the_migrations_exits_non_zero_with_one_line() {
-    let (topic, group) = (unique("orders"), unique("group"));
-    let mock = Mock::with_topic(&topic, 1);
+    let mock = Mock::with_topic(&unique("orders"), 1);
     let name = format!("ow_test_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&crate::helpers::pg::server_url())
         .await
@@ -205,20 +212,7 @@ async fn a_database_without_the_migrations_exits_non_zero_with_one_line() {
         .to_owned()
         + "/"
         + &name;
-    let args = [
-        "run",
-        "--brokers",
-        &mock.brokers,
-        "--database-url",
-        &url,
-        "--topic",
-        &topic,
-        "--group-id",
-        &group,
-        "--http-addr",
-        "127.0.0.1:0",
-    ];
-    let outcome = exits_within(&args, &[], Duration::from_secs(20));
+    let outcome = run_exits_within(&mock.brokers, &url, &[], Duration::from_secs(20));
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&admin)
         .await
@@ -232,23 +226,15 @@ async fn a_database_without_the_migrations_exits_non_zero_with_one_line() {
 async fn a_wrong_sasl_password_exits_non_zero_with_one_line() {
     let tansu = Tansu::start_on(free_port(), &["--authentication"]);
     let db = TestDb::create().await;
-    let args = [
-        "run",
-        "--brokers",
+    let sasl = "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,\
+                sasl.username=svc,sasl.password=wrong-secret";
+    let (code, stderr) = run_exits_within(
         &tansu.brokers,
-        "--database-url",
         &db.url,
-        "--topic",
-        "orders",
-        "--group-id",
-        "g",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--kafka-property",
-        "security.protocol=SASL_PLAINTEXT,sasl.mechanism=SCRAM-SHA-512,sasl.username=svc,sasl.password=wrong-secret",
-    ];
-    let (code, stderr) = exits_within(&args, &[], Duration::from_secs(30))
-        .expect("a refused password is not retried for ever");
+        &["--kafka-property", sasl],
+        Duration::from_secs(30),
+    )
+    .expect("a refused password is not retried for ever");
     assert_eq!(code, 1, "{stderr}");
     assert!(last_line(&stderr).contains("authentication"), "{stderr}");
     assert!(
