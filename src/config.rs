@@ -434,16 +434,19 @@ pub struct DevConfig {
 }
 
 impl RunConfig {
-    /// Checks what clap cannot express; returns the bootstrap servers.
-    pub fn validate(&self) -> Result<&str, Error> {
-        let brokers = self
-            .brokers
+    /// Checks what clap cannot express.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.brokers()?;
+        self.worker.validate()
+    }
+
+    /// The bootstrap servers.
+    pub fn brokers(&self) -> Result<&str, Error> {
+        self.brokers
             .as_deref()
             .map(str::trim)
             .filter(|b| !b.is_empty())
-            .ok_or_else(|| Error::Config("KAFKA_BROKERS (--brokers) is required".into()))?;
-        self.worker.validate()?;
-        Ok(brokers)
+            .ok_or_else(|| Error::Config("KAFKA_BROKERS (--brokers) is required".into()))
     }
 }
 

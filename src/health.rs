@@ -35,6 +35,10 @@ impl Problem {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Records `now` (a problem, or `None` when it is gone); logs only when the text changes,
     /// so a condition seen every second is one line.
     fn set(&self, now: Option<String>, what: &str) {
@@ -70,8 +74,6 @@ pub struct Health {
     dead_letter_topic_refusing: Problem,
     /// The dead-letter topic failed for a passing reason and letters wait for it.
     dead_letter_topic_unavailable: Problem,
-    /// Whether the refusal was for a topic that does not exist: its creation ends it.
-    refused_for_missing_topic: AtomicBool,
     /// Whether Kafka ever answered (a credential refused before that is a configuration error).
     kafka_answered: AtomicBool,
     /// Milliseconds since `epoch` when a batch last became durable.
@@ -110,7 +112,6 @@ impl Health {
             dead_letter_topic_missing: Problem::default(),
             dead_letter_topic_refusing: Problem::default(),
             dead_letter_topic_unavailable: Problem::default(),
-            refused_for_missing_topic: AtomicBool::new(false),
             kafka_answered: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             excused_ms: AtomicU64::new(0),
@@ -188,31 +189,22 @@ impl Health {
         self.fatal_reason.get().unwrap_or_default()
     }
 
-    /// Whether the dead-letter topic exists and may be used (`None`) or why not. Once it
-    /// exists, a refusal that was for its absence is over too.
+    /// Whether the dead-letter topic exists and may be used (`None`) or why not: from its
+    /// metadata, or from the publisher being told it does not exist. The next metadata check
+    /// that finds it clears this.
     pub fn dead_letter_topic_exists(&self, problem: Option<String>) {
-        if problem.is_none()
-            && self
-                .refused_for_missing_topic
-                .swap(false, Ordering::Relaxed)
-        {
-            self.dead_letter_topic_refusing
-                .set(None, "dead-letter topic publishing");
-        }
         self.dead_letter_topic_missing
             .set(problem, "dead-letter topic");
     }
 
-    /// Why the dead-letter topic cannot be used, when its metadata says so.
-    pub fn dead_letter_topic_missing(&self) -> Option<String> {
-        self.dead_letter_topic_missing.get()
+    /// Whether the dead-letter topic is known to be missing or forbidden.
+    pub fn dead_letter_topic_missing(&self) -> bool {
+        self.dead_letter_topic_missing.is_set()
     }
 
-    /// The dead-letter topic refused letters for good; `for_missing_topic` when because it
-    /// does not exist.
-    pub fn dead_letter_topic_refused(&self, reason: String, for_missing_topic: bool) {
-        self.refused_for_missing_topic
-            .store(for_missing_topic, Ordering::Relaxed);
+    /// The dead-letter topic, which exists, refused every letter for good (no Write ACL); only
+    /// a letter it takes later ends that.
+    pub fn dead_letter_topic_refused(&self, reason: String) {
         self.dead_letter_topic_refusing
             .set(Some(reason), "dead-letter topic publishing");
     }
@@ -235,7 +227,7 @@ impl Health {
 
     /// Whether the dead-letter topic refused the last letters it was given for good.
     pub fn dead_letter_topic_refusing(&self) -> bool {
-        self.dead_letter_topic_refusing.get().is_some()
+        self.dead_letter_topic_refusing.is_set()
     }
 
     /// The consumer polled at `now` (the caller's clock reading: it has one at hand).
@@ -272,8 +264,7 @@ impl Health {
     /// there are some and both PostgreSQL and Kafka answer.
     pub fn observe(&self, in_flight: usize, now: Instant) {
         self.in_flight.store(in_flight as u64, Ordering::Relaxed);
-        let kafka_away =
-            self.kafka.get().is_some() || self.dead_letter_topic_unavailable.get().is_some();
+        let kafka_away = self.kafka.is_set() || self.dead_letter_topic_unavailable.is_set();
         if in_flight == 0 || !self.db_ok() || kafka_away {
             self.excused_ms.store(self.ms(now), Ordering::Relaxed);
         }

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 /// a usage error like a malformed flag.
 fn validate(command: &Command) -> Result<(), order_worker::Error> {
     match command {
-        Command::Run(cfg) => cfg.validate().map(drop),
+        Command::Run(cfg) => cfg.validate(),
         Command::Dev(cfg) => cfg.worker.validate(),
         _ => Ok(()),
     }
@@ -57,7 +57,7 @@ fn validate(command: &Command) -> Result<(), order_worker::Error> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(cfg) => {
-            let brokers = cfg.validate()?;
+            let brokers = cfg.brokers()?;
             let worker = Worker::start(brokers, &cfg.worker)
                 .await
                 .context("failed to start")?;

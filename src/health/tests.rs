@@ -45,7 +45,7 @@ fn each_missing_part_gives_its_own_reason() {
         Err("dead-letter topic dlq does not exist".into())
     );
     h.dead_letter_topic_exists(None);
-    h.dead_letter_topic_refused("dead-letter topic dlq refused".into(), false);
+    h.dead_letter_topic_refused("dead-letter topic dlq refused".into());
     assert!(h.readiness().is_err());
     h.dead_letter_topic_exists(None);
     assert!(
@@ -54,7 +54,9 @@ fn each_missing_part_gives_its_own_reason() {
     );
     h.dead_letter_topic_accepted();
     assert_eq!(h.readiness(), Ok(()));
-    h.dead_letter_topic_refused("dead-letter topic dlq does not exist".into(), true);
+    // The publisher told the topic is missing; the next metadata check finds it created.
+    h.dead_letter_topic_exists(Some("dead-letter topic dlq does not exist".into()));
+    assert!(h.readiness().is_err());
     h.dead_letter_topic_exists(None);
     assert_eq!(h.readiness(), Ok(()), "created since");
     h.set_db_ok(false);

@@ -107,18 +107,6 @@ impl Originals {
         }
     }
 
-    /// The messages at `coordinates` (partition, offset), in the same order. Blocking. Fails
-    /// with a Kafka error if they cannot all be read within `timeout`.
-    pub fn fetch(
-        &self,
-        coordinates: &[(i32, i64)],
-        timeout: Duration,
-    ) -> Result<Vec<Original>, KafkaError> {
-        let mut read = ReadBack::new();
-        self.fetch_into(coordinates, &mut read, timeout, &CancellationToken::new())?;
-        Ok(coordinates.iter().map(|c| read[c].clone()).collect())
-    }
-
     /// Adds to `read` the messages at those of `wanted` (partition, offset) it does not hold
     /// yet. Blocking: a new client is made for each call (the path is rare). Fails with a Kafka
     /// error if the brokers do not answer within `timeout`, or with [`KafkaError::Canceled`]

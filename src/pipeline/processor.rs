@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::contract::Reason;
+use crate::contract::{Reason, Rejection};
 use crate::db::OrderStore;
 use crate::error::Error;
 use crate::health::Health;
@@ -197,24 +197,23 @@ impl Processor {
         batch.clear();
         Ok(())
     }
-}
 
-impl Processor {
     /// Counts a batch's rejected messages and logs one line per reason, naming some of them
     /// with the first one's error: a stream of bad messages is a few lines per batch, not one
     /// per message.
     fn log_rejections(&self, batch: &[Decoded]) {
+        let rejected: Vec<(Position, &Rejection)> = batch
+            .iter()
+            .filter_map(|d| d.outcome.as_ref().err().map(|r| (d.envelope.position, r)))
+            .collect();
         for reason in Reason::ALL {
-            let mut rejected = batch.iter().filter_map(|d| match &d.outcome {
-                Err(r) if r.reason == reason => Some((d.envelope.position, r)),
-                _ => None,
-            });
-            let Some((_, first)) = rejected.clone().next() else {
+            let of_reason = || rejected.iter().filter(move |(_, r)| r.reason == reason);
+            let Some((_, first)) = of_reason().next() else {
                 continue;
             };
-            let count = rejected.clone().count();
+            let count = of_reason().count();
             self.metrics.dead_lettered(reason).increment(count as u64);
-            let coordinates = named(rejected.by_ref().map(|(at, _)| (at.partition, at.offset)));
+            let coordinates = named(of_reason().map(|(at, _)| (at.partition, at.offset)));
             warn!(lane = self.lane, reason = reason.as_str(), stage = reason.stage().as_str(),
                   messages = count, %coordinates, error = %first.detail, "messages dead-lettered");
         }

@@ -2,11 +2,14 @@
 //!
 //! Invariant: [`Publisher::publish`] returns once every letter was acknowledged by the topic
 //! (whole, or cut to a size it takes) or refused for good; a transient failure is retried,
-//! re-sending only the letters not yet acknowledged, until it passes or the processor aborts,
-//! and meanwhile the worker is unready and the wait is not counted as a stall. A letter refused
+//! re-sending only the letters not yet acknowledged, for at most GIVE_UP_AFTER (then the letters
+//! count as refused), and meanwhile the worker is unready and the wait is not counted as a
+//! stall. A letter refused
 //! for good is already durable in the `dead_letters` table: it is counted and logged with its
 //! coordinates, a topic that refuses every letter makes the worker unready, and neither ever
 //! holds its partition.
+
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -20,6 +23,11 @@ use crate::kafka::dead_letter_topic::{DeadLetterTopic, Form, Refusal};
 use crate::metrics::Metrics;
 use crate::pipeline::named;
 use crate::retry::{Delays, Schedule};
+
+/// How long letters are sent again after failures that look passing before the topic counts as
+/// refusing them: far above a leader election, so that a topic that never recovers holds its
+/// partitions no longer than this.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 /// Where a processor's dead letters go besides PostgreSQL, and what it reports to.
 pub(crate) struct Publisher<'a> {
@@ -46,13 +54,13 @@ impl Publisher<'_> {
         // While the topic is in trouble, it is looked at afresh first. librdkafka would hold each
         // letter for a topic that does not exist for topic.metadata.propagation.max.ms (30 s)
         // before refusing it: such letters are refused at once.
-        let troubled = self.health.dead_letter_topic_missing().is_some()
-            || self.health.dead_letter_topic_refusing();
+        let troubled =
+            self.health.dead_letter_topic_missing() || self.health.dead_letter_topic_refusing();
         if troubled && !topic.refresh().await {
             let all: Vec<usize> = (0..letters.len()).collect();
             let reason = format!("dead-letter topic {} does not exist", topic.topic());
             self.refused(letters, &all, &reason);
-            self.health.dead_letter_topic_refused(reason, true);
+            self.health.dead_letter_topic_exists(Some(reason));
             return Ok(());
         }
         let sent = self.send_all(letters).await?;
@@ -73,7 +81,12 @@ impl Publisher<'_> {
                         RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
                     )
                 );
-                self.health.dead_letter_topic_refused(reason, missing);
+                if missing {
+                    let reason = format!("dead-letter topic {} does not exist", topic.topic());
+                    self.health.dead_letter_topic_exists(Some(reason));
+                } else {
+                    self.health.dead_letter_topic_refused(reason);
+                }
             }
         }
         Ok(())
@@ -90,6 +103,7 @@ impl Publisher<'_> {
             .collect();
         let mut sent = Sent::default();
         let mut delays = Delays::new(self.schedule);
+        let started = Instant::now();
         while !pending.is_empty() {
             let sends = pending
                 .iter()
@@ -122,6 +136,19 @@ impl Publisher<'_> {
                 }
             }
             pending = next;
+            if let Some(e) = &transient
+                && started.elapsed() >= GIVE_UP_AFTER
+            {
+                // Every retry failed for this long: the letters stay in the table only, and the
+                // partition moves on; the topic is reported as refusing until it takes a letter.
+                warn!(lane = self.lane, topic = topic.topic(), error = %e, letters = pending.len(),
+                      "the dead-letter topic failed for {}s; giving up on these letters",
+                      GIVE_UP_AFTER.as_secs());
+                let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+                sent.refused
+                    .extend(pending.drain(..).map(|(i, _)| (i, e.clone(), true)));
+                break;
+            }
             if let Some(e) = transient {
                 self.metrics.dead_letter_publish_failures.increment(1);
                 self.health.dead_letter_topic_unavailable(Some(format!(

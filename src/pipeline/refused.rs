@@ -24,7 +24,7 @@ use crate::retry::{self, Schedule, Verdict};
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch waits, across attempts, for its refused messages: long enough to ride out a
 /// leader election, short enough that a partition Kafka cannot serve does not stall the lane.
-const READ_BACK_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const READ_BACK_LIMIT: Duration = Duration::from_secs(60);
 
 /// A valid message PostgreSQL refused, with the bytes its dead letter stores.
 pub(crate) struct Refused {
@@ -85,114 +85,110 @@ impl Refused {
     }
 }
 
-/// Reads the refused messages back from Kafka, retrying for up to READ_BACK_LIMIT. A message
-/// Kafka no longer has (retention, compaction), or one still unread when that time is up, is
-/// dead-lettered with its event re-encoded, and its error says which.
-pub(crate) async fn read_back(
-    originals: &Originals,
-    schedule: Schedule,
-    abort: &CancellationToken,
-    lane: usize,
-    batch: &[Decoded],
-    refusals: Vec<(usize, Rejection)>,
-) -> Result<Vec<Refused>, Error> {
-    read_back_within(
-        originals,
-        schedule,
-        abort,
-        lane,
-        batch,
-        refusals,
-        READ_BACK_LIMIT,
-    )
-    .await
+/// How a processor reads its refused messages back from Kafka.
+pub(crate) struct OriginalReader<'a> {
+    pub originals: &'a Originals,
+    pub schedule: Schedule,
+    pub abort: &'a CancellationToken,
+    pub lane: usize,
+    /// How long a batch waits for its originals, across attempts.
+    pub limit: Duration,
 }
 
-async fn read_back_within(
-    originals: &Originals,
-    schedule: Schedule,
-    abort: &CancellationToken,
-    lane: usize,
-    batch: &[Decoded],
-    refusals: Vec<(usize, Rejection)>,
-    limit: Duration,
-) -> Result<Vec<Refused>, Error> {
-    if refusals.is_empty() {
-        return Ok(Vec::new());
-    }
-    let coordinate = |index: usize| {
-        let at = batch[index].envelope.position;
-        (at.partition, at.offset)
-    };
-    let wanted: Arc<[(i32, i64)]> = refusals.iter().map(|&(i, _)| coordinate(i)).collect();
-    // Outlives the attempts, so that an attempt cut short hands what it read to the next.
-    let progress = Arc::new(Mutex::new(ReadBack::new()));
-    let started = Instant::now();
-    let outcome = retry::until_ok(
-        schedule,
-        abort,
-        || Error::Aborted,
-        || {
-            let (originals, wanted) = (originals.clone(), Arc::clone(&wanted));
-            let (progress, stop) = (Arc::clone(&progress), abort.clone());
-            let timeout = ATTEMPT_TIMEOUT.min(limit.saturating_sub(started.elapsed()));
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let mut read = progress.lock().unwrap_or_else(PoisonError::into_inner);
-                    originals.fetch_into(&wanted, &mut read, timeout, &stop)
-                })
-                .await
-                .map_err(|e| Error::TaskFailed(e.to_string()))?
-                .map_err(Error::Kafka)
-            }
-        },
-        |err, delay| {
-            if started.elapsed() + delay >= limit {
-                return Verdict::Fail(err);
-            }
-            warn!(lane, error = %err, retry_in_ms = delay.as_millis() as u64,
-                  "reading refused messages back from Kafka failed; retrying");
-            Verdict::Retry
-        },
-    )
-    .await;
-    // A stopped attempt may end before the abort is seen: it must not pass for a timeout.
-    if abort.is_cancelled() {
-        return Err(Error::Aborted);
-    }
-    let mut read = std::mem::take(&mut *progress.lock().unwrap_or_else(PoisonError::into_inner));
-    match outcome {
-        Ok(()) => {}
-        Err(Error::Aborted) => return Err(Error::Aborted),
-        Err(err) => warn!(
+impl OriginalReader<'_> {
+    /// Reads the refused messages back from Kafka, retrying for up to `limit`. A message Kafka
+    /// no longer has (retention, compaction), or one still unread when that time is up, is
+    /// dead-lettered with its event re-encoded, and its error says which.
+    pub(crate) async fn read(
+        &self,
+        batch: &[Decoded],
+        refusals: Vec<(usize, Rejection)>,
+    ) -> Result<Vec<Refused>, Error> {
+        let Self {
+            originals,
+            schedule,
+            abort,
             lane,
-            error = %err,
-            refused = wanted.len(),
-            unread = wanted.len().saturating_sub(read.len()),
-            limit_s = limit.as_secs(),
-            "refused messages not all read back from Kafka in time; dead-lettering the unread \
-             ones with their events re-encoded"
-        ),
-    }
-    let gone: Vec<(i32, i64)> = refusals
-        .iter()
-        .map(|&(i, _)| coordinate(i))
-        .filter(|c| read.get(c) == Some(&Original::Gone))
-        .collect();
-    if !gone.is_empty() {
-        warn!(lane, messages = gone.len(), coordinates = %named(gone),
+            limit,
+        } = *self;
+        if refusals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let coordinate = |index: usize| {
+            let at = batch[index].envelope.position;
+            (at.partition, at.offset)
+        };
+        let wanted: Arc<[(i32, i64)]> = refusals.iter().map(|&(i, _)| coordinate(i)).collect();
+        // Outlives the attempts, so that an attempt cut short hands what it read to the next.
+        let progress = Arc::new(Mutex::new(ReadBack::new()));
+        let started = Instant::now();
+        let outcome = retry::until_ok(
+            schedule,
+            abort,
+            || Error::Aborted,
+            || {
+                let (originals, wanted) = (originals.clone(), Arc::clone(&wanted));
+                let (progress, stop) = (Arc::clone(&progress), abort.clone());
+                let timeout = ATTEMPT_TIMEOUT.min(limit.saturating_sub(started.elapsed()));
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let mut read = progress.lock().unwrap_or_else(PoisonError::into_inner);
+                        originals.fetch_into(&wanted, &mut read, timeout, &stop)
+                    })
+                    .await
+                    .map_err(|e| Error::TaskFailed(e.to_string()))?
+                    .map_err(Error::Kafka)
+                }
+            },
+            |err, delay| {
+                if started.elapsed() + delay >= limit {
+                    return Verdict::Fail(err);
+                }
+                warn!(lane, error = %err, retry_in_ms = delay.as_millis() as u64,
+                  "reading refused messages back from Kafka failed; retrying");
+                Verdict::Retry
+            },
+        )
+        .await;
+        // A stopped attempt may end before the abort is seen: it must not pass for a timeout.
+        if abort.is_cancelled() {
+            return Err(Error::Aborted);
+        }
+        let mut read =
+            std::mem::take(&mut *progress.lock().unwrap_or_else(PoisonError::into_inner));
+        match outcome {
+            Ok(()) => {}
+            Err(Error::Aborted) => return Err(Error::Aborted),
+            Err(err) => warn!(
+                lane,
+                error = %err,
+                refused = wanted.len(),
+                unread = wanted.len().saturating_sub(read.len()),
+                limit_s = limit.as_secs(),
+                "refused messages not all read back from Kafka in time; dead-lettering the unread \
+                 ones with their events re-encoded"
+            ),
+        }
+        let gone: Vec<(i32, i64)> = refusals
+            .iter()
+            .map(|&(i, _)| coordinate(i))
+            .filter(|c| read.get(c) == Some(&Original::Gone))
+            .collect();
+        if !gone.is_empty() {
+            warn!(lane, messages = gone.len(), coordinates = %named(gone),
               "refused messages no longer in Kafka; dead-lettering their events re-encoded");
+        }
+        Ok(refusals
+            .into_iter()
+            .map(|(index, rejection)| {
+                let outcome = match read.remove(&coordinate(index)) {
+                    Some(original) => ReadBackOutcome::Read(original),
+                    None => ReadBackOutcome::NotReadWithin(limit),
+                };
+                Refused::new(batch, index, rejection, outcome)
+            })
+            .collect())
     }
-    Ok(refusals
-        .into_iter()
-        .map(|(index, rejection)| {
-            let outcome = match read.remove(&coordinate(index)) {
-                Some(original) => ReadBackOutcome::Read(original),
-                None => ReadBackOutcome::NotReadWithin(limit),
-            };
-            Refused::new(batch, index, rejection, outcome)
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -206,6 +202,20 @@ mod tests {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use uuid::Uuid;
+
+    fn reader<'a>(
+        originals: &'a Originals,
+        abort: &'a CancellationToken,
+        limit: Duration,
+    ) -> OriginalReader<'a> {
+        OriginalReader {
+            originals,
+            schedule: fast(),
+            abort,
+            lane: 0,
+            limit,
+        }
+    }
 
     fn fast() -> Schedule {
         Schedule {
@@ -264,7 +274,8 @@ mod tests {
 
         let originals = Originals::new(&brokers, &[], "t", "g");
         let never = CancellationToken::new();
-        let refused = read_back(&originals, fast(), &never, 0, &batch, all_refused(&batch))
+        let refused = reader(&originals, &never, READ_BACK_LIMIT)
+            .read(&batch, all_refused(&batch))
             .await
             .expect("read back");
 
@@ -290,17 +301,10 @@ mod tests {
         let originals = Originals::new(&nowhere(), &[], "t", "g");
         let never = CancellationToken::new();
         let started = Instant::now();
-        let refused = read_back_within(
-            &originals,
-            fast(),
-            &never,
-            0,
-            &batch,
-            all_refused(&batch),
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("dead letters, not an error");
+        let refused = reader(&originals, &never, Duration::from_secs(2))
+            .read(&batch, all_refused(&batch))
+            .await
+            .expect("dead letters, not an error");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
@@ -334,7 +338,9 @@ mod tests {
             trigger.cancel();
         });
         let started = Instant::now();
-        let read = read_back(&originals, fast(), &abort, 0, &batch, all_refused(&batch)).await;
+        let read = reader(&originals, &abort, READ_BACK_LIMIT)
+            .read(&batch, all_refused(&batch))
+            .await;
         assert!(matches!(read, Err(Error::Aborted)));
         assert!(
             started.elapsed() < Duration::from_secs(2),

@@ -19,11 +19,11 @@ use crate::db::{DeadLetterRow, FailureKind, OrderRow, Written};
 use crate::error::Error;
 use crate::pipeline::processor::Processor;
 use crate::pipeline::publish::Publisher;
-use crate::pipeline::refused::read_back;
+use crate::pipeline::refused::{OriginalReader, READ_BACK_LIMIT, Refused};
 use crate::pipeline::{Decoded, named, plan, versions_by_order};
 use crate::retry::{self, Verdict};
 
-pub(crate) enum WriteError {
+enum WriteError {
     /// PostgreSQL refused the data (SQLSTATE classes 22, 23): the same statement always fails.
     Rejected(sqlx::Error),
     /// PostgreSQL cancelled the statement for running longer than `statement_timeout`.
@@ -83,7 +83,7 @@ impl Processor {
         orders: &[OrderRow<'_>],
         dead: &[DeadLetterRow<'_>],
         err: sqlx::Error,
-    ) -> Result<(Written, Vec<crate::pipeline::refused::Refused>), Error> {
+    ) -> Result<(Written, Vec<Refused>), Error> {
         warn!(error = %err, rows = orders.len(),
               "PostgreSQL refused the batch; writing its orders one by one to isolate the refused ones");
         let versions = versions_by_order(batch);
@@ -121,15 +121,14 @@ impl Processor {
             warn!(lane = self.lane, events = refusals.len(), %coordinates, error = %first.detail,
                   "events refused by PostgreSQL; dead-lettering them");
         }
-        let refusals = read_back(
-            &self.originals,
-            self.settings.retry,
-            &self.abort,
-            self.lane,
-            batch,
-            refusals,
-        )
-        .await?;
+        let reader = OriginalReader {
+            originals: &self.originals,
+            schedule: self.settings.retry,
+            abort: &self.abort,
+            lane: self.lane,
+            limit: READ_BACK_LIMIT,
+        };
+        let refusals = reader.read(batch, refusals).await?;
         let mut letters = dead.to_vec();
         letters.extend(refusals.iter().map(|r| r.dead_letter(batch)));
         match self.write_split(&[], &letters).await {
@@ -178,7 +177,7 @@ impl Processor {
     /// Writes until PostgreSQL commits, retrying transient failures; returns at once when it
     /// refuses the data, and when it cancels a statement of more than one row for its duration
     /// (a single row is retried: a lock it waits for is released some day).
-    pub(crate) async fn write_retrying(
+    async fn write_retrying(
         &self,
         orders: &[OrderRow<'_>],
         dead: &[DeadLetterRow<'_>],

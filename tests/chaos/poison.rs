@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::kafka::{Member, RawMessage, Tansu, publish, publish_raw, read_topic};
 use crate::helpers::pg::lock_orders;
-use crate::helpers::{eventually, free_port, try_get};
+use crate::helpers::{TINY_PIPELINE, eventually, free_port, try_get};
 use crate::{Scenario, consuming, partitions_for, profile, spec};
 
 /// The messages of a spec's stream with their kinds and, for new valid events, the event.
@@ -214,16 +214,7 @@ async fn poison_partitions_revoked_while_paused_and_handed_back() {
     let lock = lock_orders(&s.db.pool).await;
     let worker = s.worker(
         &mock.brokers,
-        &[
-            "--processors",
-            "1",
-            "--channel-capacity",
-            "4",
-            "--batch-max-rows",
-            "4",
-            "--rebalance-drain-timeout",
-            "2s",
-        ],
+        &[&TINY_PIPELINE[..], &["--rebalance-drain-timeout", "2s"]].concat(),
     );
     let paused = "order_worker_partitions_paused";
     eventually("paused", Duration::from_secs(90), || async {

@@ -15,17 +15,13 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::helpers::kafka::{
-    Mock, OffsetProbe, RawMessage, publish, publish_raw, publish_stamped, read_topic,
+    Mock, OffsetProbe, RawMessage, message_of, publish, publish_raw, publish_stamped, read_topic,
 };
 use crate::helpers::pg::{TestDb, count};
 use crate::helpers::{eventually, get, metric, start_worker, unique};
 
 /// Long enough for a correct worker on a loaded 2-core machine, far shorter than "for ever".
 const SETTLES: Duration = Duration::from_secs(60);
-
-fn message(e: &order_worker::contract::OrderEvent) -> RawMessage {
-    (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-}
 
 fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
     let headers = m.headers()?;
@@ -36,33 +32,70 @@ fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// A source topic and its dead-letter topic on the mock broker, and a database of their own.
+struct World {
+    topic: String,
+    group: String,
+    dlq: String,
+    partitions: i32,
+    mock: Mock,
+    db: TestDb,
+}
+
+impl World {
+    async fn new(partitions: i32) -> Self {
+        let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
+        let mock = Mock::with_topic(&topic, partitions);
+        mock.cluster.create_topic(&dlq, 1, 1).unwrap();
+        Self {
+            topic,
+            group,
+            dlq,
+            partitions,
+            mock,
+            db: TestDb::create().await,
+        }
+    }
+
+    /// A worker that also publishes its dead letters to the dead-letter topic.
+    async fn worker(&self) -> order_worker::Worker {
+        let flags = ["--dead-letter-topic", self.dlq.as_str()];
+        start_worker(
+            &self.mock.brokers,
+            &self.db.url,
+            &self.topic,
+            &self.group,
+            &flags,
+        )
+        .await
+    }
+
+    fn probe(&self) -> OffsetProbe {
+        OffsetProbe::new(
+            &self.mock.brokers,
+            &self.group,
+            &self.topic,
+            self.partitions,
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_also_published_to_the_dead_letter_topic_with_their_reasons_in_headers() {
-    let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
-    let mock = Mock::with_topic(&topic, 2);
-    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
-    let db = TestDb::create().await;
+    let w = World::new(2).await;
+    let (topic, dlq, mock, db) = (&w.topic, &w.dlq, &w.mock, &w.db);
     let spec = SynthSpec {
         orders: 200,
         invalid_ratio: 0.1,
         duplicate_ratio: 0.0,
         seed: 101,
     };
-    publish(&mock.brokers, &topic, &spec, 600);
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--dead-letter-topic", &dlq],
-    )
-    .await;
-    OffsetProbe::new(&mock.brokers, &group, &topic, 2)
-        .wait_caught_up("everything committed")
-        .await;
+    publish(&mock.brokers, topic, &spec, 600);
+    let worker = w.worker().await;
+    w.probe().wait_caught_up("everything committed").await;
 
     let expected = Expectation::of(&spec, 600).mix.invalid_total() as usize;
-    let published = read_topic(&mock.brokers, &dlq, 1);
+    let published = read_topic(&mock.brokers, dlq, 1);
     assert_eq!(published.len(), expected, "one message per dead letter");
     let rows = sqlx::query(
         "SELECT source_partition, source_offset, reason, stage, payload FROM dead_letters",
@@ -97,29 +130,17 @@ async fn dead_letters_are_also_published_to_the_dead_letter_topic_with_their_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_offset_is_not_committed_before_its_dead_letter_reaches_the_topic() {
-    let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
-    let mock = Mock::with_topic(&topic, 1);
-    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
+    let w = World::new(1).await;
+    let (topic, dlq, mock, db) = (&w.topic, &w.dlq, &w.mock, &w.db);
     // A transient fault: the topic has no leader, so librdkafka holds the letter and retries.
     mock.cluster
-        .topic_error(&dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
+        .topic_error(dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE)
         .unwrap();
-    let db = TestDb::create().await;
-    let valid = |n: u64| {
-        let e = event(Uuid::new_v4(), 1, n);
-        (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-    };
+    let valid = |n: u64| message_of(&event(Uuid::new_v4(), 1, n));
     let invalid: RawMessage = (Some(b"k".to_vec()), Some(b"{broken".to_vec()));
-    publish_raw(&mock.brokers, &topic, &[valid(0), invalid, valid(2)]);
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--dead-letter-topic", &dlq],
-    )
-    .await;
-    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
+    publish_raw(&mock.brokers, topic, &[valid(0), invalid, valid(2)]);
+    let worker = w.worker().await;
+    let probe = w.probe();
     eventually(
         "the dead letter durable in PostgreSQL",
         Duration::from_secs(30),
@@ -134,12 +155,12 @@ async fn a_source_offset_is_not_committed_before_its_dead_letter_reaches_the_top
     );
 
     mock.cluster
-        .topic_error(&dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .topic_error(dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
     probe
         .wait_caught_up("committed once the topic accepts it")
         .await;
-    assert_eq!(read_topic(&mock.brokers, &dlq, 1).len(), 1);
+    assert_eq!(read_topic(&mock.brokers, dlq, 1).len(), 1);
     assert_eq!(get(worker.http_addr(), "/readyz").await.0, 200);
     worker.stop();
     worker.wait().await.expect("graceful stop");
@@ -148,33 +169,21 @@ async fn a_source_offset_is_not_committed_before_its_dead_letter_reaches_the_top
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_refuses_everything_makes_the_worker_unready_but_never_stalls_it()
 {
-    let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
-    let mock = Mock::with_topic(&topic, 1);
-    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
+    let w = World::new(1).await;
+    let (topic, dlq, mock, db) = (&w.topic, &w.dlq, &w.mock, &w.db);
     // A permanent fault: the worker may not write to the topic (no ACL).
     mock.cluster
         .topic_error(
-            &dlq,
+            dlq,
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
         )
         .unwrap();
-    let db = TestDb::create().await;
-    let valid = |n: u64| {
-        let e = event(Uuid::new_v4(), 1, n);
-        (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-    };
+    let valid = |n: u64| message_of(&event(Uuid::new_v4(), 1, n));
     let invalid = |n: u8| -> RawMessage { (Some(vec![b'k', n]), Some(b"{broken".to_vec())) };
-    publish_raw(&mock.brokers, &topic, &[valid(0), invalid(1), valid(2)]);
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--dead-letter-topic", &dlq],
-    )
-    .await;
+    publish_raw(&mock.brokers, topic, &[valid(0), invalid(1), valid(2)]);
+    let worker = w.worker().await;
     let http = worker.http_addr();
-    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
+    let probe = w.probe();
     probe
         .wait_caught_up_within("the partition moves on", Duration::from_secs(60))
         .await;
@@ -194,11 +203,11 @@ async fn a_dead_letter_topic_that_refuses_everything_makes_the_worker_unready_bu
 
     // Once the topic accepts letters again, the next one is published and the worker is ready.
     mock.cluster
-        .topic_error(&dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .topic_error(dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
-    publish_raw(&mock.brokers, &topic, &[invalid(3)]);
+    publish_raw(&mock.brokers, topic, &[invalid(3)]);
     probe.wait_caught_up("the next letter committed").await;
-    assert_eq!(read_topic(&mock.brokers, &dlq, 1).len(), 1);
+    assert_eq!(read_topic(&mock.brokers, dlq, 1).len(), 1);
     eventually("ready again", Duration::from_secs(30), || async {
         get(http, "/readyz").await.0 == 200
     })
@@ -210,29 +219,20 @@ async fn a_dead_letter_topic_that_refuses_everything_makes_the_worker_unready_bu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_larger_than_the_producer_accepts_is_published_cut_once_and_the_partition_moves_on()
  {
-    let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
-    let mock = Mock::with_topic(&topic, 1);
-    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
-    let db = TestDb::create().await;
+    let w = World::new(1).await;
+    let (topic, dlq, mock, db) = (&w.topic, &w.dlq, &w.mock, &w.db);
     let huge: Vec<u8> = (0..1_200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let mut messages: Vec<(RawMessage, Option<i64>)> =
-        vec![(message(&event(Uuid::new_v4(), 1, 0)), None)];
+        vec![(message_of(&event(Uuid::new_v4(), 1, 0)), None)];
     messages.push(((Some(b"big".to_vec()), Some(huge.clone())), None));
     for i in 0..5u8 {
         messages.push(((Some(vec![b'k', i]), Some(b"{broken".to_vec())), None));
     }
-    messages.push((message(&event(Uuid::new_v4(), 1, 7)), None));
-    publish_stamped(&mock.brokers, &topic, &messages);
+    messages.push((message_of(&event(Uuid::new_v4(), 1, 7)), None));
+    publish_stamped(&mock.brokers, topic, &messages);
 
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--dead-letter-topic", &dlq],
-    )
-    .await;
-    OffsetProbe::new(&mock.brokers, &group, &topic, 1)
+    let worker = w.worker().await;
+    w.probe()
         .wait_caught_up_within("committed past the oversized dead letter", SETTLES)
         .await;
     assert_eq!(
@@ -253,7 +253,7 @@ async fn a_dead_letter_larger_than_the_producer_accepts_is_published_cut_once_an
 
     // Give a worker that re-sends acknowledged letters the time to do so.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let published = read_topic(&mock.brokers, &dlq, 1);
+    let published = read_topic(&mock.brokers, dlq, 1);
     assert_eq!(
         published.len(),
         6,
@@ -274,34 +274,25 @@ async fn a_dead_letter_larger_than_the_producer_accepts_is_published_cut_once_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_refuses_a_letter_as_too_large_gets_it_cut_until_it_fits() {
-    let (topic, group, dlq) = (unique("orders"), unique("group"), unique("orders-dlq"));
-    let mock = Mock::with_topic(&topic, 1);
-    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
-    let db = TestDb::create().await;
+    let w = World::new(1).await;
+    let (topic, dlq, mock, db) = (&w.topic, &w.dlq, &w.mock, &w.db);
     // The broker refuses the next produce requests as too large, as a topic with a small
     // max.message.bytes refuses every message above it.
     let value = vec![b'x'; 200_000];
     publish_raw(
         &mock.brokers,
-        &topic,
+        topic,
         &[(Some(b"k".to_vec()), Some(value.clone()))],
     );
     mock.cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3],
     );
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--dead-letter-topic", &dlq],
-    )
-    .await;
-    OffsetProbe::new(&mock.brokers, &group, &topic, 1)
+    let worker = w.worker().await;
+    w.probe()
         .wait_caught_up_within("committed once a cut letter fits", SETTLES)
         .await;
-    let published = read_topic(&mock.brokers, &dlq, 1);
+    let published = read_topic(&mock.brokers, dlq, 1);
     assert_eq!(published.len(), 1, "{published:?}");
     let got = published[0].payload().unwrap_or_default();
     assert!(got.len() < value.len(), "cut: {} bytes", got.len());

@@ -6,7 +6,7 @@ use order_worker::synth::event;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::kafka::{Mock, OffsetProbe, publish_raw};
+use crate::helpers::kafka::{Mock, OffsetProbe, message_of, publish_raw};
 use crate::helpers::pg::{TestDb, orders};
 use crate::helpers::{metric, start_worker, unique};
 
@@ -37,9 +37,6 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut blocked = event(b, 1, 1);
     blocked.customer_id = "blocked".into();
-    let message = |e: &order_worker::contract::OrderEvent| {
-        (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-    };
     // Laid out as no encoder of the worker would: the dead letter must keep these very bytes.
     let blocked_message = (
         Some(b.to_string().into_bytes()),
@@ -49,9 +46,9 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
         &mock.brokers,
         &topic,
         &[
-            message(&event(a, 1, 0)),
+            message_of(&event(a, 1, 0)),
             blocked_message.clone(),
-            message(&event(c, 1, 2)),
+            message_of(&event(c, 1, 2)),
             (Some(b"t".to_vec()), None),
         ],
     );

@@ -10,10 +10,11 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use uuid::Uuid;
 
 use crate::helpers::kafka::{
-    CAUGHT_UP, Mock, OffsetProbe, RawMessage, publish, publish_in_background, publish_raw,
+    CAUGHT_UP, Mock, OffsetProbe, RawMessage, message_of, publish, publish_in_background,
+    publish_raw,
 };
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, lock_orders, orders};
-use crate::helpers::{Binary, eventually, get, metric, start_worker, unique};
+use crate::helpers::{Binary, TINY_PIPELINE, eventually, get, metric, start_worker, unique};
 
 fn spec(seed: u64) -> SynthSpec {
     SynthSpec {
@@ -197,18 +198,16 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
         &topic,
         &group,
         &[
-            "--processors",
-            "1",
-            "--channel-capacity",
-            "4",
-            "--batch-max-rows",
-            "4",
-            // Evicted after 7 s without a poll: the lock below is held longer than that.
-            "--kafka-property",
-            "max.poll.interval.ms=7000",
-            "--rebalance-drain-timeout",
-            "1s",
-        ],
+            &TINY_PIPELINE[..],
+            &[
+                // Evicted after 7 s without a poll: the lock below is held longer than that.
+                "--kafka-property",
+                "max.poll.interval.ms=7000",
+                "--rebalance-drain-timeout",
+                "1s",
+            ],
+        ]
+        .concat(),
     )
     .await;
     let http = worker.http_addr();
@@ -303,7 +302,7 @@ async fn a_panicking_processor_stops_the_worker_non_zero_without_committing_its_
             e.customer_id = "panic-now".into();
         }
         ids.push(e.order_id);
-        messages.push((Some(e.order_id.to_string().into_bytes()), Some(e.to_json())));
+        messages.push(message_of(&e));
     }
     publish_raw(&mock.brokers, &topic, &messages);
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);

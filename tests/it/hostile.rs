@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::kafka::{Mock, OffsetProbe, RawMessage, publish_raw};
+use crate::helpers::kafka::{Mock, OffsetProbe, RawMessage, message_of, publish_raw};
 use crate::helpers::pg::TestDb;
 use crate::helpers::{start_worker, unique};
 
@@ -200,7 +200,7 @@ async fn sql_metacharacters_and_unicode_in_every_string_field_are_stored_literal
         let mut e = event(Uuid::new_v4(), 1, i as u64);
         e.customer_id = (*s).into();
         e.items[0].sku = s.chars().take(contract::MAX_SKU_CHARS).collect();
-        messages.push((Some(e.order_id.to_string().into_bytes()), Some(e.to_json())));
+        messages.push(message_of(&e));
         expected.push(e);
     }
     publish_raw(&mock.brokers, &topic, &messages);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use order_worker::synth::{SynthSpec, event};
 use uuid::Uuid;
 
-use crate::helpers::kafka::{Mock, OffsetProbe, RawMessage, publish, publish_raw};
-use crate::helpers::pg::{TestDb, count, server_url};
+use crate::helpers::kafka::{Mock, OffsetProbe, RawMessage, message_of, publish, publish_raw};
+use crate::helpers::pg::{TestDb, count, lock_orders, server_url};
 use crate::helpers::{Binary, eventually, get, metric, start_worker, try_get, unique};
 
 const LAG_EVERY: [&str; 2] = ["--lag-interval", "300ms"];
@@ -53,11 +53,7 @@ async fn exported_lag_equals_what_an_admin_client_computes_and_returns_to_zero_a
     probe.wait_caught_up("the first part committed").await;
 
     // Writes block from here: the next messages are consumed but not committed.
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_orders(&db.pool).await;
     publish(
         &mock.brokers,
         &topic,
@@ -200,10 +196,7 @@ async fn counters_agree_with_the_rows_in_postgres() {
     let db = TestDb::create().await;
     // Every valid event is a different order, so each one applied is exactly one row.
     let mut messages: Vec<RawMessage> = (0..2_000u64)
-        .map(|i| {
-            let e = event(Uuid::new_v4(), 1, i);
-            (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-        })
+        .map(|i| message_of(&event(Uuid::new_v4(), 1, i)))
         .collect();
     messages.extend((0..37).map(|_| (Some(b"k".to_vec()), Some(b"nope".to_vec()))));
     publish_raw(&mock.brokers, &topic, &messages);

@@ -12,17 +12,13 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::helpers::kafka::{
-    Member, Mock, OffsetProbe, RawMessage, publish, publish_raw, publish_stamped,
+    Member, Mock, OffsetProbe, RawMessage, message_of, publish, publish_raw, publish_stamped,
 };
 use crate::helpers::pg::{TestDb, assert_state_is, count, lock_orders, orders};
-use crate::helpers::{eventually, metric, start_worker, unique, valid_only};
+use crate::helpers::{TINY_PIPELINE, eventually, metric, start_worker, unique, valid_only};
 
 /// Long enough for a correct worker on a loaded 2-core machine, far shorter than "for ever".
 const SETTLES: Duration = Duration::from_secs(60);
-
-fn message(e: &OrderEvent) -> RawMessage {
-    (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_revoked_while_paused_and_handed_back_later_is_consumed_to_its_end() {
@@ -38,16 +34,7 @@ async fn a_partition_revoked_while_paused_and_handed_back_later_is_consumed_to_i
         &db.url,
         &topic,
         &group,
-        &[
-            "--processors",
-            "1",
-            "--channel-capacity",
-            "4",
-            "--batch-max-rows",
-            "4",
-            "--rebalance-drain-timeout",
-            "2s",
-        ],
+        &[&TINY_PIPELINE[..], &["--rebalance-drain-timeout", "2s"]].concat(),
     )
     .await;
     let http = worker.http_addr();
@@ -94,10 +81,10 @@ async fn an_order_whose_newest_version_postgres_refuses_ends_at_its_last_accepta
         &mock.brokers,
         &topic,
         &[
-            message(&versions[0]),
-            message(&event(other, 1, 9)),
-            message(&versions[1]),
-            message(&versions[2]),
+            message_of(&versions[0]),
+            message_of(&event(other, 1, 9)),
+            message_of(&versions[1]),
+            message_of(&versions[2]),
         ],
     );
     // All four in one batch.
@@ -150,7 +137,7 @@ async fn a_dead_letter_whose_kafka_timestamp_postgres_cannot_store_is_kept_with_
                 (Some(b"k".to_vec()), Some(b"{broken".to_vec())),
                 Some(ancient_ms),
             ),
-            (message(&valid), Some(ancient_ms)),
+            (message_of(&valid), Some(ancient_ms)),
         ],
     );
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
@@ -182,7 +169,7 @@ async fn a_batch_whose_rows_postgres_mostly_refuses_is_dead_lettered_with_the_or
         .await
         .unwrap();
     let events: Vec<OrderEvent> = (0..4_000u64).map(|i| event(Uuid::new_v4(), 1, i)).collect();
-    let messages: Vec<RawMessage> = events.iter().map(message).collect();
+    let messages: Vec<RawMessage> = events.iter().map(message_of).collect();
     publish_raw(&mock.brokers, &topic, &messages);
     let worker = start_worker(
         &mock.brokers,

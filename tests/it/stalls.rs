@@ -9,7 +9,7 @@ use order_worker::synth::{Expectation, SynthSpec};
 
 use crate::helpers::kafka::{Member, Mock, OffsetProbe, Tansu, publish};
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, lock_orders};
-use crate::helpers::{Binary, eventually, free_port, get, metric, unique};
+use crate::helpers::{Binary, TINY_PIPELINE, eventually, free_port, get, metric, unique};
 
 const SETTLES: Duration = Duration::from_secs(60);
 
@@ -247,20 +247,18 @@ async fn a_lane_wedged_on_messages_of_partitions_revoked_since_still_fails_liven
         &topic,
         &group,
         &[
-            "--processors",
-            "1",
-            "--channel-capacity",
-            "4",
-            "--batch-max-rows",
-            "4",
-            "--rebalance-drain-timeout",
-            "2s",
-            "--stall-timeout",
-            "30s",
-            // Eager rebalancing: a new member takes every partition away, then hands some back.
-            "--kafka-property",
-            "partition.assignment.strategy=range",
-        ],
+            &TINY_PIPELINE[..],
+            &[
+                "--rebalance-drain-timeout",
+                "2s",
+                "--stall-timeout",
+                "30s",
+                // Eager rebalancing: a new member takes every partition away, then hands some back.
+                "--kafka-property",
+                "partition.assignment.strategy=range",
+            ],
+        ]
+        .concat(),
     );
     eventually("paused for backpressure", SETTLES, || async {
         worker

@@ -2,6 +2,17 @@ use super::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+/// The messages at `coordinates`, in the same order, read in one call.
+fn fetch(
+    originals: &Originals,
+    coordinates: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<Vec<Original>, KafkaError> {
+    let mut read = ReadBack::new();
+    originals.fetch_into(coordinates, &mut read, timeout, &CancellationToken::new())?;
+    Ok(coordinates.iter().map(|c| read[c].clone()).collect())
+}
+
 #[test]
 fn reads_back_exactly_the_messages_asked_for_and_reports_missing_offsets_as_gone() {
     let mock = MockCluster::new(1).expect("mock cluster");
@@ -17,9 +28,13 @@ fn reads_back_exactly_the_messages_asked_for_and_reports_missing_offsets_as_gone
     producer.send(tombstone).map_err(|(e, _)| e).expect("send");
     producer.flush(Duration::from_secs(5)).expect("flush");
 
-    let got = Originals::new(&brokers, &[], "t", "g")
-        .fetch(&[(1, 3), (1, 0), (1, 5), (1, 99)], Duration::from_secs(10))
-        .expect("fetched");
+    let originals = Originals::new(&brokers, &[], "t", "g");
+    let got = fetch(
+        &originals,
+        &[(1, 3), (1, 0), (1, 5), (1, 99)],
+        Duration::from_secs(10),
+    )
+    .expect("fetched");
     let found = |k: &str, v: Option<&str>| Original::Found {
         key: Some(k.as_bytes().to_vec()),
         payload: v.map(|v| v.as_bytes().to_vec()),

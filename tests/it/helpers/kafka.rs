@@ -91,6 +91,11 @@ pub fn publish_stamped(brokers: &str, topic: &str, messages: &[(RawMessage, Opti
 /// A message as Kafka carries it: an optional key and an optional value.
 pub type RawMessage = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// An event as its producer publishes it: keyed by its order id.
+pub fn message_of(e: &order_worker::contract::OrderEvent) -> RawMessage {
+    (Some(e.order_id.to_string().into_bytes()), Some(e.to_json()))
+}
+
 /// Publishes at `rate` on a thread of its own; join it to wait for the acknowledgements.
 pub fn publish_in_background(
     brokers: &str,

@@ -23,6 +23,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Flags for a pipeline that fills at once: one processor, lanes and batches of 4 messages.
+/// A write that stalls then leaves the lane full within a few messages, and the consumer pauses.
+pub const TINY_PIPELINE: [&str; 6] = [
+    "--processors",
+    "1",
+    "--channel-capacity",
+    "4",
+    "--batch-max-rows",
+    "4",
+];
+
 /// A stream of valid, distinct events only: no invalid message, no duplicate.
 pub fn valid_only(orders: u64, seed: u64) -> order_worker::synth::SynthSpec {
     order_worker::synth::SynthSpec {
