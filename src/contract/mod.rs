@@ -5,9 +5,9 @@
 //! naming the stage and reason. It never panics and never allocates more than the payload it was
 //! given plus the event it returns.
 //!
-//! The contract is published for producers in `schema/order-event.v1.schema.json` and in the
-//! README. Each event is a full snapshot of the order at `version`, not a delta: that is what lets
-//! the worker apply events idempotently and in any order (the highest version wins).
+//! The contract is published for producers in `schema/order-event.v1.schema.json` and in
+//! docs/contract.md. Each event is a full snapshot of the order at `version`, not a delta: that
+//! is what lets the worker apply events idempotently and in any order (the highest version wins).
 
 mod object_only;
 mod rejection;

@@ -298,8 +298,8 @@ fn what_the_schema_cannot_express_is_rejected_by_the_worker_alone() {
     }
 }
 
-/// Stands in for the README example until the README exists: the examples embedded in the schema
-/// are the ones producers read first, so they must be valid for both.
+/// The examples embedded in the schema are the ones producers read first, so they must be valid
+/// for both.
 #[test]
 fn the_schema_examples_are_valid_and_decode() {
     let validator = validator();
@@ -324,10 +324,10 @@ fn the_schema_examples_are_valid_and_decode() {
 }
 
 #[test]
-fn the_readme_example_satisfies_the_schema_and_decodes() {
+fn the_contract_example_satisfies_the_schema_and_decodes() {
     // The first ```json block under "## Event contract v1" is what producers copy.
-    let readme = include_str!("../../README.md");
-    let section = readme
+    let contract = include_str!("../../docs/contract.md");
+    let section = contract
         .split("## Event contract v1")
         .nth(1)
         .expect("contract section");
@@ -336,12 +336,12 @@ fn the_readme_example_satisfies_the_schema_and_decodes() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("a json block in the contract section");
-    let example: Value = serde_json::from_str(block).expect("the README example is JSON");
+    let example: Value = serde_json::from_str(block).expect("the contract example is JSON");
     assert!(
         schema_errors(&validator(), &example).is_empty(),
-        "README example vs schema"
+        "contract example vs schema"
     );
     let order_id = example["order_id"].as_str().expect("order_id").to_owned();
-    let event = decode_value(&order_id, &example).expect("the README example decodes");
+    let event = decode_value(&order_id, &example).expect("the contract example decodes");
     assert_eq!(event.total_minor, 2699);
 }
