@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use order_worker::db::encode_batch;
-use order_worker::kafka::tracker::Position;
+use order_worker::offsets::Position;
 use order_worker::pipeline::{Decoded, Envelope, decode, plan};
 use order_worker::synth::{Generator, SynthSpec};
 

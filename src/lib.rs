@@ -33,6 +33,7 @@ pub mod kafka;
 pub mod lag;
 pub mod memory;
 pub mod metrics;
+pub mod offsets;
 pub mod pipeline;
 pub mod produce;
 pub mod retry;

@@ -21,8 +21,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::health::{Health, KAFKA_UNREACHABLE};
 use crate::kafka::commit;
-use crate::kafka::tracker::OffsetTracker;
 use crate::metrics::Metrics;
+use crate::offsets::OffsetTracker;
 use crate::telemetry::Throttle;
 
 /// Part of the shutdown timeout kept for the final commit and leaving the group.

@@ -1,5 +1,7 @@
-//! Kafka: librdkafka configuration, the consumer thread, its rebalance and commit callbacks, the
-//! offset tracker, and the producer used by `produce` and `dev`.
+//! Kafka: librdkafka configuration, the consumer's rebalance and commit callbacks, group
+//! membership, reading messages back, the dead-letter topic, and the producer used by `produce`
+//! and `dev`. It knows nothing of the pipeline: it stores and commits what the offset tracker
+//! says is durable.
 //!
 //! Invariant: librdkafka never stores an offset on its own (its automatic offset store is off and
 //! cannot be turned back on through overrides). Only the offset tracker stores offsets, and only
@@ -9,12 +11,11 @@
 //! not durable.
 
 mod commit;
-mod consumer;
 mod context;
 pub mod dead_letter_topic;
+mod group;
 pub mod originals;
 pub mod producer;
-pub mod tracker;
 
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use rdkafka::ClientConfig;
 use crate::config::{ConsumerConfig, KafkaProperty};
 use crate::error::Error;
 
-pub(crate) use consumer::{ConsumerLoop, ConsumerSettings};
 pub(crate) use context::{REVOKE_COMMIT_WAIT, Release, WorkerContext};
+pub(crate) use group::{leave_group, pause_assignment};
 
 /// Properties the worker's guarantees rest on; overriding them is refused.
 const GUARDED: [&str; 4] = [

@@ -12,9 +12,9 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::kafka::tracker::OffsetTracker;
 use crate::lag::{GroupLag, PartitionLag};
 use crate::metrics::{CONSUMER_LAG, CONSUMER_LAG_SUM, CONSUMER_TIME_LAG, LAG_AGE};
+use crate::offsets::OffsetTracker;
 
 pub struct LagView {
     group: String,
@@ -172,7 +172,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::tracker::Position;
+    use crate::offsets::Position;
 
     fn measured(partitions: &[(i32, Option<i64>, i64)]) -> GroupLag {
         GroupLag {
@@ -229,7 +229,7 @@ mod tests {
                 generation: tracker.generation(p).unwrap(),
                 offset: 0,
             };
-            tracker.register(pos, Some(long_ago));
+            assert!(tracker.register(pos, Some(long_ago)).is_some());
             tracker.complete(&[pos]);
             tracker.mark_committed(&tracker.commit_candidates(Some(&[p])));
         }

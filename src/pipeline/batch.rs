@@ -180,7 +180,7 @@ pub fn plan(batch: &[Decoded]) -> Plan<'_> {
 mod tests {
     use super::*;
     use crate::contract::Reason;
-    use crate::kafka::tracker::Position;
+    use crate::offsets::Position;
     use crate::synth::{self, SynthSpec};
 
     fn decoded(offset: i64, order: Uuid, version: i64) -> Decoded {

@@ -1,13 +1,16 @@
 //! Routing consumed messages to processor lanes, within the channel and byte bounds.
 //!
-//! Invariant: the consumer thread is the only sender, so "there is room" checked before a send
-//! stays true until the send: a message is registered with the offset tracker only when its send
-//! cannot fail for lack of room. All events of one order (one key) go to one lane, so two
+//! Invariant: the consumer thread is the only sender, so room in the byte budget, once seen,
+//! stays until its send; a send that finds its lane full past its deadline hands the message
+//! back with its bytes released. All events of one order (one key) go to one lane, so two
 //! processors never race on the same row.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use flume::SendTimeoutError;
 
 use crate::error::Error;
 use crate::pipeline::Envelope;
@@ -17,6 +20,9 @@ use crate::pipeline::Envelope;
 pub struct InFlight {
     bytes: AtomicU64,
     limit: u64,
+    /// Signalled when bytes are released; the lock orders a waiter's check before the signal.
+    released: Condvar,
+    lock: Mutex<()>,
 }
 
 impl InFlight {
@@ -24,7 +30,28 @@ impl InFlight {
         Self {
             bytes: AtomicU64::new(0),
             limit,
+            released: Condvar::new(),
+            lock: Mutex::new(()),
         }
+    }
+
+    /// Waits until `deadline` for room for `weight` bytes; returns whether there is.
+    pub fn wait_for_room(&self, weight: u64, deadline: Instant) -> bool {
+        if self.has_room(weight) {
+            return true;
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.has_room(weight) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = match self.released.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
     }
 
     /// One message is always admitted when nothing is in flight, whatever its size, so an
@@ -40,6 +67,8 @@ impl InFlight {
 
     pub fn release(&self, weight: u64) {
         self.bytes.fetch_sub(weight, Ordering::AcqRel);
+        let _ordered = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.released.notify_all();
     }
 
     pub fn bytes(&self) -> u64 {
@@ -80,19 +109,30 @@ impl Dispatcher {
         (hash % n) as usize
     }
 
-    pub fn has_room(&self, lane: usize, weight: u64) -> bool {
-        !self.senders[lane].is_full() && self.in_flight.has_room(weight)
-    }
-
-    /// Sends to a lane that [`has_room`](Self::has_room). Fails only when the lane's processor is
-    /// gone, which the worker treats as fatal.
-    pub fn send(&self, lane: usize, envelope: Envelope) -> Result<(), Error> {
+    /// Sends a message to its lane, waiting until `deadline` for room there; gives it back if
+    /// there is none by then. Fails only when the lane's processor is gone, which the worker
+    /// treats as fatal.
+    pub fn send_by(
+        &self,
+        envelope: Envelope,
+        deadline: Instant,
+    ) -> Result<Option<Envelope>, Error> {
+        let lane = self.route(&envelope);
         let weight = envelope.weight();
         self.in_flight.add(weight);
-        self.senders[lane].try_send(envelope).map_err(|e| {
-            self.in_flight.release(weight);
-            Error::TaskFailed(format!("processor {lane} stopped taking messages: {e}"))
-        })
+        match self.senders[lane].send_deadline(envelope, deadline) {
+            Ok(()) => Ok(None),
+            Err(SendTimeoutError::Timeout(back)) => {
+                self.in_flight.release(weight);
+                Ok(Some(back))
+            }
+            Err(SendTimeoutError::Disconnected(_)) => {
+                self.in_flight.release(weight);
+                Err(Error::TaskFailed(format!(
+                    "processor {lane} stopped taking messages"
+                )))
+            }
+        }
     }
 
     /// Messages waiting in the lanes.
@@ -109,7 +149,8 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::tracker::Position;
+    use crate::offsets::Position;
+    use std::time::Duration;
 
     fn envelope(key: &str, partition: i32) -> Envelope {
         let pos = Position {
@@ -141,30 +182,62 @@ mod tests {
         assert!(used.iter().all(|&n| n > 50), "{used:?}");
     }
 
-    #[test]
-    fn a_full_lane_has_no_room_until_its_processor_takes_a_message() {
-        let (tx, rx) = lanes(1, 2);
-        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        d.send(0, envelope("a", 0)).unwrap();
-        d.send(0, envelope("a", 0)).unwrap();
-        assert!(!d.has_room(0, 1));
-        rx[0].try_recv().unwrap();
-        assert!(d.has_room(0, 1));
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(20)
     }
 
     #[test]
-    fn the_byte_budget_stops_dispatch_until_bytes_are_released() {
+    fn a_full_lane_gives_the_message_back_at_the_deadline_with_its_bytes_released() {
+        let budget = Arc::new(InFlight::new(1 << 20));
+        let (tx, _rx) = lanes(1, 2);
+        let d = Dispatcher::new(tx, budget.clone());
+        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        let held = budget.bytes();
+        let back = d.send_by(envelope("a", 0), soon()).unwrap();
+        assert!(back.is_some());
+        assert_eq!(budget.bytes(), held);
+    }
+
+    #[test]
+    fn a_send_waiting_on_a_full_lane_goes_through_as_soon_as_its_processor_takes_a_message() {
+        let (tx, rx) = lanes(1, 1);
+        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
+        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            rx[0].recv().unwrap();
+            rx
+        });
+        let started = Instant::now();
+        let far = started + Duration::from_secs(10);
+        assert!(d.send_by(envelope("a", 0), far).unwrap().is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(taker.join());
+    }
+
+    #[test]
+    fn the_byte_budget_has_no_room_until_bytes_are_released() {
         let budget = Arc::new(InFlight::new(300));
         let (tx, _rx) = lanes(1, 100);
         let d = Dispatcher::new(tx, budget.clone());
-        let e = envelope("a", 0);
-        let w = e.weight();
-        assert!(d.has_room(0, w), "an empty pipeline admits anything");
-        d.send(0, e).unwrap();
-        d.send(0, envelope("a", 0)).unwrap();
-        assert!(!d.has_room(0, w));
-        budget.release(w);
-        assert!(d.has_room(0, w));
+        let w = envelope("a", 0).weight();
+        assert!(
+            budget.wait_for_room(w, soon()),
+            "an empty pipeline admits anything"
+        );
+        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(!budget.wait_for_room(w, soon()));
+        let releaser = {
+            let budget = budget.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                budget.release(w);
+            })
+        };
+        assert!(budget.wait_for_room(w, Instant::now() + Duration::from_secs(10)));
+        releaser.join().unwrap();
     }
 
     #[test]
@@ -178,7 +251,7 @@ mod tests {
         let (tx, rx) = lanes(1, 2);
         drop(rx);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send(0, envelope("a", 0)).is_err());
+        assert!(d.send_by(envelope("a", 0), soon()).is_err());
         assert_eq!(budget.bytes(), 0);
     }
 }

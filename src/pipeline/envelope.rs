@@ -5,7 +5,7 @@
 //! bound. Its weight for the in-flight budget is fixed when it is made, so what is released is
 //! what was added even after its bytes are dropped.
 
-use crate::kafka::tracker::Position;
+use crate::offsets::Position;
 
 /// Fixed cost counted per message on top of its bytes (the struct, allocator slack).
 const OVERHEAD_BYTES: u64 = 128;

@@ -17,8 +17,8 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::originals::Originals;
-use crate::kafka::tracker::{OffsetTracker, Position};
 use crate::metrics::Metrics;
+use crate::offsets::{OffsetTracker, Position};
 use crate::pipeline::{Decoded, Envelope, InFlight, decode, named, offset_ranges};
 use crate::retry::Schedule;
 
@@ -158,8 +158,6 @@ impl Processor {
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
         let span = info_span!("batch", lane = self.lane, topic = %self.store.topic(),
                               offsets = %offset_ranges(batch), messages = batch.len());
-        #[cfg(debug_assertions)]
-        panic_if_requested(batch);
         let started = Instant::now();
         let written = self.write_durably(batch).instrument(span).await?;
         let elapsed = started.elapsed();
@@ -220,22 +218,7 @@ impl Processor {
     }
 }
 
-/// How many times `BATCH_LINGER` a batch may wait to fill in a backlog. There a lane refills
-/// at the consumer's pace while its batch waits; with lanes of 1,500 and 4,000-row batches,
-/// backlog drains averaged 2,600-2,800 rows per batch without it and 2,800-3,800 with it
-/// (docs/performance.md).
+/// How many times `BATCH_LINGER` a batch may wait to fill in a backlog, where a lane refills at
+/// the consumer's pace while its batch waits: fuller batches cost PostgreSQL less per row
+/// (docs/performance.md#decisions).
 const BACKLOG_LINGER_FACTOR: u32 = 4;
-
-/// Test hook, compiled into debug builds only: `ORDER_WORKER_TEST_PANIC_CUSTOMER=<id>` makes a
-/// processor panic on a batch holding an event of that customer, so the integration tests can
-/// check what a panic does (the worker stops non-zero and the batch is never committed).
-#[cfg(debug_assertions)]
-fn panic_if_requested(batch: &[Decoded]) {
-    if let Ok(customer) = std::env::var("ORDER_WORKER_TEST_PANIC_CUSTOMER")
-        && batch
-            .iter()
-            .any(|d| d.outcome.as_ref().is_ok_and(|e| e.customer_id == customer))
-    {
-        panic!("injected panic (ORDER_WORKER_TEST_PANIC_CUSTOMER={customer})");
-    }
-}

@@ -196,7 +196,7 @@ mod tests {
     use super::*;
     use crate::contract::Reason;
     use crate::kafka::client_config;
-    use crate::kafka::tracker::Position;
+    use crate::offsets::Position;
     use crate::pipeline::{Envelope, decode};
     use crate::synth;
     use rdkafka::mocking::MockCluster;

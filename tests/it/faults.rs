@@ -5,15 +5,11 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use order_worker::synth::{Expectation, SynthSpec, event};
+use order_worker::synth::{Expectation, SynthSpec};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use uuid::Uuid;
 
-use crate::helpers::kafka::{
-    CAUGHT_UP, Mock, OffsetProbe, RawMessage, message_of, publish, publish_in_background,
-    publish_raw,
-};
-use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, lock_orders, orders};
+use crate::helpers::kafka::{CAUGHT_UP, Mock, OffsetProbe, publish, publish_in_background};
+use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, lock_orders};
 use crate::helpers::{Binary, TINY_PIPELINE, eventually, get, metric, start_worker, unique};
 
 fn spec(seed: u64) -> SynthSpec {
@@ -287,49 +283,4 @@ async fn partitions_handed_between_workers_by_rebalances_lose_nothing() {
     );
     b.stop();
     b.wait().await.expect("graceful stop of the second worker");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_processor_stops_the_worker_non_zero_without_committing_its_batch() {
-    let (topic, group) = (unique("orders"), unique("group"));
-    let mock = Mock::with_topic(&topic, 1);
-    let db = TestDb::create().await;
-    let mut messages: Vec<RawMessage> = Vec::new();
-    let mut ids = Vec::new();
-    for i in 0..50u64 {
-        let mut e = event(Uuid::new_v4(), 1, i);
-        if i == 25 {
-            e.customer_id = "panic-now".into();
-        }
-        ids.push(e.order_id);
-        messages.push(message_of(&e));
-    }
-    publish_raw(&mock.brokers, &topic, &messages);
-    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
-
-    let panic_env = [("ORDER_WORKER_TEST_PANIC_CUSTOMER", "panic-now")];
-    let mut first = Binary::run_with_env(&mock.brokers, &db.url, &topic, &group, &[], &panic_env);
-    let status = first.exit_within(Duration::from_secs(60)).await;
-    assert!(!status.success(), "a panic is not a clean exit");
-    assert!(
-        first.log_text().contains("a processor panicked"),
-        "{}",
-        first.log_text()
-    );
-    let committed = probe.committed().get(&0).copied().unwrap_or(0);
-    assert!(
-        committed <= 25,
-        "the panicked batch (offset 25) was not committed: {committed}"
-    );
-
-    let second = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
-    probe
-        .wait_caught_up("a restart without the fault commits everything")
-        .await;
-    let stored = orders(&db.pool).await;
-    assert!(
-        ids.iter().all(|id| stored.contains_key(id)),
-        "every order applied after the restart"
-    );
-    drop(second);
 }

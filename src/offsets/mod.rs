@@ -35,6 +35,14 @@ pub struct Position {
     pub offset: i64,
 }
 
+/// A message registered but not yet known to be handed over; see [`OffsetTracker::withdraw`].
+#[derive(Debug)]
+#[must_use = "a registration of a message that was not handed over must be withdrawn"]
+pub struct Registration {
+    position: Position,
+    next_before: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     offset: i64,
@@ -135,15 +143,14 @@ impl OffsetTracker {
         self.lock().partitions.get(&partition).map(|s| s.generation)
     }
 
-    /// Records that a message was handed to a processor. Returns false (and records nothing) when
-    /// the message belongs to an assignment that has since been revoked: the caller drops it.
-    pub fn register(&self, pos: Position, timestamp_ms: Option<i64>) -> bool {
+    /// Records that a message is being handed to a processor. Returns `None` (and records
+    /// nothing) when the message belongs to an assignment that has since been revoked: the caller
+    /// drops it. The registration can be [withdrawn](Self::withdraw) if the hand-over fails.
+    pub fn register(&self, pos: Position, timestamp_ms: Option<i64>) -> Option<Registration> {
         let mut inner = self.lock();
-        let Some(state) = inner.partitions.get_mut(&pos.partition) else {
-            return false;
-        };
+        let state = inner.partitions.get_mut(&pos.partition)?;
         if state.generation != pos.generation {
-            return false;
+            return None;
         }
         // Offsets arrive in order; a rewind (an offset reset by the broker) is kept sorted so the
         // run logic still holds.
@@ -154,8 +161,41 @@ impl OffsetTracker {
             timestamp_ms,
         };
         state.in_flight.insert(at, slot);
+        let next_before = state.next;
         state.next = Some(state.next.map_or(pos.offset + 1, |n| n.max(pos.offset + 1)));
-        true
+        Some(Registration {
+            position: pos,
+            next_before,
+        })
+    }
+
+    /// Undoes the latest registration, for a message that was not handed over after all. Only
+    /// the registering thread calls this, before it registers anything else, so nothing else
+    /// has moved the partition's end meanwhile; a registration of a revoked generation is gone
+    /// already.
+    pub fn withdraw(&self, registration: Registration) {
+        let Registration {
+            position: pos,
+            next_before,
+        } = registration;
+        let mut inner = self.lock();
+        let Some(state) = inner.partitions.get_mut(&pos.partition) else {
+            return;
+        };
+        if state.generation != pos.generation {
+            return;
+        }
+        let q = &mut state.in_flight;
+        let start = q.partition_point(|s| s.offset < pos.offset);
+        let end = start
+            + q.range(start..)
+                .take_while(|s| s.offset == pos.offset)
+                .count();
+        if let Some(i) = (start..end).rev().find(|&i| !q[i].durable) {
+            q.remove(i);
+            state.next = next_before;
+        }
+        self.progressed.notify_all();
     }
 
     /// Marks messages durable. Positions of older generations are ignored.

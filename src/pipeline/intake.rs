@@ -1,5 +1,6 @@
 //! The consumer thread: polls Kafka, hands messages to the lanes, pauses when they are full,
-//! commits durable progress, and drains on stop.
+//! commits durable progress, and drains on stop. Its decisions are [`Pacing`]'s; this module
+//! carries them out against librdkafka.
 //!
 //! Invariant: while it owns partitions the thread polls at least every PAUSE_AFTER (a message
 //! that waits for room in a full lane holds it no longer than that), so librdkafka's rebalance
@@ -23,25 +24,16 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::health::Health;
-use crate::kafka::WorkerContext;
-use crate::kafka::tracker::{OffsetTracker, Position};
+use crate::kafka::{WorkerContext, leave_group, pause_assignment};
 use crate::lag::MonitorHandle;
 use crate::memory::IdleRelease;
 use crate::metrics::Metrics;
+use crate::offsets::{OffsetTracker, Position};
+use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
 
-/// Longest a poll blocks when there is nothing to hand over.
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// How often durable progress is handed to librdkafka (which commits it every COMMIT_INTERVAL).
-const STORE_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest one attempt to hand a message over waits for room in its lane.
 const OFFER_SLICE: Duration = Duration::from_millis(10);
-/// How long the pipeline may stay full before the partitions are paused. A full lane is the
-/// normal state of a backlog (it empties every batch write), and a pause costs the prefetch: it
-/// is for a database that stopped keeping up, not for a slow batch (docs/performance.md).
-const PAUSE_AFTER: Duration = Duration::from_millis(500);
-/// How long without messages and with nothing in flight before freed memory is given back.
-const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Part of the stop's final margin kept for leaving the group after the final commit.
 const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 /// The group is left this long before the stop's deadline, so that the worker sees the
@@ -97,54 +89,33 @@ impl ConsumerLoop {
     }
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
-        let mut paused = false;
-        // Since when the message at the head of `pending` has found no room.
-        let mut blocked_since: Option<Instant> = None;
-        let mut last_store = Instant::now();
-        let mut last_message = Instant::now();
-        let mut trimmed = false;
-        let mut last_idle_commit: Option<Instant> = None;
+        let mut pacing = Pacing::new(Instant::now(), self.settings.commit_interval);
         while !self.stop.is_cancelled() {
             // One clock reading per turn (a turn takes at most one message from librdkafka):
-            // with four, `clock_gettime` was ~19% of this thread's samples in a backlog,
-            // librdkafka's own readings included (docs/performance.md).
+            // `clock_gettime` is a visible share of this thread's time in a backlog.
             let mut now = Instant::now();
             self.health.consumer_polled(now);
             while let Some(envelope) = pending.pop_front() {
-                if let Some(back) = self.offer(envelope, OFFER_SLICE)? {
+                if let Some(back) = self.offer(envelope)? {
                     pending.push_front(back);
                     break;
                 }
             }
-            if pending.is_empty() {
-                blocked_since = None;
-                if paused {
-                    self.set_paused(false);
-                    paused = false;
-                }
-            } else if !paused
-                && now.saturating_duration_since(*blocked_since.get_or_insert(now)) >= PAUSE_AFTER
-            {
-                self.set_paused(true);
-                paused = true;
+            match pacing.on_offered(now, !pending.is_empty()) {
+                Flow::Keep => {}
+                Flow::Pause => self.set_paused(true),
+                Flow::Resume => self.set_paused(false),
             }
-            // A message that waits for room holds the place of the next ones: polling on would
-            // only pile them up here. Paused, nothing arrives, and polling serves callbacks.
-            if pending.is_empty() || paused {
-                let timeout = if pending.is_empty() {
-                    POLL_TIMEOUT
-                } else {
-                    Duration::ZERO
-                };
+            if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
                 match self.consumer.poll(timeout) {
-                    // An empty poll may have waited POLL_TIMEOUT, and the store below must not
+                    // An empty poll may have waited POLL_TIMEOUT, and the tick below must not
                     // wait one more turn for it. Only when idle, so it costs nothing in a backlog.
                     None if !timeout.is_zero() => now = Instant::now(),
                     None => {}
                     Some(Ok(message)) => {
                         self.metrics.consumed.increment(1);
                         self.health.consumer_fetched();
-                        (last_message, trimmed) = (now, false);
+                        pacing.on_message(now);
                         if let Some(envelope) = self.envelope(&message) {
                             pending.push_back(envelope);
                         }
@@ -158,42 +129,33 @@ impl ConsumerLoop {
                     Some(Err(e)) => self.consumer.context().report_error(&e, None),
                 }
             }
-            if now.saturating_duration_since(last_store) >= STORE_INTERVAL {
-                self.store();
-                let in_flight = self.tracker.in_flight();
-                self.report_depths(in_flight);
-                // Held here or in a lane counts as in flight too: a lane wedged on messages of
-                // partitions revoked since holds no tracked message, but it holds its bytes.
-                let waiting = in_flight + pending.len();
-                let holding = waiting > 0 || self.in_flight.bytes() > 0;
-                self.health
-                    .observe(if holding { waiting.max(1) } else { 0 }, now);
-                let drained = pending.is_empty() && in_flight == 0;
-                if drained
-                    && last_idle_commit
-                        .is_none_or(|at| at.elapsed() >= self.settings.commit_interval)
-                {
-                    self.commit_drained(&mut last_idle_commit);
-                }
-                if !trimmed && drained && now.saturating_duration_since(last_message) >= IDLE_AFTER
-                {
-                    self.tracker.shrink();
-                    // A backlog grows this to thousands of slots (~200 KiB).
-                    pending.shrink_to_fit();
-                    self.idle_release.run();
-                    trimmed = true;
-                }
-                last_store = now;
+            let load = || Load {
+                waiting: pending.len(),
+                in_flight: self.tracker.in_flight(),
+                bytes: self.in_flight.bytes(),
+            };
+            let Some((load, chores)) = pacing.on_tick(now, load) else {
+                continue;
+            };
+            self.store();
+            self.report_depths(load);
+            self.health.observe(chores.holding, now);
+            if chores.commit && self.commit_drained() {
+                pacing.on_idle_commit(now);
+            }
+            if chores.release_memory {
+                self.tracker.shrink();
+                // A backlog grows this to thousands of slots (~200 KiB).
+                pending.shrink_to_fit();
+                self.idle_release.run();
             }
         }
         Ok(())
     }
 
-    fn report_depths(&self, in_flight: usize) {
-        self.metrics.in_flight_messages.set(in_flight as f64);
-        self.metrics
-            .in_flight_bytes
-            .set(self.in_flight.bytes() as f64);
+    fn report_depths(&self, load: Load) {
+        self.metrics.in_flight_messages.set(load.in_flight as f64);
+        self.metrics.in_flight_bytes.set(load.bytes as f64);
         for (gauge, depth) in self.lane_depths.iter().zip(self.dispatcher.depths()) {
             gauge.set(depth as f64);
         }
@@ -224,41 +186,30 @@ impl ConsumerLoop {
         ))
     }
 
-    /// Hands a message to its lane, waiting up to `wait` for room. Gives it back if there is none.
-    fn offer(&self, envelope: Envelope, wait: Duration) -> Result<Option<Envelope>, Error> {
-        let lane = self.dispatcher.route(&envelope);
-        let weight = envelope.weight();
-        if !self.dispatcher.has_room(lane, weight) {
-            let deadline = Instant::now() + wait;
-            while !self.dispatcher.has_room(lane, weight) {
-                if Instant::now() >= deadline {
-                    return Ok(Some(envelope));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    /// Hands a message to its lane, waiting up to OFFER_SLICE for room in the byte budget and
+    /// in the lane. Gives it back if there is none.
+    fn offer(&self, envelope: Envelope) -> Result<Option<Envelope>, Error> {
+        let deadline = Instant::now() + OFFER_SLICE;
+        if !self.in_flight.wait_for_room(envelope.weight(), deadline) {
+            return Ok(Some(envelope));
         }
-        // Registered before it is sent, so a fast processor cannot report it first.
-        if self
+        // Registered before it is sent, so a fast processor cannot report it first; withdrawn
+        // if the lane stays full.
+        let Some(registered) = self
             .tracker
             .register(envelope.position, envelope.timestamp_ms)
-        {
-            self.dispatcher.send(lane, envelope)?;
+        else {
+            return Ok(None);
+        };
+        let back = self.dispatcher.send_by(envelope, deadline)?;
+        if back.is_some() {
+            self.tracker.withdraw(registered);
         }
-        Ok(None)
+        Ok(back)
     }
 
     fn set_paused(&self, pause: bool) {
-        let ctx = self.consumer.context();
-        ctx.backpressured.store(pause, Ordering::Release);
-        let result = self.consumer.assignment().and_then(|tpl| {
-            if pause {
-                self.consumer.pause(&tpl)?;
-            } else {
-                self.consumer.resume(&tpl)?;
-            }
-            Ok(tpl.count())
-        });
-        match result {
+        match pause_assignment(&self.consumer, pause) {
             Ok(n) => {
                 self.metrics
                     .partitions_paused
@@ -279,17 +230,17 @@ impl ConsumerLoop {
     }
 
     /// Everything taken is durable: commit it now rather than at the next auto-commit, so the
-    /// lag reads zero as soon as a backlog is done (KEDA scales down on it). At most once per
-    /// commit interval, so a trickle of messages does not turn into a commit per message.
-    /// Asynchronous: a coordinator that is away would otherwise hold this thread, and with it
-    /// every new message and the stop, for up to `session.timeout.ms`.
-    fn commit_drained(&self, last: &mut Option<Instant>) {
+    /// lag reads zero as soon as a backlog is done (KEDA scales down on it). Returns whether a
+    /// commit was sent or failed (false when there was nothing to commit). Asynchronous: a
+    /// coordinator that is away would otherwise hold this thread, and with it every new message
+    /// and the stop, for up to `session.timeout.ms`.
+    fn commit_drained(&self) -> bool {
         match self.consumer.context().commit_async(&self.consumer) {
-            Ok(0) => {}
-            Ok(_) => *last = Some(Instant::now()),
+            Ok(0) => false,
+            Ok(_) => true,
             Err(e) => {
-                *last = Some(Instant::now());
                 debug!(error = %e, "idle commit failed; the auto-commit retries it");
+                true
             }
         }
     }
@@ -352,30 +303,5 @@ impl ConsumerLoop {
         leave_group(consumer, end.checked_sub(LEAVE_BEFORE_END).unwrap_or(end));
         health.consumer_stopped();
         drained
-    }
-}
-
-/// Closes the consumer, which leaves the group so that its partitions move at once, waiting no
-/// longer than `deadline`: with the coordinator gone, librdkafka's close can take tens of
-/// seconds. Past the deadline the close goes on in the background; the process is ending, and
-/// the group drops the member after `session.timeout.ms`.
-fn leave_group(consumer: BaseConsumer<WorkerContext>, deadline: Instant) {
-    let (left, wait) = std::sync::mpsc::channel();
-    let closing = std::thread::Builder::new()
-        .name("kafka-close".into())
-        .spawn(move || {
-            drop(consumer);
-            let _ = left.send(());
-        });
-    if let Err(e) = closing {
-        warn!(error = %e, "could not close the consumer on a thread of its own");
-        return;
-    }
-    match wait.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        Ok(()) => info!("left the consumer group"),
-        Err(_) => warn!(
-            "the group coordinator did not answer before the stop deadline; the group drops this \
-             member after session.timeout.ms"
-        ),
     }
 }

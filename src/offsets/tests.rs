@@ -11,7 +11,7 @@ fn tracker_with(partition: i32) -> (OffsetTracker, Generation) {
 impl OffsetTracker {
     /// Registers with a timestamp equal to the offset (in ms), which makes timestamps checkable.
     fn register_at(&self, pos: Position) -> bool {
-        self.register(pos, Some(pos.offset))
+        self.register(pos, Some(pos.offset)).is_some()
     }
 }
 
@@ -251,4 +251,40 @@ fn checkpoints_are_taken_per_proposal_not_per_completion() {
     assert_eq!(t.lock().partitions[&0].checkpoints.len(), 1);
     t.mark_committed(&proposed);
     assert_eq!(t.progress()[0].committed_timestamp_ms, Some(999));
+}
+
+#[test]
+fn a_withdrawn_registration_leaves_the_partition_as_it_was() {
+    let (t, g) = tracker_with(0);
+    assert!(t.register_at(pos(0, g, 10)));
+    t.complete(&[pos(0, g, 10)]);
+    let registered = t.register(pos(0, g, 11), Some(11)).unwrap();
+    assert_eq!(t.in_flight(), 1);
+    t.withdraw(registered);
+    assert_eq!(t.in_flight(), 0);
+    assert_eq!(t.commit_candidates(None), vec![(0, 11)]);
+    // Offered again later, it is tracked as if it had never been withdrawn.
+    assert!(t.register_at(pos(0, g, 11)));
+    t.complete(&[pos(0, g, 11)]);
+    assert_eq!(t.commit_candidates(None), vec![(0, 12)]);
+}
+
+#[test]
+fn withdrawing_the_first_registration_of_an_assignment_leaves_nothing_committable() {
+    let (t, g) = tracker_with(0);
+    let registered = t.register(pos(0, g, 5), None).unwrap();
+    t.withdraw(registered);
+    assert!(t.commit_candidates(None).is_empty());
+}
+
+#[test]
+fn withdrawing_after_the_partition_was_reassigned_touches_nothing_of_the_new_assignment() {
+    let (t, g) = tracker_with(0);
+    let registered = t.register(pos(0, g, 5), None).unwrap();
+    t.revoke(&[0]);
+    t.assign(&[0]);
+    let g2 = t.generation(0).unwrap();
+    assert!(t.register_at(pos(0, g2, 5)));
+    t.withdraw(registered);
+    assert_eq!(t.in_flight(), 1);
 }
