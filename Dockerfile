@@ -89,6 +89,11 @@ COPY --from=builder /app/rootfs/ /
 # OpenSSL (librdkafka) finds the CA bundle through this; its compiled-in default (/usr/lib/ssl)
 # does not exist here. PostgreSQL TLS (rustls) ignores it: a private CA goes in sslrootcert.
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# glibc reads its malloc settings only from the environment at start. No per-thread caches, two
+# arenas and a 64 KiB mmap threshold let the worker hand a drained backlog's memory back to the
+# kernel (src/memory.rs; docs/performance.md#decisions). scripts/run.sh and the benchmark read
+# this line, so the worker runs the same way everywhere.
+ENV GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=65536
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532
 # /healthz, /readyz, /metrics, /lag (HTTP_ADDR defaults to 0.0.0.0:9090).

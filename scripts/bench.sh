@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark: starts the local PostgreSQL (idempotently), builds the release binary and the
-# harness (examples/bench), runs it, and writes the report to stdout and to
+# harness (the `bench` binary of the bench/ crate), runs it, and writes the report to stdout and to
 # target/bench/<timestamp>.md (worker logs and drain timelines next to it, in
 # target/bench/<timestamp>/).
 #
@@ -54,7 +54,7 @@ fi
 
 echo "==> building the release binary and the benchmark harness" >&2
 cargo build --release --locked --bin order-worker
-cargo build --release --locked --example bench
+cargo build --release --locked -p order-worker-bench --bin bench
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "target/bench/$stamp"
@@ -63,5 +63,5 @@ export BENCH_LOG_DIR="target/bench/$stamp"
 export BENCH_WORKER_BIN=${BENCH_WORKER_BIN:-target/release/order-worker}
 
 echo "==> running the benchmark (several minutes; progress on stderr)" >&2
-./target/release/examples/bench
+./target/release/bench
 echo "==> report: $BENCH_OUT; worker logs and drain timelines: $BENCH_LOG_DIR/" >&2

@@ -98,3 +98,9 @@ ensure_tansu() {
     export TANSU_BIN=$bin
   fi
 }
+
+# The allocator settings the image gives the worker: the value of the Dockerfile's
+# `ENV GLIBC_TUNABLES=` line, the one place they are written.
+image_tunables() {
+  sed -n 's/^ENV GLIBC_TUNABLES=//p' Dockerfile
+}

@@ -71,66 +71,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum DeadLettersCommand {
-    /// Show dead letters, oldest first.
-    List(DeadLetterListConfig),
-    /// Re-publish dead letters to their source topic (or --topic) and mark them replayed.
-    Replay(DeadLetterReplayConfig),
-}
-
-/// Which dead letters a `dead-letters` command works on.
-#[derive(Debug, Clone, Args)]
-pub struct DeadLetterFilter {
-    /// Only this reason (tombstone, invalid_json, schema_violation, invalid_value, ...).
-    #[arg(long)]
-    pub reason: Option<String>,
-    /// Only those created since: a duration back from now (`2h`, `30m`) or an RFC 3339 time.
-    #[arg(long, value_parser = parse_since)]
-    pub since: Option<time::OffsetDateTime>,
-    /// Only these ids (repeat the flag, or separate with commas).
-    #[arg(long = "id", value_delimiter = ',')]
-    pub ids: Vec<i64>,
-    /// Include dead letters already replayed.
-    #[arg(long)]
-    pub include_replayed: bool,
-    /// At most this many.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
-    pub limit: i64,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DeadLetterListConfig {
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub filter: DeadLetterFilter,
-    /// Print JSON lines (payloads base64-free: as UTF-8 text where possible) instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DeadLetterReplayConfig {
-    #[command(flatten)]
-    pub db: DbConfig,
-    #[command(flatten)]
-    pub filter: DeadLetterFilter,
-    /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// Publish to this topic instead of each dead letter's source topic.
-    #[arg(long)]
-    pub topic: Option<String>,
-    /// Extra librdkafka producer properties, `key=value` (TLS, SASL).
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
-          value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<KafkaProperty>,
-    /// Show what would be replayed without publishing or marking anything.
-    #[arg(long)]
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
     /// Log format: json (default when stderr is not a terminal) or pretty. Filter with RUST_LOG.
@@ -342,97 +282,6 @@ pub struct WorkerConfig {
     pub stall_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct MigrateConfig {
-    #[command(flatten)]
-    pub db: DbConfig,
-}
-
-/// What `produce` and `dev` generate.
-#[derive(Debug, Clone, Args)]
-pub struct SynthConfig {
-    /// Number of distinct orders the events are spread over.
-    #[arg(long, env = "PRODUCE_ORDERS", default_value_t = 1_000)]
-    pub orders: u64,
-    /// Fraction of events replaced by invalid messages (each kind of rejection in turn).
-    #[arg(long, env = "PRODUCE_INVALID_RATIO", default_value_t = 0.01, value_parser = parse_ratio)]
-    pub invalid_ratio: f64,
-    /// Fraction of events that re-send an earlier event (a producer retry or a stale version).
-    #[arg(long, env = "PRODUCE_DUPLICATE_RATIO", default_value_t = 0.02, value_parser = parse_ratio)]
-    pub duplicate_ratio: f64,
-    /// Seed of the generator: the same seed produces the same events.
-    #[arg(long, env = "PRODUCE_SEED", default_value_t = 1)]
-    pub seed: u64,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ProduceConfig {
-    /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// Topic to publish to.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
-    pub topic: String,
-    /// Number of messages to publish.
-    #[arg(long, env = "PRODUCE_EVENTS", default_value_t = 10_000)]
-    pub events: u64,
-    /// Messages per second; 0 publishes as fast as the broker accepts.
-    #[arg(long, env = "PRODUCE_RATE", default_value_t = 0)]
-    pub rate: u64,
-    /// Create the topic with this many partitions when it does not exist.
-    #[arg(long, env = "PRODUCE_PARTITIONS")]
-    pub partitions: Option<i32>,
-    /// Extra librdkafka producer properties, `key=value` (TLS, SASL).
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
-          value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<KafkaProperty>,
-    #[command(flatten)]
-    pub synth: SynthConfig,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct LagCommandConfig {
-    /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: String,
-    /// Topic whose lag is shown.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
-    pub topic: String,
-    /// Consumer group whose committed offsets are read (the group is not joined).
-    #[arg(long, env = "KAFKA_GROUP_ID", default_value = "order-worker")]
-    pub group_id: String,
-    /// What an uncommitted partition counts as lag: all of it (earliest) or nothing (latest).
-    #[arg(long, env = "KAFKA_AUTO_OFFSET_RESET", value_enum, default_value_t = OffsetReset::Earliest)]
-    pub auto_offset_reset: OffsetReset,
-    /// Extra librdkafka properties, `key=value` (TLS, SASL).
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
-          value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<KafkaProperty>,
-    /// Print JSON (the same document as the worker's /lag) instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DevConfig {
-    /// Partitions of the embedded topic.
-    #[arg(long, env = "DEV_PARTITIONS", default_value_t = 3)]
-    pub partitions: i32,
-    /// Events published at startup, before the steady stream.
-    #[arg(long, env = "DEV_INITIAL_EVENTS", default_value_t = 2_000)]
-    pub initial_events: u64,
-    /// Events per second published after the initial burst (0: none).
-    #[arg(long, env = "DEV_RATE", default_value_t = 50)]
-    pub rate: u64,
-    /// Stop after this long (for scripted demos); by default run until Ctrl-C.
-    #[arg(long, env = "DEV_DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    #[command(flatten)]
-    pub synth: SynthConfig,
-    #[command(flatten)]
-    pub worker: WorkerConfig,
-}
-
 impl RunConfig {
     /// Checks what clap cannot express.
     pub fn validate(&self) -> Result<(), Error> {
@@ -450,60 +299,17 @@ impl RunConfig {
     }
 }
 
-/// One librdkafka property. Its `Debug` hides the value of any key that may hold a secret
-/// (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`, ...).
-#[derive(Clone, PartialEq, Eq)]
-pub struct KafkaProperty {
-    pub key: String,
-    pub value: String,
-}
-
-impl KafkaProperty {
-    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
-
-    fn is_secret(&self) -> bool {
-        ["password", "secret", "key.pem", "jaas", "token"]
-            .iter()
-            .any(|s| self.key.contains(s))
-    }
-}
-
-impl fmt::Debug for KafkaProperty {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let value = if self.is_secret() { "***" } else { &self.value };
-        write!(f, "{}={}", self.key, value)
-    }
-}
-
-fn parse_property(s: &str) -> Result<KafkaProperty, String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty::new(k.trim(), v.trim())),
-        _ => Err("expected key=value".into()),
-    }
-}
-
-fn parse_since(s: &str) -> Result<time::OffsetDateTime, String> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        return Ok(t);
-    }
-    let back = humantime::parse_duration(s)
-        .map_err(|_| "expected a duration such as 2h or an RFC 3339 time".to_owned())?;
-    let back = time::Duration::try_from(back).map_err(|e| e.to_string())?;
-    Ok(time::OffsetDateTime::now_utc() - back)
-}
-
-fn parse_ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err("expected a number from 0 to 1".into()),
-    }
-}
-
 mod checks;
+mod commands;
+mod kafka;
+
+pub use commands::{
+    DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig, DeadLettersCommand, DevConfig,
+    LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
+};
+
+use kafka::parse_property;
+pub use kafka::{KafkaArgs, KafkaProperty};
+pub(crate) use kafka::{REVOKE_COMMIT_WAIT, check_overrides};
 #[cfg(test)]
 mod tests;

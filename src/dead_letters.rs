@@ -126,7 +126,7 @@ pub async fn replay(cfg: &DeadLetterReplayConfig) -> Result<Replayed, Error> {
             .extend(ready.iter().map(|r| (r.id, "dry run")));
         return Ok(report);
     }
-    let mut config = client_config(&cfg.brokers, &cfg.properties);
+    let mut config = client_config(&cfg.kafka.brokers, &cfg.kafka.properties);
     config.set("acks", "all");
     let producer: FutureProducer = config.create()?;
     for chunk in ready.chunks(CHUNK) {

@@ -10,11 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{Cli, Command, DeadLettersCommand};
-use order_worker::{Worker, db, dead_letters, dev, lag, memory, produce, shutdown, telemetry};
+use order_worker::{Worker, db, dead_letters, dev, lag, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    memory::tune_allocator();
     let cli = match Cli::parse_with_default(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),

@@ -25,7 +25,7 @@ pub struct ProduceReport {
 
 /// Publishes `cfg.events` synthetic messages, or fewer if `stop` is set.
 pub async fn produce(cfg: &ProduceConfig, stop: Arc<AtomicBool>) -> Result<ProduceReport, Error> {
-    let config = kafka::client_config(&cfg.brokers, &cfg.properties);
+    let config = kafka::client_config(&cfg.kafka.brokers, &cfg.kafka.properties);
     if let Some(partitions) = cfg.partitions {
         kafka::producer::ensure_topic(&config, &cfg.topic, partitions).await?;
     }

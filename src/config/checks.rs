@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use super::REVOKE_COMMIT_WAIT;
 use super::WorkerConfig;
 use crate::error::Error;
-use crate::kafka::REVOKE_COMMIT_WAIT;
 
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), Error> {
@@ -22,7 +22,7 @@ impl WorkerConfig {
         if let Some(topic) = &self.dead_letter_topic {
             check_topic("DEAD_LETTER_TOPIC", topic)?;
         }
-        crate::kafka::check_overrides(&c.properties)?;
+        super::check_overrides(&c.properties)?;
         let p = &self.pipeline;
         if p.batch_linger.is_zero() || p.commit_interval.is_zero() {
             return Err(Error::Config(

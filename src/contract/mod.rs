@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use rejection::{Reason, Rejection, Stage};
+pub use rejection::{DeadLetterRecord, Reason, Rejection, Stage};
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_CHARS, MAX_UNIT_PRICE_MINOR,
 };

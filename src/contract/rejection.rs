@@ -129,6 +129,21 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// A message that will not be applied, as a dead letter records it (in PostgreSQL and on the
+/// dead-letter topic): where it came from, its bytes, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterRecord<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub payload_size: usize,
+    pub reason: Reason,
+    pub error: &'a str,
+    /// The message's Kafka timestamp, milliseconds since the epoch.
+    pub kafka_timestamp_ms: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

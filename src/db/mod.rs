@@ -16,7 +16,7 @@ use sqlx::{Connection, PgPool};
 use crate::config::DbConfig;
 use crate::error::Error;
 
-pub use store::{DeadLetterRow, OrderRow, OrderStore, UPSERT_ORDERS, Written, encode_batch};
+pub use store::{OrderRow, OrderStore, UPSERT_ORDERS, Written, encode_batch};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();

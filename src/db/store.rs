@@ -11,7 +11,7 @@ use sqlx::{Arguments, PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::contract::{OrderEvent, Reason};
+use crate::contract::{DeadLetterRecord, OrderEvent};
 
 /// The upsert of a batch of orders, as a literal for `concat!`. An order row only moves to a
 /// strictly higher version.
@@ -78,20 +78,6 @@ pub struct OrderRow<'a> {
     pub offset: i64,
 }
 
-/// A message that will not be applied.
-#[derive(Debug, Clone, Copy)]
-pub struct DeadLetterRow<'a> {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<&'a [u8]>,
-    pub payload: Option<&'a [u8]>,
-    pub payload_size: usize,
-    pub reason: Reason,
-    pub error: &'a str,
-    /// The message's Kafka timestamp, milliseconds since the epoch.
-    pub kafka_timestamp_ms: Option<i64>,
-}
-
 /// What a write changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -129,7 +115,7 @@ impl OrderStore {
     pub async fn write(
         &self,
         orders: &[OrderRow<'_>],
-        dead: &[DeadLetterRow<'_>],
+        dead: &[DeadLetterRecord<'_>],
     ) -> Result<Written, sqlx::Error> {
         if orders.is_empty() && dead.is_empty() {
             return Ok(Written::default());
@@ -154,7 +140,7 @@ impl OrderStore {
 fn batch_arguments(
     topic: &str,
     orders: &[OrderRow<'_>],
-    dead: &[DeadLetterRow<'_>],
+    dead: &[DeadLetterRecord<'_>],
 ) -> Result<PgArguments, sqlx::Error> {
     let mut args = PgArguments::default();
     let payloads: usize = dead.iter().map(|d| d.payload.map_or(0, <[u8]>::len)).sum();
@@ -175,7 +161,7 @@ const ORDER_ROW_BYTES: usize = 320;
 /// Encodes a batch's parameters exactly as [`OrderStore::write`] does, without sending them;
 /// returns how many parameters there are. For `examples/hot_path.rs`, which counts what this
 /// costs.
-pub fn encode_batch(topic: &str, orders: &[OrderRow<'_>], dead: &[DeadLetterRow<'_>]) -> usize {
+pub fn encode_batch(topic: &str, orders: &[OrderRow<'_>], dead: &[DeadLetterRecord<'_>]) -> usize {
     batch_arguments(topic, orders, dead).map_or(0, |a| a.len())
 }
 
@@ -239,7 +225,7 @@ fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
 }
 
 /// The dead-letter arrays (`$14` to `$22`), after the orders'.
-fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRow<'_>]) -> Encoded {
+fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
     let n = rows.len();
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);

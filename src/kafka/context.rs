@@ -19,6 +19,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::config::REVOKE_COMMIT_WAIT;
 use crate::health::{Health, KAFKA_UNREACHABLE};
 use crate::kafka::commit;
 use crate::metrics::Metrics;
@@ -27,8 +28,6 @@ use crate::telemetry::Throttle;
 
 /// Part of the shutdown timeout kept for the final commit and leaving the group.
 pub(crate) const FINAL_COMMIT_MARGIN: Duration = Duration::from_secs(2);
-/// Longest a revoke's commit waits for the coordinator's answer outside a stop.
-pub(crate) const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 /// How often a repeating librdkafka warning or error is logged at most.
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 

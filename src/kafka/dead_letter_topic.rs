@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::config::KafkaProperty;
-use crate::db::DeadLetterRow;
+use crate::contract::DeadLetterRecord;
 use crate::error::Error;
 use crate::kafka::client_config;
 
@@ -164,7 +164,7 @@ impl DeadLetterTopic {
     }
 
     /// The form to try first: whole, unless the producer would refuse it for its size.
-    pub fn first_form(&self, row: &DeadLetterRow<'_>) -> Form {
+    pub fn first_form(&self, row: &DeadLetterRecord<'_>) -> Form {
         let size =
             row.payload.map_or(0, <[u8]>::len) + row.key.map_or(0, <[u8]>::len) + row.error.len();
         if size <= self.value_budget {
@@ -178,7 +178,7 @@ impl DeadLetterTopic {
 
     /// The next smaller form after `form` was refused as too large; `None` once the value is
     /// empty (the letter cannot be made smaller).
-    pub fn smaller(row: &DeadLetterRow<'_>, form: Form) -> Option<Form> {
+    pub fn smaller(row: &DeadLetterRecord<'_>, form: Form) -> Option<Form> {
         let len = row.payload.map_or(0, <[u8]>::len);
         let current = match form {
             Form::Whole => len,
@@ -194,7 +194,7 @@ impl DeadLetterTopic {
 
     /// Publishes one letter in `form` and waits for the broker's acknowledgement; says whether
     /// the letter published was cut.
-    pub async fn send(&self, row: &DeadLetterRow<'_>, form: Form) -> Result<bool, Refusal> {
+    pub async fn send(&self, row: &DeadLetterRecord<'_>, form: Form) -> Result<bool, Refusal> {
         let (partition, offset) = (row.partition.to_string(), row.offset.to_string());
         let (key, value, message, truncated) = cut(row, form);
         let mut headers = OwnedHeaders::new_with_capacity(8);
@@ -237,7 +237,7 @@ impl DeadLetterTopic {
 type Parts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str, Option<String>);
 
 /// A letter's key, value and error message in `form`, and what was cut, if anything.
-fn cut<'a>(row: &DeadLetterRow<'a>, form: Form) -> Parts<'a> {
+fn cut<'a>(row: &DeadLetterRecord<'a>, form: Form) -> Parts<'a> {
     let (value, key, message) = match form {
         Form::Whole => (row.payload, row.key, row.error),
         Form::Cut { value_max } => (
@@ -281,8 +281,8 @@ mod tests {
     use super::*;
     use crate::contract::Reason;
 
-    fn row<'a>(key: &'a [u8], payload: &'a [u8], error: &'a str) -> DeadLetterRow<'a> {
-        DeadLetterRow {
+    fn row<'a>(key: &'a [u8], payload: &'a [u8], error: &'a str) -> DeadLetterRecord<'a> {
+        DeadLetterRecord {
             partition: 0,
             offset: 7,
             key: Some(key),
@@ -330,7 +330,7 @@ mod tests {
             cut(&within, Form::Whole).3.as_deref(),
             Some("value cut to 1 of 1001 bytes")
         );
-        let whole = DeadLetterRow {
+        let whole = DeadLetterRecord {
             payload_size: 1,
             ..within
         };

@@ -22,37 +22,14 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 use crate::config::{ConsumerConfig, KafkaProperty};
-use crate::error::Error;
 
-pub(crate) use context::{REVOKE_COMMIT_WAIT, Release, WorkerContext};
+pub(crate) use context::{Release, WorkerContext};
 pub(crate) use group::{leave_group, pause_assignment};
-
-/// Properties the worker's guarantees rest on; overriding them is refused.
-const GUARDED: [&str; 4] = [
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.commit.interval.ms",
-    "group.id",
-];
 
 /// How long a partition waits to be fetched again after the prefetch queue was full.
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 /// Longest a broker holds a Fetch that found no data (librdkafka's default is 500 ms).
 const FETCH_WAIT_MAX_MS: &str = "100";
-
-pub fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
-    match properties
-        .iter()
-        .find(|p| GUARDED.contains(&p.key.as_str()))
-    {
-        Some(p) => Err(Error::Config(format!(
-            "kafka property {} cannot be overridden: offsets are managed by the worker \
-             (use KAFKA_GROUP_ID and COMMIT_INTERVAL)",
-            p.key
-        ))),
-        None => Ok(()),
-    }
-}
 
 /// Settings shared by every client: where the brokers are, who we are, user overrides last.
 pub fn client_config(brokers: &str, properties: &[KafkaProperty]) -> ClientConfig {
@@ -159,14 +136,5 @@ mod tests {
             &[KafkaProperty::new("enable.metrics.push", "true")],
         );
         assert_eq!(on.get("enable.metrics.push"), Some("true"));
-    }
-
-    #[test]
-    fn offset_management_settings_cannot_be_overridden() {
-        for key in GUARDED {
-            let err = check_overrides(&[KafkaProperty::new(key, "true")]).unwrap_err();
-            assert!(err.to_string().contains(key));
-        }
-        assert!(check_overrides(&[KafkaProperty::new("security.protocol", "SSL")]).is_ok());
     }
 }

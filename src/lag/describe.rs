@@ -25,7 +25,7 @@ pub struct Owner {
 
 /// The group's lag and, where the broker can describe the group, who owns each partition.
 pub fn describe(cfg: &LagCommandConfig) -> Result<(GroupLag, HashMap<i32, Owner>), Error> {
-    let consumer = reader(&cfg.brokers, &cfg.properties, &cfg.group_id)?;
+    let consumer = reader(&cfg.kafka.brokers, &cfg.kafka.properties, &cfg.group_id)?;
     let timeout = Duration::from_secs(10);
     let reset = cfg.auto_offset_reset;
     let lag = measure(&consumer, &cfg.group_id, &cfg.topic, reset, timeout)?;

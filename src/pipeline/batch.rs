@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
+use crate::contract::DeadLetterRecord;
 use crate::contract::{self, OrderEvent, Rejection};
-use crate::db::{DeadLetterRow, OrderRow};
+use crate::db::OrderRow;
 use crate::pipeline::Envelope;
 
 /// A message after decoding. A rejected one still holds its raw bytes (its dead letter stores
@@ -36,7 +37,7 @@ pub fn decode(mut envelope: Envelope, max_payload_bytes: usize) -> Decoded {
 
 impl Decoded {
     /// This rejected message as a dead letter, with the bytes it still holds.
-    pub fn dead_letter<'a>(&'a self, rejection: &'a Rejection) -> DeadLetterRow<'a> {
+    pub fn dead_letter<'a>(&'a self, rejection: &'a Rejection) -> DeadLetterRecord<'a> {
         debug_assert!(
             !self.envelope.bytes_dropped(),
             "a rejected message keeps its bytes"
@@ -51,9 +52,9 @@ impl Decoded {
         rejection: &'a Rejection,
         key: Option<&'a [u8]>,
         payload: Option<&'a [u8]>,
-    ) -> DeadLetterRow<'a> {
+    ) -> DeadLetterRecord<'a> {
         let e = &self.envelope;
-        DeadLetterRow {
+        DeadLetterRecord {
             partition: e.position.partition,
             offset: e.position.offset,
             key,
@@ -73,7 +74,7 @@ pub struct Plan<'a> {
     pub orders: Vec<OrderRow<'a>>,
     /// Index in the batch of the message behind each order row.
     pub order_sources: Vec<usize>,
-    pub dead: Vec<DeadLetterRow<'a>>,
+    pub dead: Vec<DeadLetterRecord<'a>>,
     /// Valid events not written because the same order has an equal or higher version in the
     /// batch: their effect is already contained in the row that is written.
     pub superseded: u64,

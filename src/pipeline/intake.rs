@@ -15,19 +15,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use metrics::Gauge;
+use ::metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use sqlx::PgPool;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::db;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::{WorkerContext, leave_group, pause_assignment};
 use crate::lag::MonitorHandle;
-use crate::memory::IdleRelease;
-use crate::metrics::Metrics;
+use crate::memory;
+use crate::metrics::{self, Metrics};
 use crate::offsets::{OffsetTracker, Position};
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
 use crate::pipeline::{Dispatcher, Envelope, InFlight};
@@ -41,6 +44,23 @@ const LEAVE_MARGIN: Duration = Duration::from_secs(1);
 const LEAVE_BEFORE_END: Duration = Duration::from_millis(200);
 /// How long a consumer that failed waits to leave its group: the worker's own stop follows.
 const LEAVE_ON_FAILURE: Duration = Duration::from_secs(2);
+
+/// What an idle worker gives back: the buffers a backlog grew (each pooled PostgreSQL connection
+/// keeps a batch-sized send buffer), the histograms' sample blocks, then the heap's free pages.
+pub(crate) struct IdleRelease {
+    pub pool: PgPool,
+    /// The runtime the pool's connections return through (a spawned task).
+    pub runtime: Handle,
+}
+
+impl IdleRelease {
+    fn run(&self) {
+        let _in_runtime = self.runtime.enter();
+        db::shrink_idle_connections(&self.pool);
+        metrics::fold_pending_samples();
+        memory::release_free_heap();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerSettings {

@@ -19,5 +19,5 @@ mod write;
 pub use batch::{Decoded, Plan, decode, named, offset_ranges, plan, versions_by_order};
 pub use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;
-pub(crate) use intake::{ConsumerLoop, ConsumerSettings};
+pub(crate) use intake::{ConsumerLoop, ConsumerSettings, IdleRelease};
 pub(crate) use processor::{Processor, ProcessorSettings};

@@ -16,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::db::DeadLetterRow;
+use crate::contract::DeadLetterRecord;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::dead_letter_topic::{DeadLetterTopic, Form, Refusal};
@@ -49,7 +49,7 @@ struct Sent {
 }
 
 impl Publisher<'_> {
-    pub async fn publish(&self, letters: &[DeadLetterRow<'_>]) -> Result<(), Error> {
+    pub async fn publish(&self, letters: &[DeadLetterRecord<'_>]) -> Result<(), Error> {
         let topic = self.topic;
         // While the topic is in trouble, it is looked at afresh first. librdkafka would hold each
         // letter for a topic that does not exist for topic.metadata.propagation.max.ms (30 s)
@@ -94,7 +94,7 @@ impl Publisher<'_> {
 
     /// Sends every letter until each is acknowledged or refused for good: a letter refused as
     /// too large is sent again at once, smaller; a transient failure waits and is retried.
-    async fn send_all(&self, letters: &[DeadLetterRow<'_>]) -> Result<Sent, Error> {
+    async fn send_all(&self, letters: &[DeadLetterRecord<'_>]) -> Result<Sent, Error> {
         let topic = self.topic;
         let mut pending: Vec<(usize, Form)> = letters
             .iter()
@@ -166,7 +166,7 @@ impl Publisher<'_> {
     }
 
     /// Counts and logs letters the topic refused for good.
-    fn refused(&self, letters: &[DeadLetterRow<'_>], which: &[usize], reason: &str) {
+    fn refused(&self, letters: &[DeadLetterRecord<'_>], which: &[usize], reason: &str) {
         self.metrics
             .dead_letter_topic_refusals
             .increment(which.len() as u64);

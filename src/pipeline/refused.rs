@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::contract::DeadLetterRecord;
 use crate::contract::{OrderEvent, Rejection};
-use crate::db::DeadLetterRow;
 use crate::error::Error;
 use crate::kafka::originals::{Original, Originals, ReadBack};
 use crate::pipeline::{Decoded, named};
@@ -76,7 +76,7 @@ impl Refused {
         }
     }
 
-    pub fn dead_letter<'a>(&'a self, batch: &'a [Decoded]) -> DeadLetterRow<'a> {
+    pub fn dead_letter<'a>(&'a self, batch: &'a [Decoded]) -> DeadLetterRecord<'a> {
         batch[self.index].dead_letter_with(
             &self.rejection,
             self.key.as_deref(),

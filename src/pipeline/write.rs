@@ -14,8 +14,9 @@ use std::pin::Pin;
 
 use tracing::warn;
 
+use crate::contract::DeadLetterRecord;
 use crate::contract::{Reason, Rejection};
-use crate::db::{DeadLetterRow, FailureKind, OrderRow, Written};
+use crate::db::{FailureKind, OrderRow, Written};
 use crate::error::Error;
 use crate::pipeline::processor::Processor;
 use crate::pipeline::publish::Publisher;
@@ -81,7 +82,7 @@ impl Processor {
         &self,
         batch: &[Decoded],
         orders: &[OrderRow<'_>],
-        dead: &[DeadLetterRow<'_>],
+        dead: &[DeadLetterRecord<'_>],
         err: sqlx::Error,
     ) -> Result<(Written, Vec<Refused>), Error> {
         warn!(error = %err, rows = orders.len(),
@@ -152,7 +153,7 @@ impl Processor {
     fn write_split<'f>(
         &'f self,
         orders: &'f [OrderRow<'f>],
-        dead: &'f [DeadLetterRow<'f>],
+        dead: &'f [DeadLetterRecord<'f>],
     ) -> Boxed<'f> {
         Box::pin(async move {
             match self.write_retrying(orders, dead).await {
@@ -180,7 +181,7 @@ impl Processor {
     async fn write_retrying(
         &self,
         orders: &[OrderRow<'_>],
-        dead: &[DeadLetterRow<'_>],
+        dead: &[DeadLetterRecord<'_>],
     ) -> Result<Written, WriteError> {
         let rows = orders.len() + dead.len();
         retry::until_ok(
@@ -220,13 +221,13 @@ impl Processor {
     }
 }
 
-type Part<'x, 'a> = (&'x [OrderRow<'a>], &'x [DeadLetterRow<'a>]);
+type Part<'x, 'a> = (&'x [OrderRow<'a>], &'x [DeadLetterRecord<'a>]);
 
 /// A write cut in two non-empty parts that together hold every row once, orders kept in their
 /// (id) order; `None` for a single row.
 fn halves<'x, 'a>(
     orders: &'x [OrderRow<'a>],
-    dead: &'x [DeadLetterRow<'a>],
+    dead: &'x [DeadLetterRecord<'a>],
 ) -> Option<[Part<'x, 'a>; 2]> {
     if orders.len() > 1 {
         let (a, b) = orders.split_at(orders.len() / 2);
@@ -260,8 +261,8 @@ mod tests {
                 offset: i as i64,
             })
             .collect();
-        let dead: Vec<DeadLetterRow<'_>> = (0..3)
-            .map(|i| DeadLetterRow {
+        let dead: Vec<DeadLetterRecord<'_>> = (0..3)
+            .map(|i| DeadLetterRecord {
                 partition: 0,
                 offset: 100 + i,
                 key: None,

@@ -19,11 +19,10 @@ use crate::db::OrderStore;
 use crate::error::Error;
 use crate::kafka::WorkerContext;
 use crate::lag::{Monitor, Quiet};
-use crate::memory::IdleRelease;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
-    ConsumerLoop, ConsumerSettings, Dispatcher, Envelope, InFlight, Processor, ProcessorSettings,
-    lanes,
+    ConsumerLoop, ConsumerSettings, Dispatcher, Envelope, IdleRelease, InFlight, Processor,
+    ProcessorSettings, lanes,
 };
 use crate::retry::Schedule;
 

@@ -322,3 +322,31 @@ async fn every_metric_and_label_the_alerts_dashboard_and_keda_use_is_exported_by
         assert_eq!(problems(bad, &scrape), [expected], "{bad}");
     }
 }
+
+/// The allocator settings `src/memory.rs` counts on come from the image's environment (glibc
+/// reads them only at start), and scripts/run.sh and the benchmark take them from the same line.
+#[test]
+fn the_image_gives_the_worker_the_allocator_settings_its_memory_release_relies_on() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+            .expect("Dockerfile");
+    let tunables = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ENV GLIBC_TUNABLES="))
+        .expect("the runtime stage sets GLIBC_TUNABLES");
+    let set: BTreeMap<&str, &str> = tunables
+        .split(':')
+        .filter_map(|t| t.split_once('='))
+        .collect();
+    assert_eq!(
+        set.get("glibc.malloc.tcache_count"),
+        Some(&"0"),
+        "{tunables}"
+    );
+    assert_eq!(set.get("glibc.malloc.arena_max"), Some(&"2"), "{tunables}");
+    assert_eq!(
+        set.get("glibc.malloc.mmap_threshold"),
+        Some(&"65536"),
+        "{tunables}"
+    );
+}

@@ -4,7 +4,6 @@
 
 mod helpers;
 
-mod allocator;
 mod dead_letter_topic;
 mod dead_letters;
 mod deploy;

@@ -299,24 +299,6 @@ impl Binary {
         kb.parse::<u64>().ok().map(|kb| kb * 1024)
     }
 
-    /// The environment the process image was started with (`/proc/<pid>/environ`: the block
-    /// given to its last `execve`, as the kernel keeps it), if it still runs.
-    pub fn environ(&self) -> Option<Vec<String>> {
-        let raw = std::fs::read(format!("/proc/{}/environ", self.child.id())).ok()?;
-        Some(
-            raw.split(|&b| b == 0)
-                .filter(|entry| !entry.is_empty())
-                .map(|entry| String::from_utf8_lossy(entry).into_owned())
-                .collect(),
-        )
-    }
-
-    /// The process name the kernel shows (`ps`, `pkill`): the executed file's name.
-    pub fn comm(&self) -> Option<String> {
-        let raw = std::fs::read_to_string(format!("/proc/{}/comm", self.child.id())).ok()?;
-        Some(raw.trim_end().to_owned())
-    }
-
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

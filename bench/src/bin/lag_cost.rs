@@ -1,6 +1,6 @@
 //! Cost and freshness of the ways to export per-partition consumer lag (`docs/lag-cost.md`).
 //!
-//! Run: `cargo run --release --example lag_cost` (5-6 minutes). Environment:
+//! Run: `cargo run --release -p order-worker-bench --bin lag_cost` (5-6 minutes). Environment:
 //! `LAG_COST_ROUNDS` (3), `LAG_COST_WINDOW_SECS` (4), `LAG_COST_INTERVAL_MS` (1000: the refresh
 //! interval of every variant), `LAG_COST_PARTITIONS` (`4,32,128`), `LAG_COST_FETCH_WAIT_MS`
 //! (the consumers' `fetch.wait.max.ms`; librdkafka's default, 500, when unset).

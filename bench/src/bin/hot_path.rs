@@ -2,7 +2,7 @@
 //! copying the message out of librdkafka's buffer (an `Envelope`), decoding and validating it,
 //! planning 1,000-message batches and encoding them as the batch write's parameters.
 //!
-//! Run: `cargo run --release --example hot_path` (a few seconds). `HOT_PATH_MESSAGES` (200000)
+//! Run: `cargo run --release -p order-worker-bench --bin hot_path` (a few seconds). `HOT_PATH_MESSAGES` (200000)
 //! messages of the benchmark's mix (1% invalid, 2% duplicates, 1-5 items per order), decoded
 //! `HOT_PATH_ROUNDS` (5) times; prints allocations per message (exact, from a counting
 //! allocator) and the median time per message over the rounds. Allocations are the repeatable

@@ -18,6 +18,19 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The allocator settings the image gives the worker (the Dockerfile's `ENV GLIBC_TUNABLES`), so
+/// that the benchmark measures what a deployment runs. A `GLIBC_TUNABLES=...` word in the extra
+/// arguments replaces them.
+fn image_tunables() -> String {
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
+    let text = fs::read_to_string(&dockerfile).expect("the repository's Dockerfile");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("ENV GLIBC_TUNABLES="))
+        .expect("the Dockerfile sets GLIBC_TUNABLES")
+        .trim_matches('"')
+        .to_owned()
+}
+
 /// The worker binary, running.
 pub struct WorkerProc {
     child: Child,
@@ -69,6 +82,7 @@ impl WorkerProc {
         let mut cmd = Command::new(spec.bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GLIBC_TUNABLES", image_tunables())
             .env("LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",

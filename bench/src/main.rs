@@ -1,8 +1,8 @@
 //! The order-worker benchmark: one run, one set of generated events, five measurements, one table.
 //!
-//! Run it with `./scripts/bench.sh` (builds the release binary and this example, starts
+//! Run it with `./scripts/bench.sh` (builds the release binary and this harness, starts
 //! PostgreSQL, writes the table to `target/bench/<timestamp>.md`), or directly:
-//! `cargo run --release --example bench` after `cargo build --release`.
+//! `cargo run --release -p order-worker-bench --bin bench` after `cargo build --release`.
 //!
 //! What it measures, all against the same deterministic stream (`order_worker::synth`: 1-5 line
 //! items per order, many orders with several versions each, 1% invalid, 2% re-sent duplicates):
