@@ -154,7 +154,7 @@ pub struct ConsumerConfig {
     pub assignment_strategy: String,
     /// Bound of librdkafka's prefetch queue in KiB (queued.max.messages.kbytes). librdkafka's own
     /// default is 64 MiB; 4 MiB (about 9k events of 0.5 KB) keeps the pipeline fed and memory
-    /// small (measured in docs/performance.md).
+    /// small (docs/performance.md#decisions).
     #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 4_096,
           value_parser = clap::value_parser!(u32).range(1..=2_097_151))]
     pub queue_max_kbytes: u32,
@@ -186,28 +186,30 @@ pub struct PipelineConfig {
     /// Number of async processors, each with its own channel and PostgreSQL connection. Events
     /// are routed by order id, so one order is always handled by one processor. Fewer processors
     /// with larger batches drain faster than more with smaller ones at the same memory
-    /// (docs/performance.md).
+    /// (docs/performance.md#decisions).
     #[arg(long, env = "WORKER_PROCESSORS", default_value_t = 3,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub processors: u16,
     /// Capacity (messages) of each processor's bounded channel. When a channel stays full the
     /// consumer pauses its partitions instead of buffering more. The channel holds what arrives
     /// while its processor writes a batch; in a backlog the next batch starts from it, so it
-    /// should hold a good part of a batch (docs/performance.md).
+    /// should hold a good part of a batch (docs/performance.md#decisions).
     #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 1_500,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub channel_capacity: u32,
     /// Largest batch written in one transaction. Larger batches drain a backlog faster
     /// (PostgreSQL's cost per row falls as statements grow) but hold more memory, about 1.6 KiB
     /// per row in flight; 4,000 with 3 processors keeps a drain near 40 MiB
-    /// (docs/performance.md). Below backlog rates batches stay small: the linger ends them.
+    /// (docs/performance.md#decisions). Below backlog rates batches stay small: the linger ends
+    /// them.
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 4_000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max_rows: u32,
     /// How long a processor waits to fill a batch before writing what it has, counted from the
     /// batch's first message; it keeps filling while its previous batch is still being written.
     /// In a backlog (the batch before was full, or the channel is) it waits 4 times as long.
-    /// 10 ms gave lower latency than 20 ms at the same drain rate (docs/performance.md).
+    /// Short enough to keep latency low, long enough to fill batches in a backlog
+    /// (docs/performance.md#decisions).
     #[arg(long, env = "BATCH_LINGER", default_value = "10ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
     /// Largest accepted message value; larger ones are dead-lettered (and stored truncated).

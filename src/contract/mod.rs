@@ -133,8 +133,8 @@ impl OrderEvent {
     /// Appends [`items_json`](Self::items_json) to `out` (a batch writes all of its rows' into
     /// one buffer).
     ///
-    /// Written by hand rather than with serde_json's serializer, which was ~5% of the runtime
-    /// threads' CPU samples in a drain (docs/performance.md); the output is the same bytes (a
+    /// Written by hand rather than with serde_json's serializer, which costs ~5% of the runtime
+    /// threads' CPU in a drain (docs/performance.md#decisions); the output is the same bytes (a
     /// property test compares them).
     pub fn write_items_json(&self, out: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();

@@ -47,14 +47,14 @@ WHERE o.version < EXCLUDED.version
 }
 
 /// The upsert alone: public so the benchmark's ceiling asks PostgreSQL for exactly the same
-/// per-row work (examples/bench/loaders.rs).
+/// per-row work (bench/src/loaders.rs).
 pub const UPSERT_ORDERS: &str = upsert_orders!();
 
 /// A whole batch in one statement: the upsert and the dead letters, each a data-modifying CTE
-/// (PostgreSQL runs both to completion, atomically), counting what each changed. A batch that
-/// held both used to be a transaction of four round trips (BEGIN, two statements, COMMIT); on a
-/// busy machine each round trip waits for the backend to be scheduled again. Either side may
-/// be empty arrays. A dead letter is unique on its source coordinates.
+/// (PostgreSQL runs both to completion, atomically), counting what each changed. One statement
+/// is one round trip where a transaction of two statements would be four (BEGIN, two
+/// statements, COMMIT), and on a busy machine each round trip waits for the backend to be
+/// scheduled again. Either side may be empty arrays. A dead letter is unique on its source coordinates.
 const WRITE_BATCH: &str = concat!(
     "WITH applied AS (",
     upsert_orders!(),
@@ -159,7 +159,7 @@ fn batch_arguments(
 const ORDER_ROW_BYTES: usize = 320;
 
 /// Encodes a batch's parameters exactly as [`OrderStore::write`] does, without sending them;
-/// returns how many parameters there are. For `examples/hot_path.rs`, which counts what this
+/// returns how many parameters there are. For `bench/src/bin/hot_path.rs`, which counts what this
 /// costs.
 pub fn encode_batch(topic: &str, orders: &[OrderRow<'_>], dead: &[DeadLetterRecord<'_>]) -> usize {
     batch_arguments(topic, orders, dead).map_or(0, |a| a.len())

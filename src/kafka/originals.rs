@@ -7,8 +7,8 @@
 //! only what is missing. It only assigns partitions (no group membership) and never commits, so
 //! it cannot move the worker's offsets.
 //!
-//! Why: a valid message's raw bytes are dropped once it is decoded (they were ~30% of the memory a
-//! row holds while a backlog drains, docs/performance.md). The only later use of them is the
+//! Why: a valid message's raw bytes are dropped once it is decoded (they are ~30% of the memory a
+//! row holds while a backlog drains, docs/performance.md#decisions). The only later use of them is the
 //! dead letter of a row PostgreSQL refuses at write time; its offset is not committed yet, so
 //! Kafka still has the message, and reading it back keeps the dead letter byte-exact. A
 //! constraint can refuse thousands of rows of one batch, so a call reads each partition forward

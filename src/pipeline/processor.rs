@@ -64,9 +64,9 @@ impl Processor {
             }
             if writing.len() >= self.settings.batch_max_rows {
                 // A backlog: the next batch fills at once after this write anyway. Starting
-                // every write the moment the last one ends kept all processors writing at
-                // once, and on a small PostgreSQL that cost more than it gained
-                // (docs/performance.md).
+                // every write the moment the last one ends would keep all processors writing
+                // at once, which on a small PostgreSQL costs more than it gains
+                // (docs/performance.md#decisions).
                 self.write(&mut writing).await?;
                 closed = self.collect(&mut filling, true, None).await;
                 continue;
