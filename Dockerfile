@@ -6,7 +6,7 @@
 #   docker build -t registry.example.com/orders/order-worker:0.1.0 \
 #     --build-arg VERSION=0.1.0 --build-arg GIT_REVISION="$(git rev-parse --short=12 HEAD)" .
 #
-# No Docker engine is available where this file is maintained, so scripts/check-deploy.sh runs
+# scripts/check-deploy.sh checks this file without a Docker engine: it runs
 # the builder's last steps on the host (Debian 12, the same toolchain): it executes every RUN
 # below `COPY . .` verbatim in a copy of the build context, then starts the worker from the
 # assembled root filesystem under chroot, read-only, as uid 65532, against PostgreSQL over TLS.

@@ -1,7 +1,7 @@
 //! The library's error type.
 //!
 //! Invariant: no variant's message carries a secret (connection strings are never formatted
-//! into errors), and every variant has a stable, low-cardinality `metric_label`.
+//! into errors).
 
 use std::time::Duration;
 
@@ -33,23 +33,6 @@ pub enum Error {
     TaskFailed(String),
     #[error("stopped before the operation could finish")]
     Aborted,
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Config(_) => "config",
-            Self::Database(_) => "database",
-            Self::Migrate(_) => "migrate",
-            Self::Schema(_) => "schema",
-            Self::Kafka(_) => "kafka",
-            Self::Http { .. } => "http",
-            Self::Io(_) => "io",
-            Self::DrainTimeout(_) => "drain_timeout",
-            Self::TaskFailed(_) => "task_failed",
-            Self::Aborted => "aborted",
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

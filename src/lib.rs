@@ -12,14 +12,16 @@
 //! - **It keeps running.** Transient failures are retried without limit; bad input is
 //!   dead-lettered with a precise reason.
 //!
-//! The modules, in the order a message meets them:
-//! - [`kafka`]: the consumer thread, its rebalance/commit callbacks, the offset tracker;
-//! - [`pipeline`]: routing to bounded lanes, batching, the processors;
-//! - [`contract`]: the event contract v1, decoding and validation;
-//! - [`db`]: migrations, the batched idempotent writes, error classification;
-//! - [`worker`]: wiring and the ordered stop; [`http`], [`health`], [`metrics`], [`lag`] around it;
-//! - [`config`] (every setting), [`retry`], [`shutdown`], [`telemetry`], [`memory`];
-//! - [`synth`], [`produce`], [`dev`]: synthetic events, the `produce` and `dev` commands.
+//! The modules, by layer (imports point down only; `tests/it/layers.rs` checks it):
+//! - pure cores, no I/O: [`contract`] (the event contract v1), [`offsets`] (which offsets are
+//!   durable, so committable), [`config`], [`synth`], `retry`, [`Error`];
+//! - around everything: `metrics`, `health`, [`telemetry`], [`shutdown`], `memory`;
+//! - adapters that know nothing of the pipeline: [`kafka`], [`db`], [`lag`], `http`;
+//! - [`pipeline`]: intake, routing to bounded lanes, batching, the processors;
+//! - `worker` ([`Worker`]): wiring, supervision and the ordered stop; the commands [`dev`],
+//!   [`produce`], [`dead_letters`].
+//!
+//! The public surface is what the binary, the tests and the benchmark crate use.
 
 pub mod config;
 pub mod contract;
@@ -27,20 +29,20 @@ pub mod db;
 pub mod dead_letters;
 pub mod dev;
 pub mod error;
-pub mod health;
-pub mod http;
+pub(crate) mod health;
+pub(crate) mod http;
 pub mod kafka;
 pub mod lag;
-pub mod memory;
-pub mod metrics;
+pub(crate) mod memory;
+pub(crate) mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod produce;
-pub mod retry;
+pub(crate) mod retry;
 pub mod shutdown;
 pub mod synth;
 pub mod telemetry;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use error::{Error, Result};
 pub use worker::Worker;

@@ -16,7 +16,8 @@ use sqlx::{Connection, PgPool};
 use crate::config::DbConfig;
 use crate::error::Error;
 
-pub use store::{OrderRow, OrderStore, UPSERT_ORDERS, Written, encode_batch};
+pub use store::{OrderRow, UPSERT_ORDERS, encode_batch};
+pub(crate) use store::{OrderStore, Written};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();

@@ -101,10 +101,6 @@ impl OrderStore {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub fn topic(&self) -> &str {
         &self.topic
     }

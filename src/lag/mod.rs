@@ -27,7 +27,7 @@ use crate::config::{KafkaProperty, OffsetReset};
 
 pub use describe::{describe, print_table};
 pub(crate) use monitor::{Monitor, MonitorHandle};
-pub use view::LagView;
+pub(crate) use view::LagView;
 
 /// One partition's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -16,8 +16,9 @@ mod publish;
 mod refused;
 mod write;
 
-pub use batch::{Decoded, Plan, decode, named, offset_ranges, plan, versions_by_order};
-pub use dispatch::{Dispatcher, InFlight, lanes};
+pub use batch::{Decoded, Plan, decode, plan};
+pub(crate) use batch::{named, offset_ranges, versions_by_order};
+pub(crate) use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;
 pub(crate) use intake::{ConsumerLoop, ConsumerSettings, IdleRelease};
 pub(crate) use processor::{Processor, ProcessorSettings};

@@ -4,12 +4,14 @@
 
 mod helpers;
 
+mod configuration;
 mod dead_letter_topic;
 mod dead_letters;
 mod deploy;
 mod e2e;
 mod faults;
 mod hostile;
+mod layers;
 mod misconfig;
 mod observability;
 mod pipeline;
