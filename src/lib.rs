@@ -15,7 +15,7 @@
 //! The modules, by layer (imports point down only; `tests/it/layers.rs` checks it):
 //! - pure cores, no I/O: [`contract`] (the event contract v1), [`offsets`] (which offsets are
 //!   durable, so committable), [`config`], [`synth`], `retry`, [`Error`];
-//! - around everything: `metrics`, `health`, [`telemetry`], [`shutdown`], `memory`;
+//! - around everything: `metrics` (the catalogue is public as [`METRICS`]), `health`, [`telemetry`], [`shutdown`], `memory`;
 //! - adapters that know nothing of the pipeline: [`kafka`], [`db`], [`lag`], `http`;
 //! - [`pipeline`]: intake, routing to bounded lanes, batching, the processors;
 //! - `worker` ([`Worker`]): wiring, supervision and the ordered stop; the commands [`dev`],
@@ -45,4 +45,5 @@ pub mod telemetry;
 pub(crate) mod worker;
 
 pub use error::{Error, Result};
+pub use metrics::{ALL as METRICS, Kind as MetricKind, Metric};
 pub use worker::Worker;

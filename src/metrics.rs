@@ -7,76 +7,174 @@
 
 use std::sync::Mutex;
 
-use metrics::{
-    Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram,
-};
+use metrics::{Counter, Gauge, Histogram, describe_counter, describe_gauge, describe_histogram};
+
+pub use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::contract::Reason;
 use crate::db::FailureKind;
 use crate::error::Error;
 
-pub const MESSAGES_CONSUMED: &str = "order_worker_messages_consumed_total";
-pub const EVENTS_APPLIED: &str = "order_worker_events_applied_total";
-pub const EVENTS_DUPLICATE: &str = "order_worker_events_duplicate_total";
-pub const DEAD_LETTERS: &str = "order_worker_dead_letters_total";
-pub const DB_ERRORS: &str = "order_worker_db_errors_total";
-pub const DB_RETRIES: &str = "order_worker_db_retries_total";
-pub const COMMITS: &str = "order_worker_kafka_commits_total";
-pub const COMMIT_FAILURES: &str = "order_worker_kafka_commit_failures_total";
-pub const CONSUMER_ERRORS: &str = "order_worker_kafka_consumer_errors_total";
-pub const REBALANCES: &str = "order_worker_rebalances_total";
-pub const PARTITIONS_ASSIGNED: &str = "order_worker_partitions_assigned";
-pub const PARTITIONS_PAUSED: &str = "order_worker_partitions_paused";
-pub const BACKPRESSURE_PAUSES: &str = "order_worker_backpressure_pauses_total";
-pub const IN_FLIGHT_MESSAGES: &str = "order_worker_in_flight_messages";
-pub const IN_FLIGHT_BYTES: &str = "order_worker_in_flight_bytes";
-pub const BATCH_DURATION: &str = "order_worker_batch_write_duration_seconds";
-pub const BATCH_SIZE: &str = "order_worker_batch_size_messages";
-pub const END_TO_END_LATENCY: &str = "order_worker_end_to_end_latency_seconds";
-pub const CHANNEL_DEPTH: &str = "order_worker_channel_depth_messages";
-pub const CHANNEL_CAPACITY: &str = "order_worker_channel_capacity_messages";
-pub const DB_POOL_CONNECTIONS: &str = "order_worker_db_pool_connections";
-pub const READY: &str = "order_worker_ready";
-pub const BUILD_INFO: &str = "order_worker_build_info";
-pub const LAG_REFRESH_FAILURES: &str = "order_worker_lag_refresh_failures_total";
-pub const DEAD_LETTER_PUBLISH_FAILURES: &str = "order_worker_dead_letter_publish_failures_total";
-pub const DEAD_LETTER_TOPIC_REFUSALS: &str = "order_worker_dead_letter_topic_refusals_total";
-pub const DEAD_LETTERS_CUT: &str = "order_worker_dead_letters_cut_total";
-pub const PIPELINE_STALL: &str = "order_worker_pipeline_stall_seconds";
+/// What a metric is: everything Prometheus shows about it, and the label names its series carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    /// Histogram bucket bounds; empty for other kinds.
+    pub buckets: &'static [f64],
+    /// Rendered from the last lag measurement (see `lag::LagView`) rather than through the
+    /// `metrics` registry, because a revoked partition's series must disappear.
+    pub lag_view: bool,
+}
 
-/// Lag families are rendered from the last measurement (see `lag::LagView`), not through the
-/// `metrics` registry, because a revoked partition's series must disappear; their names and help
-/// text live here with the others.
-pub const CONSUMER_LAG: (&str, &str) = (
-    "order_worker_consumer_lag_messages",
-    "Log end offset minus the group's committed offset, per partition this instance owns.",
-);
-pub const CONSUMER_LAG_SUM: (&str, &str) = (
-    "order_worker_consumer_lag_sum_messages",
-    "Sum of order_worker_consumer_lag_messages over the partitions this instance owns.",
-);
-pub const CONSUMER_TIME_LAG: (&str, &str) = (
-    "order_worker_consumer_time_lag_seconds",
-    "Age of the newest committed message while the partition has lag; 0 when caught up.",
-);
-pub const LAG_AGE: (&str, &str) = (
-    "order_worker_lag_measurement_age_seconds",
-    "Seconds since consumer lag was last measured from the broker.",
-);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
 
-/// Batch writes took 2-40 ms at 1,000 rows on the reference machine; retries stretch to seconds.
-const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-const SIZE_BUCKETS: &[f64] = &[
-    1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-];
-/// Kafka timestamp to durable row: tens of milliseconds when caught up (batch linger plus one
-/// write), minutes while a backlog drains.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-];
+impl Metric {
+    const fn new(name: &'static str, kind: Kind, unit: Unit, help: &'static str) -> Self {
+        Self {
+            name,
+            kind,
+            unit,
+            help,
+            labels: &[],
+            buckets: &[],
+            lag_view: false,
+        }
+    }
+    const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, Kind::Counter, Unit::Count, help)
+    }
+    const fn gauge(name: &'static str, unit: Unit, help: &'static str) -> Self {
+        Self::new(name, Kind::Gauge, unit, help)
+    }
+    const fn histogram(
+        name: &'static str,
+        unit: Unit,
+        help: &'static str,
+        buckets: &'static [f64],
+    ) -> Self {
+        Self {
+            buckets,
+            ..Self::new(name, Kind::Histogram, unit, help)
+        }
+    }
+    const fn labels(self, labels: &'static [&'static str]) -> Self {
+        Self { labels, ..self }
+    }
+    const fn from_lag_view(self) -> Self {
+        Self {
+            lag_view: true,
+            ..self
+        }
+    }
+
+    /// The series of this metric with `values` for its labels, in declaration order.
+    fn series(&self, values: &[&str]) -> Vec<metrics::Label> {
+        debug_assert_eq!(values.len(), self.labels.len(), "labels of {}", self.name);
+        self.labels
+            .iter()
+            .zip(values)
+            .map(|(k, v)| metrics::Label::new(*k, v.to_string()))
+            .collect()
+    }
+    fn counter_of(&self, values: &[&str]) -> Counter {
+        metrics::counter!(self.name, self.series(values))
+    }
+    fn gauge_of(&self, values: &[&str]) -> Gauge {
+        metrics::gauge!(self.name, self.series(values))
+    }
+    fn histogram_of(&self, values: &[&str]) -> Histogram {
+        metrics::histogram!(self.name, self.series(values))
+    }
+}
+
+/// Declares each metric once and collects them all in [`ALL`].
+macro_rules! catalogue {
+    ($($(#[$doc:meta])* $id:ident = $ctor:ident($($arg:expr),*) $(.$with:ident($($warg:expr),*))*;)*) => {
+        $($(#[$doc])* pub const $id: Metric = Metric::$ctor($($arg),*) $(.$with($($warg),*))*;)*
+        /// Every metric the worker exports.
+        pub const ALL: &[Metric] = &[$($id),*];
+    };
+}
+
+catalogue! {
+    MESSAGES_CONSUMED = counter("order_worker_messages_consumed_total", "Messages received from Kafka.");
+    EVENTS_APPLIED = counter("order_worker_events_applied_total", "Events that inserted or updated an order row.");
+    EVENTS_DUPLICATE = counter("order_worker_events_duplicate_total",
+        "Valid events ignored because the order already had that version or a newer one.");
+    DEAD_LETTERS = counter("order_worker_dead_letters_total", "Messages dead-lettered, by reason.")
+        .labels(&["reason"]);
+    DB_ERRORS = counter("order_worker_db_errors_total", "PostgreSQL errors, by kind.").labels(&["kind"]);
+    DB_RETRIES = counter("order_worker_db_retries_total", "Retries of PostgreSQL operations after transient errors.");
+    COMMITS = counter("order_worker_kafka_commits_total", "Successful Kafka offset commits.");
+    COMMIT_FAILURES = counter("order_worker_kafka_commit_failures_total",
+        "Failed Kafka offset commits (retried at the next interval).");
+    CONSUMER_ERRORS = counter("order_worker_kafka_consumer_errors_total", "Errors reported by the Kafka consumer.");
+    REBALANCES = counter("order_worker_rebalances_total", "Consumer group rebalances, by kind (assign, revoke, error).")
+        .labels(&["kind"]);
+    PARTITIONS_ASSIGNED = gauge("order_worker_partitions_assigned", Unit::Count,
+        "Partitions currently assigned to this instance.");
+    PARTITIONS_PAUSED = gauge("order_worker_partitions_paused", Unit::Count,
+        "Partitions paused because the pipeline is full.");
+    BACKPRESSURE_PAUSES = counter("order_worker_backpressure_pauses_total",
+        "Times the consumer paused its partitions for backpressure.");
+    IN_FLIGHT_MESSAGES = gauge("order_worker_in_flight_messages", Unit::Count,
+        "Messages taken from Kafka and not yet durable.");
+    IN_FLIGHT_BYTES = gauge("order_worker_in_flight_bytes", Unit::Bytes,
+        "Bytes of messages taken from Kafka and not yet durable.");
+    /// Batch writes take milliseconds at 1,000 rows; retries stretch to seconds.
+    BATCH_DURATION = histogram("order_worker_batch_write_duration_seconds", Unit::Seconds,
+        "Time to write one batch durably, retries included.",
+        &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+    BATCH_SIZE = histogram("order_worker_batch_size_messages", Unit::Count, "Messages per written batch.",
+        &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]);
+    /// Tens of milliseconds when caught up (batch linger plus one write), minutes while a backlog
+    /// drains.
+    END_TO_END_LATENCY = histogram("order_worker_end_to_end_latency_seconds", Unit::Seconds,
+        "Kafka message timestamp to its row or dead letter being durable.",
+        &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]);
+    CHANNEL_DEPTH = gauge("order_worker_channel_depth_messages", Unit::Count, "Messages waiting in a processor lane.")
+        .labels(&["lane"]);
+    CHANNEL_CAPACITY = gauge("order_worker_channel_capacity_messages", Unit::Count, "Capacity of a processor lane.")
+        .labels(&["lane"]);
+    DB_POOL_CONNECTIONS = gauge("order_worker_db_pool_connections", Unit::Count,
+        "PostgreSQL pool connections, by state (in_use, idle).")
+        .labels(&["state"]);
+    READY = gauge("order_worker_ready", Unit::Count, "1 when /readyz reports ready, else 0.");
+    BUILD_INFO = gauge("order_worker_build_info", Unit::Count, "Always 1; the labels name the version and git revision.")
+        .labels(&["version", "revision"]);
+    LAG_REFRESH_FAILURES = counter("order_worker_lag_refresh_failures_total",
+        "Consumer lag measurements that failed (the previous figures stay).");
+    DEAD_LETTER_PUBLISH_FAILURES = counter("order_worker_dead_letter_publish_failures_total",
+        "Failed attempts to publish dead letters to the dead-letter topic (retried).");
+    DEAD_LETTER_TOPIC_REFUSALS = counter("order_worker_dead_letter_topic_refusals_total",
+        "Dead letters the dead-letter topic refused for good (kept in the dead_letters table only).");
+    DEAD_LETTERS_CUT = counter("order_worker_dead_letters_cut_total",
+        "Dead letters published with their value cut to a size the dead-letter topic takes.");
+    PIPELINE_STALL = gauge("order_worker_pipeline_stall_seconds", Unit::Seconds,
+        "How long messages have been in flight with nothing becoming durable while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT.");
+    CONSUMER_LAG = gauge("order_worker_consumer_lag_messages", Unit::Count,
+        "Log end offset minus the group's committed offset, per partition this instance owns.")
+        .labels(&["group", "topic", "partition"]).from_lag_view();
+    CONSUMER_LAG_SUM = gauge("order_worker_consumer_lag_sum_messages", Unit::Count,
+        "Sum of order_worker_consumer_lag_messages over the partitions this instance owns.")
+        .labels(&["group", "topic"]).from_lag_view();
+    CONSUMER_TIME_LAG = gauge("order_worker_consumer_time_lag_seconds", Unit::Seconds,
+        "Age of the newest committed message while the partition has lag; 0 when caught up.")
+        .labels(&["group", "topic", "partition"]).from_lag_view();
+    LAG_AGE = gauge("order_worker_lag_measurement_age_seconds", Unit::Seconds,
+        "Seconds since consumer lag was last measured from the broker.")
+        .labels(&["group", "topic"]).from_lag_view();
+}
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 /// How often recorded histogram samples are folded into buckets.
@@ -90,20 +188,21 @@ pub fn install() -> Result<PrometheusHandle, Error> {
         return Ok(handle.clone());
     }
     let build = |e: metrics_exporter_prometheus::BuildError| Error::Config(format!("metrics: {e}"));
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(BATCH_DURATION.into()), DURATION_BUCKETS)
-        .map_err(build)?
-        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), SIZE_BUCKETS)
-        .map_err(build)?
-        .set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.into()), LATENCY_BUCKETS)
-        .map_err(build)?
-        .build_recorder();
+    let mut builder = PrometheusBuilder::new();
+    for m in ALL.iter().filter(|m| m.kind == Kind::Histogram) {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(m.name.into()), m.buckets)
+            .map_err(build)?;
+    }
+    let recorder = builder.build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|e| Error::Config(format!("metrics recorder: {e}")))?;
     spawn_upkeep(handle.clone())?;
     describe();
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("ORDER_WORKER_REVISION")).set(1.0);
+    BUILD_INFO
+        .gauge_of(&[env!("CARGO_PKG_VERSION"), env!("ORDER_WORKER_REVISION")])
+        .set(1.0);
     *slot = Some(handle.clone());
     Ok(handle)
 }
@@ -148,130 +247,13 @@ pub(crate) fn fold_pending_samples() {
 }
 
 fn describe() {
-    describe_counter!(
-        MESSAGES_CONSUMED,
-        Unit::Count,
-        "Messages received from Kafka."
-    );
-    describe_counter!(
-        EVENTS_APPLIED,
-        Unit::Count,
-        "Events that inserted or updated an order row."
-    );
-    describe_counter!(
-        EVENTS_DUPLICATE,
-        Unit::Count,
-        "Valid events ignored because the order already had that version or a newer one."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        Unit::Count,
-        "Messages dead-lettered, by reason."
-    );
-    describe_counter!(DB_ERRORS, Unit::Count, "PostgreSQL errors, by kind.");
-    describe_counter!(
-        DB_RETRIES,
-        Unit::Count,
-        "Retries of PostgreSQL operations after transient errors."
-    );
-    describe_counter!(COMMITS, Unit::Count, "Successful Kafka offset commits.");
-    describe_counter!(
-        COMMIT_FAILURES,
-        Unit::Count,
-        "Failed Kafka offset commits (retried at the next interval)."
-    );
-    describe_counter!(
-        CONSUMER_ERRORS,
-        Unit::Count,
-        "Errors reported by the Kafka consumer."
-    );
-    describe_counter!(
-        REBALANCES,
-        Unit::Count,
-        "Consumer group rebalances, by kind (assign, revoke, error)."
-    );
-    describe_gauge!(
-        PARTITIONS_ASSIGNED,
-        Unit::Count,
-        "Partitions currently assigned to this instance."
-    );
-    describe_gauge!(
-        PARTITIONS_PAUSED,
-        Unit::Count,
-        "Partitions paused because the pipeline is full."
-    );
-    describe_counter!(
-        BACKPRESSURE_PAUSES,
-        Unit::Count,
-        "Times the consumer paused its partitions for backpressure."
-    );
-    describe_gauge!(
-        IN_FLIGHT_MESSAGES,
-        Unit::Count,
-        "Messages taken from Kafka and not yet durable."
-    );
-    describe_gauge!(
-        IN_FLIGHT_BYTES,
-        Unit::Bytes,
-        "Bytes of messages taken from Kafka and not yet durable."
-    );
-    describe_histogram!(
-        BATCH_DURATION,
-        Unit::Seconds,
-        "Time to write one batch durably, retries included."
-    );
-    describe_histogram!(BATCH_SIZE, Unit::Count, "Messages per written batch.");
-    describe_histogram!(
-        END_TO_END_LATENCY,
-        Unit::Seconds,
-        "Kafka message timestamp to its row or dead letter being durable."
-    );
-    describe_gauge!(
-        CHANNEL_DEPTH,
-        Unit::Count,
-        "Messages waiting in a processor lane."
-    );
-    describe_gauge!(
-        CHANNEL_CAPACITY,
-        Unit::Count,
-        "Capacity of a processor lane."
-    );
-    describe_gauge!(
-        DB_POOL_CONNECTIONS,
-        Unit::Count,
-        "PostgreSQL pool connections, by state (in_use, idle)."
-    );
-    describe_gauge!(READY, Unit::Count, "1 when /readyz reports ready, else 0.");
-    describe_gauge!(
-        BUILD_INFO,
-        Unit::Count,
-        "Always 1; the labels name the version and git revision."
-    );
-    describe_counter!(
-        LAG_REFRESH_FAILURES,
-        Unit::Count,
-        "Consumer lag measurements that failed (the previous figures stay)."
-    );
-    describe_counter!(
-        DEAD_LETTER_PUBLISH_FAILURES,
-        Unit::Count,
-        "Failed attempts to publish dead letters to the dead-letter topic (retried)."
-    );
-    describe_counter!(
-        DEAD_LETTER_TOPIC_REFUSALS,
-        Unit::Count,
-        "Dead letters the dead-letter topic refused for good (kept in the dead_letters table only)."
-    );
-    describe_counter!(
-        DEAD_LETTERS_CUT,
-        Unit::Count,
-        "Dead letters published with their value cut to a size the dead-letter topic takes."
-    );
-    describe_gauge!(
-        PIPELINE_STALL,
-        Unit::Seconds,
-        "How long messages have been in flight with nothing becoming durable while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT."
-    );
+    for m in ALL.iter().filter(|m| !m.lag_view) {
+        match m.kind {
+            Kind::Counter => describe_counter!(m.name, m.unit, m.help),
+            Kind::Gauge => describe_gauge!(m.name, m.unit, m.help),
+            Kind::Histogram => describe_histogram!(m.name, m.unit, m.help),
+        }
+    }
 }
 
 /// Handles of every metric, registered once.
@@ -310,42 +292,42 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every series (so each appears at zero before its first event).
     pub fn new() -> Self {
-        let rebalance = |kind: &'static str| metrics::counter!(REBALANCES, "kind" => kind);
+        let rebalance = |kind: &str| REBALANCES.counter_of(&[kind]);
         Self {
-            consumed: metrics::counter!(MESSAGES_CONSUMED),
-            applied: metrics::counter!(EVENTS_APPLIED),
-            duplicates: metrics::counter!(EVENTS_DUPLICATE),
+            consumed: MESSAGES_CONSUMED.counter_of(&[]),
+            applied: EVENTS_APPLIED.counter_of(&[]),
+            duplicates: EVENTS_DUPLICATE.counter_of(&[]),
             dead_letters: Reason::ALL
                 .iter()
-                .map(|r| metrics::counter!(DEAD_LETTERS, "reason" => r.as_str()))
+                .map(|r| DEAD_LETTERS.counter_of(&[r.as_str()]))
                 .collect(),
             db_errors: FailureKind::ALL
                 .iter()
-                .map(|k| metrics::counter!(DB_ERRORS, "kind" => k.as_str()))
+                .map(|k| DB_ERRORS.counter_of(&[k.as_str()]))
                 .collect(),
-            db_retries: metrics::counter!(DB_RETRIES),
-            commits: metrics::counter!(COMMITS),
-            commit_failures: metrics::counter!(COMMIT_FAILURES),
-            consumer_errors: metrics::counter!(CONSUMER_ERRORS),
+            db_retries: DB_RETRIES.counter_of(&[]),
+            commits: COMMITS.counter_of(&[]),
+            commit_failures: COMMIT_FAILURES.counter_of(&[]),
+            consumer_errors: CONSUMER_ERRORS.counter_of(&[]),
             rebalance_assign: rebalance("assign"),
             rebalance_revoke: rebalance("revoke"),
             rebalance_error: rebalance("error"),
-            partitions_assigned: metrics::gauge!(PARTITIONS_ASSIGNED),
-            partitions_paused: metrics::gauge!(PARTITIONS_PAUSED),
-            backpressure_pauses: metrics::counter!(BACKPRESSURE_PAUSES),
-            in_flight_messages: metrics::gauge!(IN_FLIGHT_MESSAGES),
-            in_flight_bytes: metrics::gauge!(IN_FLIGHT_BYTES),
-            batch_duration: metrics::histogram!(BATCH_DURATION),
-            batch_size: metrics::histogram!(BATCH_SIZE),
-            end_to_end_latency: metrics::histogram!(END_TO_END_LATENCY),
-            db_pool_in_use: metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use"),
-            db_pool_idle: metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle"),
-            ready: metrics::gauge!(READY),
-            lag_refresh_failures: metrics::counter!(LAG_REFRESH_FAILURES),
-            dead_letter_publish_failures: metrics::counter!(DEAD_LETTER_PUBLISH_FAILURES),
-            dead_letter_topic_refusals: metrics::counter!(DEAD_LETTER_TOPIC_REFUSALS),
-            dead_letters_cut: metrics::counter!(DEAD_LETTERS_CUT),
-            pipeline_stall: metrics::gauge!(PIPELINE_STALL),
+            partitions_assigned: PARTITIONS_ASSIGNED.gauge_of(&[]),
+            partitions_paused: PARTITIONS_PAUSED.gauge_of(&[]),
+            backpressure_pauses: BACKPRESSURE_PAUSES.counter_of(&[]),
+            in_flight_messages: IN_FLIGHT_MESSAGES.gauge_of(&[]),
+            in_flight_bytes: IN_FLIGHT_BYTES.gauge_of(&[]),
+            batch_duration: BATCH_DURATION.histogram_of(&[]),
+            batch_size: BATCH_SIZE.histogram_of(&[]),
+            end_to_end_latency: END_TO_END_LATENCY.histogram_of(&[]),
+            db_pool_in_use: DB_POOL_CONNECTIONS.gauge_of(&["in_use"]),
+            db_pool_idle: DB_POOL_CONNECTIONS.gauge_of(&["idle"]),
+            ready: READY.gauge_of(&[]),
+            lag_refresh_failures: LAG_REFRESH_FAILURES.counter_of(&[]),
+            dead_letter_publish_failures: DEAD_LETTER_PUBLISH_FAILURES.counter_of(&[]),
+            dead_letter_topic_refusals: DEAD_LETTER_TOPIC_REFUSALS.counter_of(&[]),
+            dead_letters_cut: DEAD_LETTERS_CUT.counter_of(&[]),
+            pipeline_stall: PIPELINE_STALL.gauge_of(&[]),
         }
     }
 
@@ -354,8 +336,8 @@ impl Metrics {
         (0..lanes)
             .map(|lane| {
                 let lane = lane.to_string();
-                metrics::gauge!(CHANNEL_CAPACITY, "lane" => lane.clone()).set(capacity as f64);
-                metrics::gauge!(CHANNEL_DEPTH, "lane" => lane)
+                CHANNEL_CAPACITY.gauge_of(&[&lane]).set(capacity as f64);
+                CHANNEL_DEPTH.gauge_of(&[&lane])
             })
             .collect()
     }
@@ -377,6 +359,36 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod catalogue_tests {
+    use super::{ALL, Kind};
+
+    #[test]
+    fn every_metric_follows_the_naming_conventions_once() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a metric name is declared twice");
+        for m in ALL {
+            assert!(m.name.starts_with("order_worker_"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            assert_eq!(
+                m.kind == Kind::Histogram,
+                !m.buckets.is_empty(),
+                "{}",
+                m.name
+            );
+            assert!(m.buckets.windows(2).all(|w| w[0] < w[1]), "{}", m.name);
+            assert!(!m.help.is_empty() && !m.help.contains('\n'), "{}", m.name);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::lag::{GroupLag, PartitionLag};
-use crate::metrics::{CONSUMER_LAG, CONSUMER_LAG_SUM, CONSUMER_TIME_LAG, LAG_AGE};
+use crate::metrics::{CONSUMER_LAG, CONSUMER_LAG_SUM, CONSUMER_TIME_LAG, LAG_AGE, Metric};
 use crate::offsets::OffsetTracker;
 
 pub struct LagView {
@@ -129,36 +129,37 @@ impl LagView {
             escape(&lag.group),
             escape(&lag.topic)
         );
-        family(out, CONSUMER_LAG);
+        family(out, &CONSUMER_LAG);
         for p in &owned {
             let _ = writeln!(
                 out,
                 "{}{{{labels},partition=\"{}\"}} {}",
-                CONSUMER_LAG.0, p.lag.partition, p.lag.lag
+                CONSUMER_LAG.name, p.lag.partition, p.lag.lag
             );
         }
-        family(out, CONSUMER_LAG_SUM);
+        family(out, &CONSUMER_LAG_SUM);
         let sum: i64 = owned.iter().map(|p| p.lag.lag).sum();
-        let _ = writeln!(out, "{}{{{labels}}} {sum}", CONSUMER_LAG_SUM.0);
-        family(out, CONSUMER_TIME_LAG);
+        let _ = writeln!(out, "{}{{{labels}}} {sum}", CONSUMER_LAG_SUM.name);
+        family(out, &CONSUMER_TIME_LAG);
         for p in &owned {
             if let Some(t) = p.time_lag_seconds {
                 let _ = writeln!(
                     out,
                     "{}{{{labels},partition=\"{}\"}} {t}",
-                    CONSUMER_TIME_LAG.0, p.lag.partition
+                    CONSUMER_TIME_LAG.name, p.lag.partition
                 );
             }
         }
-        family(out, LAG_AGE);
+        family(out, &LAG_AGE);
         let age = (OffsetDateTime::now_utc() - lag.measured_at)
             .as_seconds_f64()
             .max(0.0);
-        let _ = writeln!(out, "{}{{{labels}}} {age}", LAG_AGE.0);
+        let _ = writeln!(out, "{}{{{labels}}} {age}", LAG_AGE.name);
     }
 }
 
-fn family(out: &mut String, (name, help): (&str, &str)) {
+fn family(out: &mut String, metric: &Metric) {
+    let (name, help) = (metric.name, metric.help);
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 

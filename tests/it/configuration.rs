@@ -1,6 +1,6 @@
-//! docs/configuration.md against the command line itself: every flag and environment variable
-//! clap knows is documented, and every flag or variable the document's tables name exists, so
-//! the reference cannot drift from `--help`.
+//! The reference docs against the code, both ways, so neither can drift: docs/configuration.md
+//! against the command line (every flag and environment variable clap knows, and nothing else),
+//! docs/operations.md's metric table against the metric catalogue.
 
 use std::collections::BTreeSet;
 
@@ -93,4 +93,46 @@ fn every_flag_and_variable_the_tables_name_exists() {
         named_flags.len() > 20 && named_envs.len() > 20,
         "the tables were read"
     );
+}
+
+/// docs/operations.md's metric table names every metric of the catalogue with its type and
+/// labels, and nothing else of the worker's own.
+#[test]
+fn the_metric_reference_matches_the_catalogue_both_ways() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
+    let document = std::fs::read_to_string(path).expect("docs/operations.md");
+    let mut documented = BTreeSet::new();
+    for row in document
+        .lines()
+        .filter(|l| l.starts_with("| `order_worker_"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (names, kind, labels) = (cells[1], cells[2], cells[3]);
+        for name in names.split(',').map(|n| n.trim().trim_matches('`')) {
+            let metric = order_worker::METRICS
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| {
+                    panic!("docs/operations.md names {name}, which is not a metric")
+                });
+            assert_eq!(
+                kind,
+                format!("{:?}", metric.kind).to_lowercase(),
+                "type of {name}"
+            );
+            let labels: Vec<&str> = labels
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            assert_eq!(labels, metric.labels, "labels of {name}");
+            documented.insert(name.to_string());
+        }
+    }
+    let missing: Vec<&str> = order_worker::METRICS
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| !documented.contains(*n))
+        .collect();
+    assert!(missing.is_empty(), "docs/operations.md lacks {missing:?}");
 }
