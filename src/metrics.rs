@@ -70,7 +70,7 @@ impl Metric {
     const fn labels(self, labels: &'static [&'static str]) -> Self {
         Self { labels, ..self }
     }
-    const fn from_lag_view(self) -> Self {
+    const fn rendered_by_lag_view(self) -> Self {
         Self {
             lag_view: true,
             ..self
@@ -164,16 +164,16 @@ catalogue! {
         "How long messages have been in flight with nothing becoming durable while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT.");
     CONSUMER_LAG = gauge("order_worker_consumer_lag_messages", Unit::Count,
         "Log end offset minus the group's committed offset, per partition this instance owns.")
-        .labels(&["group", "topic", "partition"]).from_lag_view();
+        .labels(&["group", "topic", "partition"]).rendered_by_lag_view();
     CONSUMER_LAG_SUM = gauge("order_worker_consumer_lag_sum_messages", Unit::Count,
         "Sum of order_worker_consumer_lag_messages over the partitions this instance owns.")
-        .labels(&["group", "topic"]).from_lag_view();
+        .labels(&["group", "topic"]).rendered_by_lag_view();
     CONSUMER_TIME_LAG = gauge("order_worker_consumer_time_lag_seconds", Unit::Seconds,
         "Age of the newest committed message while the partition has lag; 0 when caught up.")
-        .labels(&["group", "topic", "partition"]).from_lag_view();
+        .labels(&["group", "topic", "partition"]).rendered_by_lag_view();
     LAG_AGE = gauge("order_worker_lag_measurement_age_seconds", Unit::Seconds,
         "Seconds since consumer lag was last measured from the broker.")
-        .labels(&["group", "topic"]).from_lag_view();
+        .labels(&["group", "topic"]).rendered_by_lag_view();
 }
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
