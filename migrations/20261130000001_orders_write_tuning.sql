@@ -3,7 +3,7 @@
 -- 15% of each page free lets most updates stay on the page (HOT updates: no index entry, dead
 -- versions pruned in place), which costs PostgreSQL less per update and leaves autovacuum less
 -- to do. Pages written before this migration keep their layout until rewritten
--- (docs/performance.md, eighth pass).
+-- (docs/performance.md#decisions).
 ALTER TABLE orders SET (fillfactor = 85);
 
 -- ANALYZE's statistics on `items` (whole line-item arrays, nearly unique per order) tell the

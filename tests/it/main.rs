@@ -12,6 +12,7 @@ mod e2e;
 mod faults;
 mod hostile;
 mod layers;
+mod migrations;
 mod misconfig;
 mod observability;
 mod pipeline;
