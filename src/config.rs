@@ -158,12 +158,6 @@ pub struct ConsumerConfig {
     #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 4_096,
           value_parser = clap::value_parser!(u32).range(1..=2_097_151))]
     pub queue_max_kbytes: u32,
-    /// Extra librdkafka properties, `key=value`, comma-separated or repeated (TLS, SASL, tuning),
-    /// e.g. security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512. They override the defaults,
-    /// except the offset-management settings the worker's guarantees rest on.
-    #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
-          value_parser = parse_property, hide_env_values = true)]
-    pub properties: Vec<KafkaProperty>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -242,9 +236,8 @@ pub struct HttpConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
-    /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    pub brokers: Option<String>,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[command(flatten)]
     pub worker: WorkerConfig,
 }
@@ -287,17 +280,12 @@ pub struct WorkerConfig {
 impl RunConfig {
     /// Checks what clap cannot express.
     pub fn validate(&self) -> Result<(), Error> {
-        self.brokers()?;
-        self.worker.validate()
-    }
-
-    /// The bootstrap servers.
-    pub fn brokers(&self) -> Result<&str, Error> {
-        self.brokers
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-            .ok_or_else(|| Error::Config("KAFKA_BROKERS (--brokers) is required".into()))
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(Error::Config(
+                "KAFKA_BROKERS (--brokers) is required".into(),
+            ));
+        }
+        self.worker.validate(&self.kafka.properties)
     }
 }
 
@@ -310,7 +298,6 @@ pub use commands::{
     LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
 };
 
-use kafka::parse_property;
 pub use kafka::{KafkaArgs, KafkaProperty};
 pub(crate) use kafka::{REVOKE_COMMIT_WAIT, check_overrides};
 #[cfg(test)]

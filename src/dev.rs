@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::DevConfig;
+use crate::config::{DevConfig, KafkaArgs};
 use crate::error::Error;
 use crate::kafka::{self, producer::Publisher};
 use crate::synth::{Generator, SynthSpec};
@@ -38,7 +38,7 @@ pub async fn dev(cfg: DevConfig, stop: CancellationToken) -> Result<(), Error> {
 
     let mut worker_cfg = cfg.worker.clone();
     worker_cfg.migrate_on_start = true;
-    let worker = Worker::start(&brokers, &worker_cfg).await?;
+    let worker = Worker::start(&KafkaArgs::local(brokers.clone()), &worker_cfg).await?;
     println!(
         "worker running; http://{}/readyz and /metrics; Ctrl-C stops it",
         worker.http_addr()

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 fn validate(command: &Command) -> Result<(), order_worker::Error> {
     match command {
         Command::Run(cfg) => cfg.validate(),
-        Command::Dev(cfg) => cfg.worker.validate(),
+        Command::Dev(cfg) => cfg.worker.validate(&[]),
         _ => Ok(()),
     }
 }
@@ -56,8 +56,7 @@ fn validate(command: &Command) -> Result<(), order_worker::Error> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(cfg) => {
-            let brokers = cfg.brokers()?;
-            let worker = Worker::start(brokers, &cfg.worker)
+            let worker = Worker::start(&cfg.kafka, &cfg.worker)
                 .await
                 .context("failed to start")?;
             shutdown::on_signal(worker.stop_token(), Some(cfg.worker.shutdown_timeout));

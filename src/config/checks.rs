@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use super::REVOKE_COMMIT_WAIT;
-use super::WorkerConfig;
+use super::{KafkaProperty, WorkerConfig};
 use crate::error::Error;
 
 impl WorkerConfig {
-    pub fn validate(&self) -> Result<(), Error> {
+    /// Checks what clap cannot express, with the Kafka `properties` the consumer will get.
+    pub fn validate(&self, properties: &[KafkaProperty]) -> Result<(), Error> {
         self.db.database_url.connect_options()?;
         let c = &self.consumer;
         if c.group_id.trim().is_empty() {
@@ -22,7 +23,7 @@ impl WorkerConfig {
         if let Some(topic) = &self.dead_letter_topic {
             check_topic("DEAD_LETTER_TOPIC", topic)?;
         }
-        super::check_overrides(&c.properties)?;
+        super::check_overrides(properties)?;
         let p = &self.pipeline;
         if p.batch_linger.is_zero() || p.commit_interval.is_zero() {
             return Err(Error::Config(
@@ -39,19 +40,17 @@ impl WorkerConfig {
                 humantime::format_duration(MIN_STALL_TIMEOUT)
             )));
         }
-        self.check_drain_timeout()
+        self.check_drain_timeout(properties)
     }
 
     /// A revoked partition's drain, and the commit after it, run inside librdkafka's rebalance
     /// callback, so the consumer does not poll meanwhile: they must end before the group evicts
     /// the member for not polling, and before a stall would be counted; the drain must also fit
     /// in a graceful stop.
-    fn check_drain_timeout(&self) -> Result<(), Error> {
+    fn check_drain_timeout(&self, properties: &[KafkaProperty]) -> Result<(), Error> {
         let drain = self.pipeline.rebalance_drain_timeout;
         let blocked = drain + REVOKE_COMMIT_WAIT;
-        let max_poll_ms = self
-            .consumer
-            .properties
+        let max_poll_ms = properties
             .iter()
             .rev()
             .find(|p| p.key == "max.poll.interval.ms")

@@ -11,17 +11,29 @@ use clap::Args;
 
 use crate::error::Error;
 
-/// Where Kafka is and how to reach it, for every command that talks to Kafka besides `run`
-/// (whose properties are the consumer's, and whose brokers `dev` provides).
+/// Where Kafka is and how to reach it, for every command that talks to Kafka (`dev` provides
+/// its own).
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long, env = "KAFKA_BROKERS")]
     pub brokers: String,
-    /// Extra librdkafka properties, `key=value` (TLS, SASL).
+    /// Extra librdkafka properties, `key=value`, comma-separated or repeated (TLS, SASL, tuning),
+    /// e.g. security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512. They override the defaults,
+    /// except the offset-management settings the worker's guarantees rest on.
     #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
           value_parser = parse_property, hide_env_values = true)]
     pub properties: Vec<KafkaProperty>,
+}
+
+impl KafkaArgs {
+    /// Brokers without extra properties: an embedded or local cluster.
+    pub fn local(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+        }
+    }
 }
 
 /// Longest a revoke's commit waits for the coordinator's answer outside a stop. The drain

@@ -20,7 +20,7 @@ fn debug_output_hides_secret_kafka_properties() {
     assert!(shown.contains("security.protocol=SASL_SSL"), "{shown}");
 }
 
-fn run_config(extra: &[&str]) -> Result<WorkerConfig, String> {
+fn run_config(extra: &[&str]) -> Result<RunConfig, String> {
     let mut args = vec![
         "order-worker",
         "--brokers",
@@ -33,7 +33,7 @@ fn run_config(extra: &[&str]) -> Result<WorkerConfig, String> {
         .map_err(|e| e.to_string())?
         .command
     {
-        Command::Run(run) => Ok(run.worker),
+        Command::Run(run) => Ok(run),
         _ => unreachable!(),
     }
 }
@@ -131,7 +131,7 @@ fn a_run_command_is_assumed_when_none_is_named() {
         "postgres://a@b/c",
     ])
     .unwrap();
-    assert!(matches!(cli.command, Command::Run(ref r) if r.brokers.as_deref() == Some("b:9092")));
+    assert!(matches!(cli.command, Command::Run(ref r) if r.kafka.brokers == "b:9092"));
     let cli = Cli::parse_with_default(["order-worker", "lag", "--brokers", "b:9092"]).unwrap();
     assert!(matches!(cli.command, Command::Lag(_)));
 }

@@ -42,6 +42,7 @@ pub fn client_config(brokers: &str, properties: &[KafkaProperty]) -> ClientConfi
 
 pub fn consumer_config(
     brokers: &str,
+    properties: &[KafkaProperty],
     c: &ConsumerConfig,
     commit_interval: Duration,
 ) -> ClientConfig {
@@ -56,7 +57,7 @@ pub fn consumer_config(
         // broker then holds it (and every other partition of that broker) for this long.
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("enable.partition.eof", "false");
-    for p in &c.properties {
+    for p in properties {
         cfg.set(&p.key, &p.value);
     }
     // Last, so nothing above can change them. Auto-commit only ever sends offsets the tracker
@@ -126,7 +127,7 @@ mod tests {
         let consumer = <Flags as clap::Parser>::parse_from(["test"]).consumer;
         let off = [
             client_config("b:9092", &[]),
-            consumer_config("b:9092", &consumer, Duration::from_secs(1)),
+            consumer_config("b:9092", &[], &consumer, Duration::from_secs(1)),
         ];
         for cfg in &off {
             assert_eq!(cfg.get("enable.metrics.push"), Some("false"));

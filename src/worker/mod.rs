@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::WorkerConfig;
+use crate::config::{KafkaArgs, WorkerConfig};
 use crate::db;
 use crate::error::Error;
 use crate::health::Health;
@@ -47,17 +47,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Validates the configuration, binds the HTTP server and starts the pipeline in the
-    /// background. Returns once the HTTP server listens; PostgreSQL may still be down.
-    pub async fn start(brokers: &str, cfg: &WorkerConfig) -> Result<Self, Error> {
-        cfg.validate()?;
+    /// Binds the HTTP server and starts the pipeline in the background, with a configuration
+    /// that passed [`WorkerConfig::validate`]. Returns once the HTTP server listens; PostgreSQL
+    /// may still be down.
+    pub async fn start(kafka: &KafkaArgs, cfg: &WorkerConfig) -> Result<Self, Error> {
         let prometheus = metrics::install()?;
         let addr = cfg.http.http_addr;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Http { addr, source })?;
         let http_addr = listener.local_addr()?;
-        let (parts, clients) = Parts::new(brokers, cfg)?;
+        let (parts, clients) = Parts::new(kafka, cfg)?;
         let http_stop = CancellationToken::new();
         let state = http::AppState {
             health: parts.health.clone(),
@@ -135,7 +135,8 @@ struct Clients {
 impl Parts {
     /// Creates every client, so that a bad librdkafka property or database URL fails the start,
     /// not a thread later.
-    fn new(brokers: &str, cfg: &WorkerConfig) -> Result<(Self, Clients), Error> {
+    fn new(kafka: &KafkaArgs, cfg: &WorkerConfig) -> Result<(Self, Clients), Error> {
+        let (brokers, properties) = (kafka.brokers.as_str(), kafka.properties.as_slice());
         let metrics = Metrics::new();
         let health = Arc::new(Health::new(cfg.stall_timeout));
         let pool = db::pool(&cfg.db, cfg.db_max_connections())?;
@@ -158,13 +159,13 @@ impl Parts {
             health.clone(),
             release,
         );
-        let consumer = kafka::consumer_config(brokers, c, cfg.pipeline.commit_interval)
+        let consumer = kafka::consumer_config(brokers, properties, c, cfg.pipeline.commit_interval)
             .create_with_context(context)?;
-        let lag_reader = crate::lag::reader(brokers, &c.properties, &c.group_id)?;
+        let lag_reader = crate::lag::reader(brokers, properties, &c.group_id)?;
         let dead_letter_topic = cfg
             .dead_letter_topic
             .as_deref()
-            .map(|t| DeadLetterTopic::new(brokers, &c.properties, t, &c.topic, &c.group_id))
+            .map(|t| DeadLetterTopic::new(brokers, properties, t, &c.topic, &c.group_id))
             .transpose()?
             .map(Arc::new);
         let parts = Self {
@@ -174,7 +175,7 @@ impl Parts {
             metrics,
             lag,
             dead_letter_topic,
-            originals: Originals::new(brokers, &c.properties, &c.topic, &c.group_id),
+            originals: Originals::new(brokers, properties, &c.topic, &c.group_id),
             stop,
             stopped_at,
         };

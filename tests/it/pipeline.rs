@@ -86,8 +86,8 @@ async fn a_drained_backlog_is_committed_at_once_not_at_the_next_auto_commit() {
     publish(&mock.brokers, &topic, &spec, 2_000);
     let mut cfg = worker_config(&mock.brokers, &db.url, &topic, &group, &[]);
     // librdkafka's auto-commit alone would commit a minute after the drain.
-    cfg.pipeline.commit_interval = std::time::Duration::from_secs(60);
-    let worker = order_worker::Worker::start(&mock.brokers, &cfg)
+    cfg.worker.pipeline.commit_interval = std::time::Duration::from_secs(60);
+    let worker = order_worker::Worker::start(&cfg.kafka, &cfg.worker)
         .await
         .expect("worker starts");
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 4);

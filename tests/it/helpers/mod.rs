@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use order_worker::Worker;
-use order_worker::config::{Cli, Command as Sub, WorkerConfig};
+use order_worker::config::{Cli, Command as Sub, RunConfig};
 
 /// A port that was free a moment ago (for processes that must be told their port).
 pub fn free_port() -> u16 {
@@ -78,14 +78,15 @@ const TEST_FLAGS: &[&str] = &[
     "200ms",
 ];
 
-/// A worker configuration built the way the binary builds it: from command-line flags.
+/// A worker configuration built the way the binary builds it: from command-line flags, then
+/// validated.
 pub fn worker_config(
     brokers: &str,
     db_url: &str,
     topic: &str,
     group: &str,
     extra: &[&str],
-) -> WorkerConfig {
+) -> RunConfig {
     let mut args = vec![
         "order-worker",
         "run",
@@ -101,7 +102,10 @@ pub fn worker_config(
         .expect("test flags parse")
         .command
     {
-        Sub::Run(run) => run.worker,
+        Sub::Run(run) => {
+            run.validate().expect("test flags are valid");
+            run
+        }
         other => panic!("expected run, got {other:?}"),
     }
 }
@@ -114,7 +118,9 @@ pub async fn start_worker(
     extra: &[&str],
 ) -> Worker {
     let cfg = worker_config(brokers, db_url, topic, group, extra);
-    Worker::start(brokers, &cfg).await.expect("worker starts")
+    Worker::start(&cfg.kafka, &cfg.worker)
+        .await
+        .expect("worker starts")
 }
 
 /// Like [`get`], but `None` while nothing listens yet (a process still starting).
