@@ -127,26 +127,10 @@ impl ConsumerLoop {
                 Flow::Resume => self.set_paused(false),
             }
             if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
-                match self.consumer.poll(timeout) {
-                    // An empty poll may have waited POLL_TIMEOUT, and the tick below must not
-                    // wait one more turn for it. Only when idle, so it costs nothing in a backlog.
-                    None if !timeout.is_zero() => now = Instant::now(),
-                    None => {}
-                    Some(Ok(message)) => {
-                        self.metrics.consumed.increment(1);
-                        self.health.consumer_fetched();
-                        pacing.on_message(now);
-                        if let Some(envelope) = self.envelope(&message) {
-                            pending.push_back(envelope);
-                        }
-                    }
-                    // librdkafka gives up on a fatal error (a fenced static member): so does the
-                    // worker, with the error, instead of polling a dead consumer.
-                    Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                        self.metrics.consumer_errors.increment(1);
-                        return Err(Error::Kafka(e));
-                    }
-                    Some(Err(e)) => self.consumer.context().report_error(&e, None),
+                // An empty poll may have waited POLL_TIMEOUT, and the tick below must not wait
+                // one more turn for it. Only when idle, so it costs nothing in a backlog.
+                if self.poll_one(timeout, now, &mut pacing, pending)? {
+                    now = Instant::now();
                 }
             }
             let load = || Load {
@@ -164,13 +148,48 @@ impl ConsumerLoop {
                 pacing.on_idle_commit(now);
             }
             if chores.release_memory {
-                self.tracker.shrink();
-                // A backlog grows this to thousands of slots (~200 KiB).
-                pending.shrink_to_fit();
-                self.idle_release.run();
+                self.release_memory(pending);
             }
         }
         Ok(())
+    }
+
+    /// Takes at most one message from librdkafka, waiting up to `timeout`. True when the poll
+    /// came back empty after waiting, so `now` is stale.
+    fn poll_one(
+        &self,
+        timeout: Duration,
+        now: Instant,
+        pacing: &mut Pacing,
+        pending: &mut VecDeque<Envelope>,
+    ) -> Result<bool, Error> {
+        match self.consumer.poll(timeout) {
+            None => return Ok(!timeout.is_zero()),
+            Some(Ok(message)) => {
+                self.metrics.consumed.increment(1);
+                self.health.consumer_fetched();
+                pacing.on_message(now);
+                if let Some(envelope) = self.envelope(&message) {
+                    pending.push_back(envelope);
+                }
+            }
+            // librdkafka gives up on a fatal error (a fenced static member): so does the worker,
+            // with the error, instead of polling a dead consumer.
+            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                self.metrics.consumer_errors.increment(1);
+                return Err(Error::Kafka(e));
+            }
+            Some(Err(e)) => self.consumer.context().report_error(&e, None),
+        }
+        Ok(false)
+    }
+
+    /// Hands back what a backlog grew, once the pipeline is idle.
+    fn release_memory(&self, pending: &mut VecDeque<Envelope>) {
+        self.tracker.shrink();
+        // A backlog grows this to thousands of slots (~200 KiB).
+        pending.shrink_to_fit();
+        self.idle_release.run();
     }
 
     fn report_depths(&self, load: Load) {
