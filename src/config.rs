@@ -71,6 +71,36 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Reads what the command line only points at (the Kafka properties' files and
+    /// `KAFKA_PROPERTY_*` variables of `env`), then checks what clap cannot express.
+    pub fn prepare(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), Error> {
+        if let Some(kafka) = self.kafka_mut() {
+            kafka.resolve(env)?;
+        }
+        match self {
+            Self::Run(cfg) => cfg.validate(),
+            Self::Dev(cfg) => cfg.worker.validate(&[]),
+            _ => Ok(()),
+        }
+    }
+
+    fn kafka_mut(&mut self) -> Option<&mut KafkaArgs> {
+        match self {
+            Self::Run(cfg) => Some(&mut cfg.kafka),
+            Self::Produce(cfg) => Some(&mut cfg.kafka),
+            Self::Lag(cfg) => Some(&mut cfg.kafka),
+            Self::DeadLetters {
+                command: DeadLettersCommand::Replay(cfg),
+            } => Some(&mut cfg.kafka),
+            Self::Migrate(_) | Self::Dev(_) | Self::DeadLetters { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
     /// Log format: json (default when stderr is not a terminal) or pretty. Filter with RUST_LOG.
@@ -298,7 +328,7 @@ pub use commands::{
     LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
 };
 
-pub use kafka::{KafkaArgs, KafkaProperty};
+pub use kafka::{KAFKA_PROPERTY_PREFIX, KafkaArgs, KafkaProperty};
 pub(crate) use kafka::{REVOKE_COMMIT_WAIT, check_overrides};
 #[cfg(test)]
 mod tests;

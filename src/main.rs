@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
-use order_worker::config::{Cli, Command, DeadLettersCommand};
+use order_worker::config::{self, Cli, Command, DeadLettersCommand};
 use order_worker::{Worker, db, dead_letters, dev, lag, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = match Cli::parse_with_default(std::env::args_os()) {
+    let mut cli = match Cli::parse_with_default(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    if let Err(e) = validate(&cli.command) {
+    let prepared = utf8_env().and_then(|env| cli.command.prepare(env).map_err(|e| e.to_string()));
+    if let Err(e) = prepared {
         eprintln!("order-worker: {e} (see --help)");
         return ExitCode::from(2);
     }
@@ -43,14 +44,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Checks what clap cannot express, before anything starts: a contradiction between settings is
-/// a usage error like a malformed flag.
-fn validate(command: &Command) -> Result<(), order_worker::Error> {
-    match command {
-        Command::Run(cfg) => cfg.validate(),
-        Command::Dev(cfg) => cfg.worker.validate(&[]),
-        _ => Ok(()),
+/// The environment's variables that are Unicode; a Kafka property variable that is not is an
+/// error (clap has read its own variables already).
+fn utf8_env() -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => vars.push((name, value)),
+            Err(_) if name.starts_with(config::KAFKA_PROPERTY_PREFIX) => {
+                return Err(format!("{name} is not valid UTF-8"));
+            }
+            Err(_) => {}
+        }
     }
+    Ok(vars)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

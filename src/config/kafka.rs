@@ -1,10 +1,14 @@
-//! Kafka settings as the user gives them: `key=value` librdkafka properties, and the ones the
-//! worker's guarantees rest on.
+//! Kafka settings as the user gives them: `key=value` librdkafka properties from four sources
+//! (a properties file, a comma-separated list, one environment variable per property, files
+//! holding one secret each), and the ones the worker's guarantees rest on.
 //!
-//! Invariant: a property that would let librdkafka store or commit offsets on its own, or change
-//! the group, is refused here, before any client exists; a secret's value never reaches a log.
+//! Invariant: after [`KafkaArgs::resolve`], `properties` holds every source in precedence order
+//! (a later one overrides an earlier one); a property that would let librdkafka store or commit
+//! offsets on its own, or change the group, is refused before any client exists; a secret's
+//! value never reaches a log or an error message.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -24,14 +28,65 @@ pub struct KafkaArgs {
     #[arg(long = "kafka-property", env = "KAFKA_PROPERTIES", value_delimiter = ',',
           value_parser = parse_property, hide_env_values = true)]
     pub properties: Vec<KafkaProperty>,
+    /// A file of librdkafka properties, one `key=value` per line (`#` starts a comment line).
+    /// Values are taken as written, commas included.
+    #[arg(long = "kafka-properties-file", env = "KAFKA_PROPERTIES_FILE")]
+    pub properties_file: Option<PathBuf>,
+    /// A property whose value is the content of a file, `key=path`, comma-separated or repeated:
+    /// a mounted Secret, e.g. sasl.password=/etc/kafka-user/password. With the key
+    /// sasl.jaas.config, the file holds a Java JAAS line (a Strimzi KafkaUser's) whose username
+    /// and password become sasl.username and sasl.password.
+    #[arg(long = "kafka-secret-file", env = "KAFKA_SECRET_FILES", value_delimiter = ',',
+          value_parser = parse_property)]
+    pub secret_files: Vec<KafkaProperty>,
 }
 
+/// Environment variables named `KAFKA_PROPERTY_<NAME>` each set one property: `_` in the name
+/// becomes `.`, `__` becomes `_`, and it is lower-cased (`KAFKA_PROPERTY_SASL_PASSWORD` sets
+/// `sasl.password`), so a value may hold any character.
+pub const KAFKA_PROPERTY_PREFIX: &str = "KAFKA_PROPERTY_";
+
 impl KafkaArgs {
+    /// Folds every source into `properties`, in precedence order: the properties file, then
+    /// `--kafka-property`/`KAFKA_PROPERTIES`, then `KAFKA_PROPERTY_*` variables of `env`, then
+    /// the secret files. Reads the files now, so a missing one is a configuration error.
+    pub fn resolve(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), Error> {
+        let mut all = match self.properties_file.take() {
+            Some(path) => {
+                let text = read("KAFKA_PROPERTIES_FILE", &path)?;
+                parse_properties_file(&text).map_err(|line| {
+                    config(format!(
+                        "KAFKA_PROPERTIES_FILE {}: line {line}: expected key=value",
+                        path.display()
+                    ))
+                })?
+            }
+            None => Vec::new(),
+        };
+        all.append(&mut self.properties);
+        all.extend(properties_from_env(env)?);
+        for secret in std::mem::take(&mut self.secret_files) {
+            let path = PathBuf::from(&secret.value);
+            let text = read(&format!("KAFKA_SECRET_FILES ({})", secret.key), &path)?;
+            all.extend(secret_properties(
+                &secret.key,
+                text.trim_end_matches(['\r', '\n']),
+            )?);
+        }
+        self.properties = all;
+        Ok(())
+    }
+
     /// Brokers without extra properties: an embedded or local cluster.
     pub fn local(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             properties: Vec::new(),
+            properties_file: None,
+            secret_files: Vec::new(),
         }
     }
 }
@@ -92,6 +147,71 @@ impl fmt::Debug for KafkaProperty {
     }
 }
 
+fn config(message: String) -> Error {
+    Error::Config(message)
+}
+
+fn read(setting: &str, path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| config(format!("{setting}: cannot read {}: {e}", path.display())))
+}
+
+/// The properties of a properties file's text, or the number of its first malformed line.
+fn parse_properties_file(text: &str) -> Result<Vec<KafkaProperty>, usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with(['#', '!']))
+        .map(|(i, l)| parse_property(l).map_err(|_| i + 1))
+        .collect()
+}
+
+/// The properties set by `KAFKA_PROPERTY_*` variables, sorted by name.
+fn properties_from_env(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<KafkaProperty>, Error> {
+    let mut found: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(KAFKA_PROPERTY_PREFIX))
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .map(|(name, value)| {
+            let key = name[KAFKA_PROPERTY_PREFIX.len()..]
+                .split("__")
+                .map(|part| part.replace('_', "."))
+                .collect::<Vec<_>>()
+                .join("_")
+                .to_lowercase();
+            if key.is_empty() || key.starts_with('.') || key.ends_with('.') {
+                return Err(config(format!("{name} does not name a property")));
+            }
+            Ok(KafkaProperty::new(key, value))
+        })
+        .collect()
+}
+
+/// The properties a secret file sets: itself, or for a JAAS line, its username and password.
+fn secret_properties(key: &str, content: &str) -> Result<Vec<KafkaProperty>, Error> {
+    if key != "sasl.jaas.config" {
+        return Ok(vec![KafkaProperty::new(key, content)]);
+    }
+    let field = |name: &str| {
+        let start = content.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = content[start..].find('"')?;
+        Some(content[start..start + len].to_owned())
+    };
+    match (field("username"), field("password")) {
+        (Some(user), Some(password)) => Ok(vec![
+            KafkaProperty::new("sasl.username", user),
+            KafkaProperty::new("sasl.password", password),
+        ]),
+        _ => Err(config(
+            "KAFKA_SECRET_FILES (sasl.jaas.config): no username=\"...\" and password=\"...\" in the file".into(),
+        )),
+    }
+}
+
 pub(super) fn parse_property(s: &str) -> Result<KafkaProperty, String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok(KafkaProperty::new(k.trim(), v.trim())),
@@ -110,5 +230,106 @@ mod tests {
             assert!(err.to_string().contains(key));
         }
         assert!(check_overrides(&[KafkaProperty::new("security.protocol", "SSL")]).is_ok());
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn one_variable_per_property_keeps_commas_and_equals_signs_in_values() {
+        let props = properties_from_env(env(&[
+            ("KAFKA_PROPERTY_SASL_PASSWORD", "a,b=c"),
+            ("KAFKA_PROPERTY_DEBUG", "fetch,cgrp"),
+            ("KAFKA_PROPERTIES", "ignored=here"),
+            ("PATH", "/bin"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            props,
+            [
+                KafkaProperty::new("debug", "fetch,cgrp"),
+                KafkaProperty::new("sasl.password", "a,b=c")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_double_underscore_in_a_variable_name_is_an_underscore_in_the_property() {
+        let props = properties_from_env(env(&[("KAFKA_PROPERTY_SOME__NAME_X", "1")])).unwrap();
+        assert_eq!(props, [KafkaProperty::new("some_name.x", "1")]);
+        assert!(properties_from_env(env(&[("KAFKA_PROPERTY_", "1")])).is_err());
+    }
+
+    #[test]
+    fn a_properties_file_takes_values_verbatim_and_names_a_bad_line_without_its_content() {
+        let text =
+            "# Strimzi listener\nsecurity.protocol=SASL_SSL\n\n  debug = fetch,cgrp\nsecret\n";
+        assert_eq!(parse_properties_file(text), Err(5));
+        let ok = parse_properties_file(&text.replace("secret\n", "")).unwrap();
+        assert_eq!(
+            ok,
+            [
+                KafkaProperty::new("security.protocol", "SASL_SSL"),
+                KafkaProperty::new("debug", "fetch,cgrp"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_strimzi_jaas_line_gives_the_username_and_password() {
+        let jaas = r#"org.apache.kafka.common.security.scram.ScramLoginModule required username="order-worker" password="p,w=d";"#;
+        assert_eq!(
+            secret_properties("sasl.jaas.config", jaas).unwrap(),
+            [
+                KafkaProperty::new("sasl.username", "order-worker"),
+                KafkaProperty::new("sasl.password", "p,w=d"),
+            ]
+        );
+        let err = secret_properties("sasl.jaas.config", "password-only").unwrap_err();
+        assert!(!err.to_string().contains("password-only"), "{err}");
+    }
+
+    #[test]
+    fn later_sources_override_earlier_ones_and_secret_files_come_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kafka.properties");
+        std::fs::write(&file, "sasl.username=from-file\nsasl.password=from-file\n").unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "from-secret\n").unwrap();
+        let mut args = KafkaArgs {
+            properties_file: Some(file),
+            properties: vec![KafkaProperty::new("sasl.username", "from-list")],
+            secret_files: vec![KafkaProperty::new(
+                "sasl.password",
+                secret.to_str().unwrap(),
+            )],
+            ..KafkaArgs::local("b:9092")
+        };
+        args.resolve(env(&[("KAFKA_PROPERTY_SASL_USERNAME", "from-env")]))
+            .unwrap();
+        let last = |key: &str| {
+            args.properties
+                .iter()
+                .rev()
+                .find(|p| p.key == key)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(last("sasl.username"), "from-env");
+        assert_eq!(last("sasl.password"), "from-secret");
+        let missing = KafkaArgs {
+            secret_files: vec![KafkaProperty::new("sasl.password", "/nonexistent/password")],
+            ..KafkaArgs::local("b:9092")
+        }
+        .resolve(Vec::new())
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/password"),
+            "{missing}"
+        );
     }
 }

@@ -11,6 +11,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod hostile;
+mod kafka_auth;
 mod layers;
 mod migrations;
 mod misconfig;

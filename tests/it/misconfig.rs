@@ -164,6 +164,18 @@ fn settings_that_would_overflow_or_contradict_each_other_are_refused_in_one_line
             "SHUTDOWN_TIMEOUT",
         ),
         (&["--topic", "^orders.*"], "KAFKA_TOPIC"),
+        (
+            &["--kafka-secret-file", "sasl.password=/nonexistent/secret"],
+            "KAFKA_SECRET_FILES (sasl.password): cannot read /nonexistent/secret",
+        ),
+        (
+            &["--kafka-properties-file", "/nonexistent/kafka.properties"],
+            "KAFKA_PROPERTIES_FILE: cannot read /nonexistent/kafka.properties",
+        ),
+        (
+            &["--kafka-property", "group.id=elsewhere"],
+            "group.id cannot be overridden",
+        ),
     ] {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let (code, stderr) = exits_within(&args, &[], Duration::from_secs(5))

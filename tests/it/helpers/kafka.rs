@@ -341,6 +341,32 @@ impl Tansu {
 
     /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
     #[allow(dead_code)] // used by the chaos suite
+    /// A broker that requires SASL/SCRAM-SHA-512, knowing one user and one topic. tansu refuses
+    /// its admin calls without a login, and its CLI has none, so the user and the topic are
+    /// created first and the broker is restarted on the same storage with `--authentication`.
+    pub fn with_scram_user(user: &str, password: &str, topic: &str, partitions: i32) -> Self {
+        let mut tansu = Self::start();
+        let url = format!("tcp://{}", tansu.brokers);
+        let admin = |args: &[&str]| {
+            let out = Command::new(tansu_bin())
+                .args(args)
+                .args(["--broker", &url])
+                .output()
+                .expect("run tansu's CLI");
+            assert!(
+                out.status.success(),
+                "tansu {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        admin(&["user", "create", user, password]);
+        let partitions = partitions.to_string();
+        admin(&["topic", "create", "--partitions", &partitions, topic]);
+        tansu.flags = vec!["--authentication".into()];
+        tansu.restart(Duration::ZERO);
+        tansu
+    }
+
     pub fn restart(&mut self, down_for: Duration) {
         let _ = self.child.kill();
         let _ = self.child.wait();

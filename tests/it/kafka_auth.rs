@@ -1,0 +1,111 @@
+//! Credentials for Kafka the way clusters hand them out: a SASL/SCRAM login against a broker
+//! process that requires one (tansu with `--authentication`), with the password read from a
+//! mounted Secret (a Strimzi KafkaUser's JAAS line), set by one variable per property, or kept in
+//! a properties file; a password with commas and `=` works in each.
+
+use std::time::Duration;
+
+use order_worker::synth::{Expectation, SynthSpec};
+
+use crate::helpers::kafka::Tansu;
+use crate::helpers::pg::{TestDb, assert_state_is};
+use crate::helpers::{Binary, eventually, unique, worker_bin};
+
+/// Impossible to pass through the comma-separated `KAFKA_PROPERTIES`.
+const PASSWORD: &str = "s3cr,et=with,commas";
+const USER: &str = "order-worker";
+const SASL: [(&str, &str); 2] = [
+    ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+    ("KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
+];
+
+/// Publishes `events` of `spec` with `order-worker produce`, logging in from a properties file.
+fn produce_with_properties_file(brokers: &str, topic: &str, spec: &SynthSpec, events: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kafka.properties");
+    std::fs::write(
+        &file,
+        format!(
+            "# as a platform team would mount it\nsecurity.protocol=SASL_PLAINTEXT\n\
+             sasl.mechanism=SCRAM-SHA-512\nsasl.username={USER}\nsasl.password={PASSWORD}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(worker_bin())
+        .args(["produce", "--brokers", brokers, "--topic", topic])
+        .args([
+            "--events",
+            &events.to_string(),
+            "--orders",
+            &spec.orders.to_string(),
+        ])
+        .args(["--seed", &spec.seed.to_string()])
+        .args(["--invalid-ratio", &spec.invalid_ratio.to_string()])
+        .args(["--duplicate-ratio", &spec.duplicate_ratio.to_string()])
+        .env("KAFKA_PROPERTIES_FILE", &file)
+        .output()
+        .expect("run order-worker produce");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "produce: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{events} acknowledged")),
+        "{stdout}"
+    );
+}
+
+/// Runs the worker against the authenticating broker with `env` carrying its credentials, and
+/// checks it applies every event and its log never shows the password.
+async fn consumes_with(env: &[(&str, &str)]) {
+    let topic = unique("orders");
+    let tansu = Tansu::with_scram_user(USER, PASSWORD, &topic, 2);
+    let db = TestDb::create().await;
+    let spec = SynthSpec {
+        orders: 50,
+        invalid_ratio: 0.02,
+        duplicate_ratio: 0.02,
+        seed: 21,
+    };
+    produce_with_properties_file(&tansu.brokers, &topic, &spec, 300);
+
+    let worker = Binary::run_with_env(&tansu.brokers, &db.url, &topic, &unique("group"), &[], env);
+    worker.ready().await;
+    let expected = Expectation::of(&spec, 300);
+    eventually("every event applied", Duration::from_secs(60), || async {
+        crate::helpers::pg::count(&db.pool, "orders").await == expected.orders.len() as i64
+    })
+    .await;
+    assert_state_is(&db.pool, &expected).await;
+    let log = std::fs::read_to_string(&worker.log).unwrap();
+    assert!(!log.contains("s3cr"), "the password reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strimzi_kafka_user_secret_mounted_as_a_file_logs_the_worker_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let jaas = dir.path().join("sasl.jaas.config");
+    std::fs::write(
+        &jaas,
+        format!(
+            "org.apache.kafka.common.security.scram.ScramLoginModule required \
+             username=\"{USER}\" password=\"{PASSWORD}\";"
+        ),
+    )
+    .unwrap();
+    let secret = format!("sasl.jaas.config={}", jaas.display());
+    consumes_with(&[SASL[0], SASL[1], ("KAFKA_SECRET_FILES", &secret)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_variable_per_property_carries_a_password_with_commas() {
+    consumes_with(&[
+        SASL[0],
+        SASL[1],
+        ("KAFKA_PROPERTY_SASL_USERNAME", USER),
+        ("KAFKA_PROPERTY_SASL_PASSWORD", PASSWORD),
+    ])
+    .await;
+}
