@@ -56,6 +56,9 @@ impl Cli {
 pub enum Command {
     /// Consume the topic and apply events to PostgreSQL (the default).
     Run(RunConfig),
+    /// Check a deployment's settings against Kafka and PostgreSQL: one line per check with the
+    /// fix; exit 0 only if every check passes.
+    Check(CheckConfig),
     /// Apply the embedded database migrations and exit.
     Migrate(MigrateConfig),
     /// Publish synthetic order events (valid, invalid, duplicated) and print a summary.
@@ -91,6 +94,7 @@ impl Command {
     fn kafka_mut(&mut self) -> Option<&mut KafkaArgs> {
         match self {
             Self::Run(cfg) => Some(&mut cfg.kafka),
+            Self::Check(cfg) => Some(&mut cfg.run.kafka),
             Self::Produce(cfg) => Some(&mut cfg.kafka),
             Self::Lag(cfg) => Some(&mut cfg.kafka),
             Self::DeadLetters {
@@ -324,8 +328,8 @@ mod commands;
 mod kafka;
 
 pub use commands::{
-    DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig, DeadLettersCommand, DevConfig,
-    LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
+    CheckConfig, DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig,
+    DeadLettersCommand, DevConfig, LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
 };
 
 pub use kafka::{KAFKA_PROPERTY_PREFIX, KafkaArgs, KafkaProperty};

@@ -23,6 +23,7 @@
 //!
 //! The public surface is what the binary, the tests and the benchmark crate use.
 
+pub mod check;
 pub mod config;
 pub mod contract;
 pub mod db;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{self, Cli, Command, DeadLettersCommand};
-use order_worker::{Worker, db, dead_letters, dev, lag, produce, shutdown, telemetry};
+use order_worker::{Worker, check, db, dead_letters, dev, lag, produce, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -71,6 +71,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("failed to start")?;
             shutdown::on_signal(worker.stop_token(), Some(cfg.worker.shutdown_timeout));
             worker.wait().await?;
+        }
+        Command::Check(cfg) => {
+            let report = check::check(&cfg).await;
+            if cfg.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.passed {
+                bail!(
+                    "{} of {} checks failed",
+                    report.failed(),
+                    report.checks.len()
+                );
+            }
         }
         Command::Migrate(cfg) => {
             let pool = db::pool(&cfg.db, 1)?;

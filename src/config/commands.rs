@@ -1,4 +1,4 @@
-//! The arguments of the commands besides `run`: `migrate`, `produce`, `lag`, `dev` and
+//! The arguments of the commands besides `run`: `check`, `migrate`, `produce`, `lag`, `dev` and
 //! `dead-letters`.
 //!
 //! Invariant: every command that talks to Kafka takes its brokers and librdkafka properties from
@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::checks::parse_duration;
-use super::{DbConfig, KafkaArgs, OffsetReset, WorkerConfig};
+use super::{DbConfig, KafkaArgs, OffsetReset, RunConfig, WorkerConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
@@ -107,6 +107,23 @@ pub struct ProduceConfig {
     pub partitions: Option<i32>,
     #[command(flatten)]
     pub synth: SynthConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfig {
+    /// The settings `run` would get, read from the same flags and variables.
+    #[command(flatten)]
+    pub run: RunConfig,
+    /// The most replicas that will run (the ScaledObject's maxReplicaCount): compared with the
+    /// topic's partitions and with PostgreSQL's max_connections.
+    #[arg(long, env = "CHECK_MAX_REPLICAS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replicas: Option<u32>,
+    /// The pod's terminationGracePeriodSeconds: SHUTDOWN_TIMEOUT must end before it.
+    #[arg(long, env = "CHECK_GRACE_PERIOD", value_parser = parse_duration)]
+    pub grace_period: Option<Duration>,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -82,22 +82,54 @@ async fn accept_reworded(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
+/// How a database's schema compares with the migrations this build embeds.
+#[derive(Debug, Default)]
+pub struct SchemaStatus {
+    pub applied: usize,
+    /// Embedded migrations the database lacks, as `version (description)`.
+    pub missing: Vec<String>,
+    /// Versions the database has that this build does not know (a newer build applied them).
+    pub unknown: Vec<i64>,
+}
+
+pub async fn schema_status(pool: &PgPool) -> Result<SchemaStatus, Error> {
+    let applied = applied_versions(pool).await?;
+    Ok(SchemaStatus {
+        applied: applied.len(),
+        missing: MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} ({})", m.version, m.description))
+            .collect(),
+        unknown: applied
+            .into_iter()
+            .filter(|v| MIGRATOR.iter().all(|m| m.version != *v))
+            .collect(),
+    })
+}
+
 /// Refuses a database that lacks a migration this build needs.
 pub async fn check_schema(pool: &PgPool) -> Result<(), Error> {
-    let applied = applied_versions(pool).await?;
-    let missing: Vec<String> = MIGRATOR
-        .iter()
-        .filter(|m| !applied.contains(&m.version))
-        .map(|m| format!("{} ({})", m.version, m.description))
-        .collect();
-    if missing.is_empty() {
+    let status = schema_status(pool).await?;
+    if status.missing.is_empty() {
         Ok(())
     } else {
         Err(Error::Schema(format!(
             "the database lacks migration(s) {}; run `order-worker migrate` or set MIGRATE_ON_START=true",
-            missing.join(", ")
+            status.missing.join(", ")
         )))
     }
+}
+
+/// PostgreSQL's `max_connections` less the slots reserved for superusers: what clients such as
+/// the worker can open at most.
+pub async fn connection_slots(pool: &PgPool) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT current_setting('max_connections')::bigint \
+              - current_setting('superuser_reserved_connections')::bigint",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, Error> {

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -104,6 +105,14 @@ pub struct DeadLetterTopic {
     value_budget: usize,
 }
 
+/// The largest record the dead-letter producer of `config` sends: its `message.max.bytes`.
+pub fn largest_letter(config: &ClientConfig) -> usize {
+    config
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
 impl DeadLetterTopic {
     pub fn new(
         brokers: &str,
@@ -124,10 +133,7 @@ impl DeadLetterTopic {
         if config.get("message.timeout.ms").is_none() {
             config.set("message.timeout.ms", DELIVERY_TIMEOUT_MS);
         }
-        let message_max = config
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
+        let message_max = largest_letter(&config);
         Ok(Self {
             producer: config.create()?,
             topic: topic.to_owned(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -26,6 +26,7 @@ use tracing::debug;
 use crate::config::{KafkaProperty, OffsetReset};
 
 pub use describe::{describe, print_table};
+pub(crate) use monitor::Problem;
 pub(crate) use monitor::{Monitor, MonitorHandle};
 pub(crate) use view::LagView;
 
@@ -193,6 +194,8 @@ fn offsets(
 #[derive(Default)]
 pub struct Quiet {
     last_error: Mutex<Option<(KafkaError, String)>>,
+    /// librdkafka's last sentence about a failed connection (a refused login says why there).
+    last_failure: Mutex<Option<String>>,
 }
 
 impl Quiet {
@@ -203,19 +206,43 @@ impl Quiet {
             .unwrap_or_else(|p| p.into_inner())
             .take()
     }
+
+    fn take_last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
 }
 
 impl ClientContext for Quiet {
     fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
         debug!(target: "librdkafka", fac, "{message}");
+        if fac == "FAIL" {
+            // "[thrd:...]: sasl_ssl://host:9093/1: SASL authentication error: ..."
+            let sentence = message.split_once("]: ").map_or(message, |(_, rest)| rest);
+            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(sentence.into());
+        }
     }
     fn error(&self, error: KafkaError, reason: &str) {
         debug!(target: "librdkafka", error = %error, "{reason}");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((error, reason.into()));
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        // A refused login is followed by "all brokers down" as the connection closes; the
+        // refusal is what explains both.
+        if !last.as_ref().is_some_and(|(e, _)| is_refused_login(e)) || is_refused_login(&error) {
+            *last = Some((error, reason.into()));
+        }
     }
 }
 
 impl ConsumerContext for Quiet {}
+
+pub(crate) fn is_refused_login(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+    )
+}
 
 /// A client that reads the group's offsets without ever joining it (no rebalance), on its own
 /// connections (no queueing behind a consumer's fetches).

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::{LagView, Quiet, measure_partitions, partitions};
 use crate::config::OffsetReset;
-use crate::health::{Health, KAFKA_UNREACHABLE};
+use crate::health::{Health, KAFKA_CREDENTIALS_REFUSED, KAFKA_UNREACHABLE};
 use crate::metrics::Metrics;
 use crate::telemetry::Throttle;
 
@@ -91,10 +91,9 @@ impl Monitor {
                 )
             }
             Err(e) => {
-                let last = self.reader.context().take_last_error();
-                match problem(&e, last, v.topic()) {
+                match Problem::of(&e, &self.reader) {
                     Problem::Credentials(detail) => self.health.kafka_refused_credentials(&detail),
-                    Problem::Other(reason) => self.health.kafka_problem(reason),
+                    other => self.health.kafka_problem(other.reason(v.topic())),
                 }
                 Err(e)
             }
@@ -140,32 +139,56 @@ impl Monitor {
 /// How soon a failed measurement is retried (at most LAG_INTERVAL).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
-/// Why a measurement failed, in the words `/readyz` uses.
-enum Problem {
+/// Why reading a topic's metadata failed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Problem {
+    /// The brokers refused the credentials, in librdkafka's words.
     Credentials(String),
-    Other(String),
+    Unreachable,
+    TopicMissing,
+    TopicNotAuthorized,
 }
 
-fn problem(e: &KafkaError, last: Option<(KafkaError, String)>, topic: &str) -> Problem {
-    use RDKafkaErrorCode as C;
-    match e.rdkafka_error_code() {
-        Some(C::UnknownTopicOrPartition | C::UnknownTopic) => {
-            return Problem::Other(format!("topic {topic} does not exist"));
+impl Problem {
+    /// Classifies `e`, a failed metadata read by `reader`, with the last client-level error the
+    /// reader saw (a request that merely timed out does not say the credentials were refused).
+    pub(crate) fn of(e: &KafkaError, reader: &BaseConsumer<Quiet>) -> Self {
+        use RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(C::UnknownTopicOrPartition | C::UnknownTopic) => return Self::TopicMissing,
+            Some(C::TopicAuthorizationFailed) => return Self::TopicNotAuthorized,
+            _ => {}
         }
-        Some(C::TopicAuthorizationFailed) => {
-            return Problem::Other(format!("not authorized to read topic {topic}"));
+        // A consumer's client-level errors and librdkafka's log lines come out of its poll,
+        // one event per call (an event served inside, a log line, also returns None); this
+        // client never subscribes, so nothing else does. Bounded: polling produces no events.
+        let mut refused = None;
+        for _ in 0..256 {
+            if let Some(Err(e)) = reader.poll(Duration::ZERO)
+                && super::is_refused_login(&e)
+            {
+                refused = Some(e.to_string());
+            }
         }
-        _ => {}
-    }
-    match last {
-        Some((last, reason))
-            if matches!(
-                last.rdkafka_error_code(),
-                Some(C::Authentication | C::SaslAuthenticationFailed)
-            ) =>
+        let context = reader.context();
+        if let Some((last, reason)) = context.take_last_error()
+            && super::is_refused_login(&last)
         {
-            Problem::Credentials(reason)
+            refused = Some(reason);
         }
-        _ => Problem::Other(KAFKA_UNREACHABLE.into()),
+        match refused {
+            Some(fallback) => Self::Credentials(context.take_last_failure().unwrap_or(fallback)),
+            None => Self::Unreachable,
+        }
+    }
+
+    /// The problem in the words `/readyz` uses.
+    pub(crate) fn reason(&self, topic: &str) -> String {
+        match self {
+            Self::Credentials(detail) => format!("{KAFKA_CREDENTIALS_REFUSED}: {detail}"),
+            Self::Unreachable => KAFKA_UNREACHABLE.into(),
+            Self::TopicMissing => format!("topic {topic} does not exist"),
+            Self::TopicNotAuthorized => format!("not authorized to read topic {topic}"),
+        }
     }
 }

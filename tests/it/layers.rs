@@ -7,7 +7,14 @@ use std::path::Path;
 
 const CORES: &[&str] = &["contract", "offsets", "config", "synth", "retry", "error"];
 const ADAPTERS: &[&str] = &["kafka", "db", "lag", "http"];
-const COMPOSITION: &[&str] = &["pipeline", "worker", "dev", "produce", "dead_letters"];
+const COMPOSITION: &[&str] = &[
+    "pipeline",
+    "worker",
+    "dev",
+    "produce",
+    "dead_letters",
+    "check",
+];
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod check;
 mod configuration;
 mod dead_letter_topic;
 mod dead_letters;
