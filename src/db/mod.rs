@@ -19,8 +19,14 @@ use crate::error::Error;
 pub use store::{OrderRow, UPSERT_ORDERS, encode_batch};
 pub(crate) use store::{OrderStore, Written};
 
-/// The migrations in `migrations/`, compiled into the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!();
+/// The migrations in `migrations/`, compiled into the binary. A database may also hold
+/// migrations this build does not know: a newer build applied them, and since every migration
+/// only adds to the schema (`tests/it/migrations.rs` holds them to it), this build still works on
+/// it, so an image can be rolled back without rolling the database back.
+pub static MIGRATOR: Migrator = Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!()
+};
 
 /// A pool that connects on demand, so the worker starts (and reports unready) while PostgreSQL is
 /// still down, and recovers by itself when it returns.
