@@ -19,7 +19,7 @@
 #      checkov -f Dockerfile. Skips are annotations next to the object, each with its reason.
 #   7. promtool check rules and promtool test rules (k8s/base/prometheusrule_test.yaml) on the
 #      PrometheusRule of each rendering.
-#   8. consistency: ConfigMap keys are settings of src/config.rs; KEDA agrees with the ConfigMap;
+#   8. consistency: ConfigMap keys are settings of src/config*; KEDA agrees with the ConfigMap;
 #      grace period > SHUTDOWN_TIMEOUT; ports and probes; maxReplicaCount <= partitions; every
 #      runbook_url anchor exists. (Metric and label names: tests/it/deploy.rs, against a live
 #      scrape of the worker.)
@@ -182,7 +182,8 @@ root, renders = sys.argv[1], sys.argv[2:]
 errors = []
 def err(where, msg): errors.append(f"{where}: {msg}")
 
-config_rs = open(f"{root}/src/config.rs").read()
+import glob
+config_rs = "".join(open(p).read() for p in [f"{root}/src/config.rs", *sorted(glob.glob(f"{root}/src/config/*.rs"))])
 known_env = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', config_rs)) | {"RUST_LOG"}
 runbook = open(f"{root}/docs/runbook.md").read()
 image_user = re.findall(r"^USER\s+(\d+)", open(f"{root}/Dockerfile").read(), re.M)[-1]
@@ -216,7 +217,7 @@ for path in renders:
         if e["name"] not in known_env:
             err(name, f"env {e['name']} is not a setting in src/config.rs")
     if cm.get("MIGRATE_ON_START", "false") not in ("false", "0"):
-        err(name, "MIGRATE_ON_START must be false: the migration Job migrates")
+        err(name, "MIGRATE_ON_START must be false: the initContainer migrate migrates")
     if worker.get("args") != ["run"]:
         err(name, f"worker args {worker.get('args')} != ['run']")
     uid = str(worker["securityContext"].get("runAsUser", pod["securityContext"].get("runAsUser")))
@@ -240,18 +241,25 @@ for path in renders:
     if [p.get("targetPort") for p in svc["spec"]["ports"]] != ["http"]:
         err(name, "Service must target the port named http")
 
-    job = next(d for d in by("Job") if d["metadata"]["name"] == "order-worker-migrate")
-    jc = job["spec"]["template"]["spec"]["containers"][0]
-    if jc.get("args") != ["migrate"]:
-        err(name, f"migration Job args {jc.get('args')} != ['migrate']")
-    if jc["image"] != worker["image"]:
-        err(name, f"migration Job image {jc['image']} != worker image {worker['image']}")
+    inits = pod.get("initContainers", [])
+    if [c.get("args") for c in inits] != [["migrate"], ["check"]]:
+        err(name, f"initContainers must run migrate, then check: {[c.get('args') for c in inits]}")
+    for c in inits:
+        if c["image"] != worker["image"]:
+            err(name, f"initContainer {c['name']} image {c['image']} != worker image {worker['image']}")
+        if [e["configMapRef"]["name"] for e in c.get("envFrom", [])] != [cm_name]:
+            err(name, f"initContainer {c['name']} must read the worker's ConfigMap")
+    if cm.get("CHECK_GRACE_PERIOD") != f"{pod.get('terminationGracePeriodSeconds')}s":
+        err(name, f"CHECK_GRACE_PERIOD {cm.get('CHECK_GRACE_PERIOD')} != terminationGracePeriodSeconds "
+                  f"{pod.get('terminationGracePeriodSeconds')}")
 
     so = next(d for d in by("ScaledObject") if d["metadata"]["name"] == "order-worker")
     spec = so["spec"]
     if spec["scaleTargetRef"]["name"] != deploy["metadata"]["name"]:
         err(name, "ScaledObject does not target the Deployment")
     partitions = int(so["metadata"].get("annotations", {}).get("order-worker.example.com/assumed-topic-partitions", 0))
+    if cm.get("CHECK_MAX_REPLICAS") != str(spec["maxReplicaCount"]):
+        err(name, f"CHECK_MAX_REPLICAS {cm.get('CHECK_MAX_REPLICAS')} != maxReplicaCount {spec['maxReplicaCount']}")
     if not (0 <= spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"] <= partitions):
         err(name, f"need minReplicaCount <= maxReplicaCount <= assumed partitions: "
                   f"{spec.get('minReplicaCount')} / {spec['maxReplicaCount']} / {partitions}")
