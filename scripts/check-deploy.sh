@@ -290,6 +290,8 @@ for path in renders:
             for label, want in (("group", cm.get("KAFKA_GROUP_ID")), ("topic", cm.get("KAFKA_TOPIC")), ("namespace", ns)):
                 if f'{label}="{want}"' not in q:
                     err(name, f'prometheus trigger query must select {label}="{want}": {q}')
+            if "order_worker_ready" not in q:
+                err(name, f"prometheus trigger query must count only ready pods' lag: {q}")
 
     for rule_doc in by("PrometheusRule"):
         for group in rule_doc["spec"]["groups"]:
