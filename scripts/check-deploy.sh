@@ -52,8 +52,8 @@ YAMLLINT_VERSION=1.38.0
 # The oldest Kubernetes the manifests support (matchLabelKeys in topology spread, the PDB's
 # unhealthyPodEvictionPolicy), and the newest schema kubernetes-validate ships ("").
 K8S_VERSIONS=(1.30.0 "")
-OVERLAYS=(base overlays/dev overlays/prod)
-CRD_KINDS="ScaledObject TriggerAuthentication ServiceMonitor PrometheusRule"
+OVERLAYS=(base overlays/dev overlays/prod overlays/strimzi)
+CRD_KINDS="ScaledObject TriggerAuthentication ServiceMonitor PrometheusRule KafkaTopic KafkaUser"
 # What "<= 25 MB" means: the uncompressed size of the image's files (what `docker images` shows).
 IMAGE_LIMIT_BYTES=25000000
 
@@ -215,7 +215,7 @@ for path in renders:
     cm = next(d for d in by("ConfigMap") if d["metadata"]["name"] == cm_name)["data"]
 
     for key in cm:
-        if key not in known_env:
+        if key not in known_env and not key.startswith("KAFKA_PROPERTY_"):
             err(name, f"ConfigMap key {key} is not a setting in src/config.rs")
     for e in worker.get("env", []):
         if e["name"] not in known_env:
@@ -292,6 +292,36 @@ for path in renders:
                     err(name, f'prometheus trigger query must select {label}="{want}": {q}')
             if "order_worker_ready" not in q:
                 err(name, f"prometheus trigger query must count only ready pods' lag: {q}")
+
+    # Strimzi: the topics and the KafkaUser's ACLs are what the ConfigMap names.
+    topics = {d["metadata"]["name"]: d for d in by("KafkaTopic")}
+    if topics:
+        want = cm.get("KAFKA_TOPIC")
+        if want not in topics:
+            err(name, f"no KafkaTopic {want} (KAFKA_TOPIC)")
+        elif topics[want]["spec"]["partitions"] != partitions:
+            err(name, f"KafkaTopic {want} has {topics[want]['spec']['partitions']} partitions, "
+                      f"the ScaledObject assumes {partitions}")
+        dlt = cm.get("DEAD_LETTER_TOPIC")
+        if dlt and dlt not in topics:
+            err(name, f"no KafkaTopic {dlt} (DEAD_LETTER_TOPIC)")
+    for user in by("KafkaUser"):
+        acls = {(a["resource"]["type"], a["resource"]["name"]): set(a["operations"])
+                for a in user["spec"]["authorization"]["acls"]}
+        needs = {("topic", cm.get("KAFKA_TOPIC")): {"Read", "Describe"},
+                 ("group", cm.get("KAFKA_GROUP_ID")): {"Read", "Describe"}}
+        if cm.get("DEAD_LETTER_TOPIC"):
+            needs[("topic", cm["DEAD_LETTER_TOPIC"])] = {"Write", "Describe"}
+        for resource, ops in needs.items():
+            if not ops <= acls.get(resource, set()):
+                err(name, f"KafkaUser {user['metadata']['name']} lacks {sorted(ops)} on {resource}")
+        if cm.get("KAFKA_PROPERTY_SASL_USERNAME") != user["metadata"]["name"]:
+            err(name, f"KAFKA_PROPERTY_SASL_USERNAME {cm.get('KAFKA_PROPERTY_SASL_USERNAME')} != "
+                      f"KafkaUser {user['metadata']['name']}")
+    for ta in by("TriggerAuthentication"):
+        for e in ta["spec"].get("env", []):
+            if e["name"] not in cm:
+                err(name, f"TriggerAuthentication reads env {e['name']}, which the ConfigMap lacks")
 
     for rule_doc in by("PrometheusRule"):
         for group in rule_doc["spec"]["groups"]:
