@@ -1,7 +1,9 @@
 //! Credentials for Kafka the way clusters hand them out: a SASL/SCRAM login against a broker
 //! process that requires one (tansu with `--authentication`), with the password read from a
-//! mounted Secret (a Strimzi KafkaUser's JAAS line), set by one variable per property, or kept in
-//! a properties file; a password with commas and `=` works in each.
+//! mounted Secret (a Strimzi KafkaUser's JAAS line or password key), set by one variable per
+//! property, or kept in a properties file; a password with commas and `=` works in each. And
+//! TLS with a private CA, as a Strimzi listener has: tansu 0.6 cannot serve TLS itself, so a TLS
+//! endpoint in the test process (helpers::tls) fronts it and the broker advertises that.
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use order_worker::synth::{Expectation, SynthSpec};
 
 use crate::helpers::kafka::Tansu;
 use crate::helpers::pg::{TestDb, assert_state_is};
+use crate::helpers::tls::TlsProxy;
 use crate::helpers::{Binary, eventually, unique, worker_bin};
 
 /// Impossible to pass through the comma-separated `KAFKA_PROPERTIES`.
@@ -20,14 +23,21 @@ const SASL: [(&str, &str); 2] = [
 ];
 
 /// Publishes `events` of `spec` with `order-worker produce`, logging in from a properties file.
-fn produce_with_properties_file(brokers: &str, topic: &str, spec: &SynthSpec, events: u64) {
+fn produce_with_properties_file(
+    brokers: &str,
+    topic: &str,
+    spec: &SynthSpec,
+    events: u64,
+    extra: &[String],
+) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kafka.properties");
     std::fs::write(
         &file,
         format!(
             "# as a platform team would mount it\nsecurity.protocol=SASL_PLAINTEXT\n\
-             sasl.mechanism=SCRAM-SHA-512\nsasl.username={USER}\nsasl.password={PASSWORD}\n"
+             sasl.mechanism=SCRAM-SHA-512\nsasl.username={USER}\nsasl.password={PASSWORD}\n{}\n",
+            extra.join("\n")
         ),
     )
     .unwrap();
@@ -62,6 +72,17 @@ fn produce_with_properties_file(brokers: &str, topic: &str, spec: &SynthSpec, ev
 async fn consumes_with(env: &[(&str, &str)]) {
     let topic = unique("orders");
     let tansu = Tansu::with_scram_user(USER, PASSWORD, &topic, 2);
+    applies_everything(&tansu.brokers, &topic, env, &[]).await;
+}
+
+/// Publishes 300 events (logging in from a properties file with `producer_extra` lines), runs
+/// the worker with `env`, and checks every event is applied and no password is logged.
+async fn applies_everything(
+    brokers: &str,
+    topic: &str,
+    env: &[(&str, &str)],
+    producer_extra: &[String],
+) {
     let db = TestDb::create().await;
     let spec = SynthSpec {
         orders: 50,
@@ -69,9 +90,9 @@ async fn consumes_with(env: &[(&str, &str)]) {
         duplicate_ratio: 0.02,
         seed: 21,
     };
-    produce_with_properties_file(&tansu.brokers, &topic, &spec, 300);
+    produce_with_properties_file(brokers, topic, &spec, 300, producer_extra);
 
-    let worker = Binary::run_with_env(&tansu.brokers, &db.url, &topic, &unique("group"), &[], env);
+    let worker = Binary::run_with_env(brokers, &db.url, topic, &unique("group"), &[], env);
     worker.ready().await;
     let expected = Expectation::of(&spec, 300);
     eventually("every event applied", Duration::from_secs(60), || async {
@@ -108,4 +129,31 @@ async fn one_variable_per_property_carries_a_password_with_commas() {
         ("KAFKA_PROPERTY_SASL_PASSWORD", PASSWORD),
     ])
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_over_tls_with_a_private_ca_from_a_mounted_file_as_on_strimzi() {
+    let topic = unique("orders");
+    let broker_port = crate::helpers::free_port();
+    let proxy = TlsProxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let _tansu =
+        Tansu::with_scram_user_on(broker_port, USER, PASSWORD, &topic, 2, Some(proxy.port));
+    let brokers = format!("127.0.0.1:{}", proxy.port);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let secret = format!("sasl.password={}", password.display());
+    let ca = proxy.certificates.ca.display().to_string();
+    let tls = [
+        ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_PROPERTY_SASL_USERNAME", USER),
+        ("KAFKA_PROPERTY_SSL_CA_LOCATION", ca.as_str()),
+        ("KAFKA_SECRET_FILES", secret.as_str()),
+    ];
+    let producer = [
+        "security.protocol=SASL_SSL".to_owned(),
+        format!("ssl.ca.location={ca}"),
+    ];
+    applies_everything(&brokers, &topic, &tls, &producer).await;
 }

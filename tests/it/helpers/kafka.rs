@@ -312,14 +312,13 @@ impl Tansu {
             .append(true)
             .open(dir.join("tansu.log"))
             .expect("log file");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let mut command = Command::new(tansu_bin());
+        command.args(["broker", "--listener-url", &url]);
+        // A broker behind a proxy advertises the proxy (its flags say so).
+        if !flags.iter().any(|f| f == "--advertised-listener-url") {
+            command.args(["--advertised-listener-url", &url]);
+        }
+        let child = command
             .args(["--storage-engine", "sqlite://tansu.db"])
             .args(flags)
             .current_dir(dir)
@@ -345,7 +344,20 @@ impl Tansu {
     /// its admin calls without a login, and its CLI has none, so the user and the topic are
     /// created first and the broker is restarted on the same storage with `--authentication`.
     pub fn with_scram_user(user: &str, password: &str, topic: &str, partitions: i32) -> Self {
-        let mut tansu = Self::start();
+        Self::with_scram_user_on(super::free_port(), user, password, topic, partitions, None)
+    }
+
+    /// The same on `port`; with `advertised`, it tells clients to connect to that port instead
+    /// (a proxy in front of it).
+    pub fn with_scram_user_on(
+        port: u16,
+        user: &str,
+        password: &str,
+        topic: &str,
+        partitions: i32,
+        advertised: Option<u16>,
+    ) -> Self {
+        let mut tansu = Self::start_on(port, &[]);
         let url = format!("tcp://{}", tansu.brokers);
         let admin = |args: &[&str]| {
             let out = Command::new(tansu_bin())
@@ -363,6 +375,12 @@ impl Tansu {
         let partitions = partitions.to_string();
         admin(&["topic", "create", "--partitions", &partitions, topic]);
         tansu.flags = vec!["--authentication".into()];
+        if let Some(port) = advertised {
+            let url = format!("tcp://127.0.0.1:{port}");
+            tansu
+                .flags
+                .extend(["--advertised-listener-url".into(), url]);
+        }
         tansu.restart(Duration::ZERO);
         tansu
     }

@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod pg;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -209,48 +209,8 @@ impl PrivatePostgres {
         if tls {
             // A CA and a server certificate it signed: verify-full must build a real chain
             // (rustls refuses a CA certificate presented as the server's own).
-            let path = |name: &str| dir.path().join(name);
-            let (ca_crt, ca_key) = (path("ca.crt"), path("ca.key"));
-            let (crt, key, csr) = (path("server.crt"), path("server.key"), path("server.csr"));
-            run(Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args(["-subj", "/CN=order-worker test CA", "-keyout"])
-                .arg(&ca_key)
-                .arg("-out")
-                .arg(&ca_crt));
-            run(Command::new("openssl")
-                .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
-                .args([
-                    "-subj",
-                    "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost",
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&csr));
-            run(Command::new("openssl")
-                .args([
-                    "x509",
-                    "-req",
-                    "-days",
-                    "2",
-                    "-copy_extensions",
-                    "copy",
-                    "-in",
-                ])
-                .arg(&csr)
-                .arg("-CA")
-                .arg(&ca_crt)
-                .arg("-CAkey")
-                .arg(&ca_key)
-                .arg("-CAcreateserial")
-                .arg("-out")
-                .arg(&crt));
-            run(Command::new("chmod").arg("600").arg(&key));
+            let c = super::tls::certificates(dir.path());
+            let (crt, key) = (c.cert, c.key);
             options = format!(
                 "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                 crt.display(),
