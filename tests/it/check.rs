@@ -11,13 +11,28 @@ use crate::helpers::kafka::{Mock, Tansu};
 use crate::helpers::pg::TestDb;
 use crate::helpers::{unique, worker_bin};
 
-/// Runs `check --json` with `args` and returns its exit code and each check's status and
-/// finding, by name.
-fn check(args: &[&str], env: &[(&str, &str)]) -> (i32, BTreeMap<String, (String, String)>) {
+type Findings = BTreeMap<String, (String, String)>;
+
+/// Runs `check --json` against `brokers`, `db` and `topic` with `extra` flags and `env`, and
+/// returns its exit code and each check's status and finding (detail and fix), by name.
+fn check(
+    brokers: &str,
+    db: &TestDb,
+    topic: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, Findings) {
     let out = Command::new(worker_bin())
-        .arg("check")
-        .args(args)
-        .arg("--json")
+        .args([
+            "check",
+            "--json",
+            "--brokers",
+            brokers,
+            "--database-url",
+            &db.url,
+        ])
+        .args(["--topic", topic])
+        .args(extra)
         .envs(env.iter().copied())
         .output()
         .expect("run order-worker check");
@@ -30,22 +45,25 @@ fn check(args: &[&str], env: &[(&str, &str)]) -> (i32, BTreeMap<String, (String,
         .iter()
         .map(|c| {
             let said = format!("{} {}", c["detail"], c["fix"]);
-            (
-                c["check"].as_str().unwrap().to_owned(),
-                (c["status"].as_str().unwrap().to_owned(), said),
-            )
+            let status = c["status"].as_str().unwrap().to_owned();
+            (c["check"].as_str().unwrap().to_owned(), (status, said))
         })
-        .collect::<BTreeMap<_, _>>();
+        .collect();
     assert_eq!(report["passed"], out.status.success(), "{stdout}");
     (out.status.code().expect("exit code"), findings)
 }
 
-fn failed(findings: &BTreeMap<String, (String, String)>) -> Vec<&str> {
-    findings
+/// The command failed, `name` is the only failing check, and its finding says `says`.
+fn only_fails(outcome: &(i32, Findings), name: &str, says: &str) {
+    let (code, findings) = outcome;
+    assert_eq!(*code, 1, "{findings:?}");
+    let failed: Vec<&str> = findings
         .iter()
         .filter(|(_, (status, _))| status == "fail")
         .map(|(name, _)| name.as_str())
-        .collect()
+        .collect();
+    assert_eq!(failed, [name], "{findings:?}");
+    assert!(findings[name].1.contains(says), "{findings:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,23 +75,15 @@ async fn a_healthy_setup_passes_every_check() {
         .create_topic(&dead_letters, 1, 1)
         .expect("dead-letter topic");
     let db = TestDb::create().await;
-    let (code, findings) = check(
-        &[
-            "--brokers",
-            &mock.brokers,
-            "--database-url",
-            &db.url,
-            "--topic",
-            &topic,
-            "--dead-letter-topic",
-            &dead_letters,
-            "--max-replicas",
-            "4",
-            "--grace-period",
-            "35s",
-        ],
-        &[],
-    );
+    let extra = [
+        "--dead-letter-topic",
+        &dead_letters,
+        "--max-replicas",
+        "4",
+        "--grace-period",
+        "35s",
+    ];
+    let (code, findings) = check(&mock.brokers, &db, &topic, &extra, &[]);
     assert_eq!(code, 0, "{findings:?}");
     let names: Vec<&str> = findings.keys().map(String::as_str).collect();
     assert_eq!(
@@ -106,27 +116,9 @@ async fn a_healthy_setup_passes_every_check() {
 async fn a_missing_topic_fails_the_topic_check_and_skips_the_group() {
     let mock = Mock::with_topic(&unique("other"), 1);
     let db = TestDb::create().await;
-    let (code, findings) = check(
-        &[
-            "--brokers",
-            &mock.brokers,
-            "--database-url",
-            &db.url,
-            "--topic",
-            "missing-orders",
-        ],
-        &[],
-    );
-    assert_eq!(code, 1);
-    assert_eq!(failed(&findings), ["topic"]);
-    assert!(
-        findings["topic"]
-            .1
-            .contains("missing-orders does not exist"),
-        "{findings:?}"
-    );
-    assert_eq!(findings["group"].0, "skipped");
-    assert_eq!(findings["kafka"].0, "ok");
+    let outcome = check(&mock.brokers, &db, "missing-orders", &[], &[]);
+    only_fails(&outcome, "topic", "missing-orders does not exist");
+    assert_eq!(outcome.1["group"].0, "skipped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,27 +126,9 @@ async fn a_missing_dead_letter_topic_fails_its_check() {
     let topic = unique("orders");
     let mock = Mock::with_topic(&topic, 2);
     let db = TestDb::create().await;
-    let (code, findings) = check(
-        &[
-            "--brokers",
-            &mock.brokers,
-            "--database-url",
-            &db.url,
-            "--topic",
-            &topic,
-            "--dead-letter-topic",
-            "orders.missing-dlq",
-        ],
-        &[],
-    );
-    assert_eq!(code, 1);
-    assert_eq!(failed(&findings), ["dead-letter topic"]);
-    assert!(
-        findings["dead-letter topic"]
-            .1
-            .contains("DEAD_LETTER_TOPIC"),
-        "{findings:?}"
-    );
+    let extra = ["--dead-letter-topic", "orders.missing-dlq"];
+    let outcome = check(&mock.brokers, &db, &topic, &extra, &[]);
+    only_fails(&outcome, "dead-letter topic", "DEAD_LETTER_TOPIC");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,23 +142,8 @@ async fn a_database_one_migration_behind_fails_the_migrations_check() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let (code, findings) = check(
-        &[
-            "--brokers",
-            &mock.brokers,
-            "--database-url",
-            &db.url,
-            "--topic",
-            &topic,
-        ],
-        &[],
-    );
-    assert_eq!(code, 1);
-    assert_eq!(failed(&findings), ["migrations"]);
-    assert!(
-        findings["migrations"].1.contains("order-worker migrate"),
-        "{findings:?}"
-    );
+    let outcome = check(&mock.brokers, &db, &topic, &[], &[]);
+    only_fails(&outcome, "migrations", "order-worker migrate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,30 +151,14 @@ async fn a_wrong_password_fails_the_kafka_check_as_refused_credentials() {
     let topic = unique("orders");
     let tansu = Tansu::with_scram_user("order-worker", "right", &topic, 2);
     let db = TestDb::create().await;
-    let (code, findings) = check(
-        &[
-            "--brokers",
-            &tansu.brokers,
-            "--database-url",
-            &db.url,
-            "--topic",
-            &topic,
-        ],
-        &[
-            ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
-            ("KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
-            ("KAFKA_PROPERTY_SASL_USERNAME", "order-worker"),
-            ("KAFKA_PROPERTY_SASL_PASSWORD", "wrong"),
-        ],
-    );
-    assert_eq!(code, 1);
-    assert_eq!(failed(&findings), ["kafka"]);
-    assert!(
-        findings["kafka"].1.contains("refused the credentials"),
-        "{findings:?}"
-    );
-    assert!(
-        findings["kafka"].1.contains("sasl.password"),
-        "the fix names the setting"
-    );
+    let env = [
+        ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_PROPERTY_SASL_USERNAME", "order-worker"),
+        ("KAFKA_PROPERTY_SASL_PASSWORD", "wrong"),
+    ];
+    let outcome = check(&tansu.brokers, &db, &topic, &[], &env);
+    only_fails(&outcome, "kafka", "refused the credentials");
+    // The fix names the setting to look at.
+    only_fails(&outcome, "kafka", "sasl.password");
 }
