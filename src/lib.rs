@@ -18,8 +18,8 @@
 //! - around everything: `metrics` (the catalogue is public as [`METRICS`]), `health`, [`telemetry`], [`shutdown`], `memory`;
 //! - adapters that know nothing of the pipeline: [`kafka`], [`db`], [`lag`], `http`;
 //! - [`pipeline`]: intake, routing to bounded lanes, batching, the processors;
-//! - `worker` ([`Worker`]): wiring, supervision and the ordered stop; the commands [`dev`],
-//!   [`produce`], [`dead_letters`].
+//! - `worker` ([`Worker`]): wiring, supervision and the ordered stop; the commands [`check`],
+//!   [`dev`], [`produce`], [`dead_letters`].
 //!
 //! The public surface is what the binary, the tests and the benchmark crate use.
 

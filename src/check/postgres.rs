@@ -56,7 +56,7 @@ fn schema_verdict(status: &db::SchemaStatus) -> Finding {
         return Finding::fail(
             "migrations",
             format!("the database lacks {}", status.missing.join(", ")),
-            "run `order-worker migrate` (the migration Job)",
+            "run `order-worker migrate` (the pod's migrate initContainer does)",
         );
     }
     let known = status.applied - status.unknown.len();
