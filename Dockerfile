@@ -15,10 +15,13 @@
 ARG RUST_VERSION=1.95.0
 
 # ---------------------------------------------------------------------------------------------
-# chef: the Rust toolchain plus cargo-chef. The full (not -slim) image already has gcc, make,
-# pkg-config, libssl-dev and zlib1g-dev, all the bundled librdkafka and openssl-sys need, so
-# there is no apt-get step and no unpinned package.
+# chef: the Rust toolchain plus cargo-chef and cmake. The full (not -slim) image already has
+# gcc, make, pkg-config, libssl-dev and zlib1g-dev; cmake builds the bundled librdkafka with a
+# static libcurl, which SASL/OAUTHBEARER with OIDC needs (rdkafka's cmake-build feature).
 FROM rust:${RUST_VERSION}-bookworm AS chef
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake=3.25.1-1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /app
 

@@ -52,6 +52,7 @@ if [ -z "${BENCH_DATABASE_URL:-}" ]; then
   BENCH_DATABASE_URL=$(pg_url postgres)
 fi
 
+ensure_cmake
 echo "==> building the release binary and the benchmark harness" >&2
 cargo build --release --locked --bin order-worker
 cargo build --release --locked -p order-worker-bench --bin bench

@@ -22,6 +22,7 @@ case $PROFILE in
   short) ;;
   long)
     NEXTEST_PROFILE=chaos-long
+    ensure_cmake
     echo "==> cargo build --release"
     cargo build --release --locked
     export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/target/release/order-worker}

@@ -565,6 +565,7 @@ EOF
 
 if [ $BUILD = 1 ]; then
   step "the image: builder steps on the host, its root filesystem, the worker started from it"
+  (source scripts/lib.sh && ensure_cmake)
   check "image" image_build
 else
   step "image skipped (--no-build)"

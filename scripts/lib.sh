@@ -99,6 +99,16 @@ ensure_tansu() {
   fi
 }
 
+# cmake, for librdkafka: rdkafka's cmake-build is the build of it that links a static libcurl,
+# which SASL/OAUTHBEARER with OIDC needs. Debian 12 does not ship it preinstalled; the PyPI wheel
+# installs in seconds.
+ensure_cmake() {
+  command -v cmake >/dev/null && return
+  echo "==> installing cmake 4.4.5 (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check "cmake==4.4.5"
+  hash -r
+}
+
 # The allocator settings the image gives the worker: the value of the Dockerfile's
 # `ENV GLIBC_TUNABLES=` line, the one place they are written.
 image_tunables() {

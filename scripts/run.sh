@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_postgres
+ensure_cmake
 ensure_database order_worker
 export DATABASE_URL=${DATABASE_URL:-$(pg_url order_worker)}
 

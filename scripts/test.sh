@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_postgres
+ensure_cmake
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$(pg_url postgres)}
 
 if ! command -v promtool >/dev/null; then

@@ -157,3 +157,124 @@ async fn scram_over_tls_with_a_private_ca_from_a_mounted_file_as_on_strimzi() {
     ];
     applies_everything(&brokers, &topic, &tls, &producer).await;
 }
+
+/// A stand-in for an OIDC provider's token endpoint (Keycloak, Okta, Confluent Cloud's identity
+/// pool): the OAuth 2.0 client-credentials grant of RFC 6749 section 4.4, nothing else. It
+/// answers every POST with a JWT whose claims librdkafka reads (`sub`, `exp`; it does not check
+/// the signature) and records each request's authorization header and form body. No OIDC
+/// provider can be installed here, and no broker here validates OAUTHBEARER tokens, so the test
+/// stops at the token: that the worker, configured as for Strimzi with Keycloak, fetches one.
+fn token_endpoint() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/realms/kafka/protocol/openid-connect/token",
+        listener.local_addr().unwrap()
+    );
+    let (seen, requests) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let (mut authorization, mut length) = (String::new(), 0);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("authorization:") {
+                    authorization = line["authorization:".len()..].trim().to_owned();
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = seen.send((authorization, String::from_utf8_lossy(&body).into_owned()));
+            let b64 = |s: &str| base64url(s.as_bytes());
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600;
+            let jwt = format!(
+                "{}.{}.c2lnbmF0dXJl",
+                b64(r#"{"alg":"RS256","typ":"JWT"}"#),
+                b64(&format!(
+                    r#"{{"sub":"order-worker","exp":{exp},"iat":{}}}"#,
+                    exp - 3600
+                ))
+            );
+            let json =
+                format!(r#"{{"access_token":"{jwt}","token_type":"Bearer","expires_in":3600}}"#);
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+                json.len()
+            );
+        }
+    });
+    (url, requests)
+}
+
+/// Base64url without padding (RFC 4648 section 5), as JWTs use.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn sasl_oauthbearer_with_oidc_fetches_a_client_credentials_token() {
+    let (url, requests) = token_endpoint();
+    let db_url = "postgres://postgres:unused@127.0.0.1:9/none";
+    let out = std::process::Command::new(worker_bin())
+        .args([
+            "check",
+            "--brokers",
+            "127.0.0.1:9",
+            "--database-url",
+            db_url,
+        ])
+        .env("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+        .env("KAFKA_PROPERTY_SASL_MECHANISM", "OAUTHBEARER")
+        .env("KAFKA_PROPERTY_SASL_OAUTHBEARER_METHOD", "oidc")
+        .env("KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_ID", "order-worker")
+        .env("KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_SECRET", "s3cr,et")
+        .env("KAFKA_PROPERTY_SASL_OAUTHBEARER_SCOPE", "kafka")
+        .env("KAFKA_PROPERTY_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", &url)
+        .output()
+        .expect("run order-worker check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (authorization, form) = requests
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("no token request reached the endpoint: {stdout}"));
+    assert_eq!(
+        authorization,
+        format!("Basic {}", base64(b"order-worker:s3cr,et")),
+        "client id and secret as HTTP Basic credentials"
+    );
+    assert!(form.contains("grant_type=client_credentials"), "{form}");
+    assert!(form.contains("scope=kafka"), "{form}");
+    assert!(
+        !stdout.contains("s3cr"),
+        "the secret never reaches the output: {stdout}"
+    );
+}
+
+/// Standard base64 with padding, for HTTP Basic credentials.
+fn base64(bytes: &[u8]) -> String {
+    let mut s = base64url(bytes).replace('-', "+").replace('_', "/");
+    while s.len() % 4 != 0 {
+        s.push('=');
+    }
+    s
+}
