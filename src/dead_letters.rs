@@ -21,7 +21,7 @@ use crate::config::{DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConf
 use crate::db::dead_letters::{self, DeadLetter, Selection};
 use crate::db::{self};
 use crate::error::Error;
-use crate::kafka::client_config;
+use crate::kafka::{Login, client_config};
 
 /// Header on a replayed message naming the dead letter it came from.
 pub const HEADER_REPLAY_OF: &str = "order_worker.replay.of";
@@ -128,7 +128,7 @@ pub async fn replay(cfg: &DeadLetterReplayConfig) -> Result<Replayed, Error> {
     }
     let mut config = client_config(&cfg.kafka.brokers, &cfg.kafka.properties);
     config.set("acks", "all");
-    let producer: FutureProducer = config.create()?;
+    let producer: FutureProducer<Login> = config.create_with_context(Login)?;
     for chunk in ready.chunks(CHUNK) {
         let acked = publish(&producer, cfg.topic.as_deref(), chunk).await;
         report.failed += (chunk.len() - acked.len()) as u64;
@@ -138,7 +138,11 @@ pub async fn replay(cfg: &DeadLetterReplayConfig) -> Result<Replayed, Error> {
 }
 
 /// Publishes a chunk; returns the ids the broker acknowledged.
-async fn publish(producer: &FutureProducer, topic: Option<&str>, rows: &[DeadLetter]) -> Vec<i64> {
+async fn publish(
+    producer: &FutureProducer<Login>,
+    topic: Option<&str>,
+    rows: &[DeadLetter],
+) -> Vec<i64> {
     let sends = rows.iter().map(|r| async move {
         let id = r.id.to_string();
         let headers = OwnedHeaders::new().insert(Header {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{self, Cli, Command, DeadLettersCommand};
-use order_worker::{Worker, check, db, dead_letters, dev, lag, produce, shutdown, telemetry};
+use order_worker::{
+    Worker, check, db, dead_letters, dev, kafka, lag, produce, shutdown, telemetry,
+};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -64,6 +66,9 @@ fn utf8_env() -> Result<Vec<(String, String)>, String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(region) = cli.command.kafka().and_then(|k| k.aws_msk_iam_region()) {
+        kafka::aws_msk_iam::install(region).await?;
+    }
     match cli.command {
         Command::Run(cfg) => {
             let worker = Worker::start(&cfg.kafka, &cfg.worker)

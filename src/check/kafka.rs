@@ -1,8 +1,7 @@
 //! The Kafka checks: brokers, topic, group and dead-letter topic, through one client that never
 //! joins the group, and the dead-letter topic's size limit through an admin client.
 
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
@@ -64,10 +63,25 @@ fn read(cfg: &CheckConfig) -> (Vec<Finding>, bool) {
     (out, exists)
 }
 
+/// How librdkafka begins the error of a SASL/OAUTHBEARER token it could not get (from an OIDC
+/// token endpoint, or the MSK IAM signer): the brokers were never asked.
+const TOKEN_NOT_ACQUIRED: &str = "Failed to acquire SASL OAUTHBEARER token";
+
 /// What the brokers said when the topic's metadata could not be read.
 fn unread_topic(cfg: &CheckConfig, problem: Problem) -> Vec<Finding> {
     let (brokers, topic) = (&cfg.run.kafka.brokers, &cfg.run.worker.consumer.topic);
     let fix = match &problem {
+        Problem::Credentials(detail) if detail.contains(TOKEN_NOT_ACQUIRED) => {
+            let endpoint = (cfg.run.kafka)
+                .property("sasl.oauthbearer.token.endpoint.url")
+                .map_or_else(String::new, |url| format!(" from {url}"));
+            return vec![Finding::fail(
+                "kafka",
+                format!("no login token{endpoint} to present to the brokers: {detail}"),
+                "OIDC: check sasl.oauthbearer.token.endpoint.url, the client id and secret, and \
+                 egress to the token endpoint; MSK IAM: check the pod's AWS role",
+            )];
+        }
         Problem::Credentials(detail) => {
             return vec![Finding::fail(
                 "kafka",
@@ -190,8 +204,7 @@ async fn dead_letter_size(cfg: &CheckConfig) -> Finding {
     let config = client_config(&cfg.run.kafka.brokers, &cfg.run.kafka.properties);
     let largest = largest_letter(&config);
     let topic_max = async {
-        let admin: AdminClient<DefaultClientContext> =
-            config.create().map_err(|e| e.to_string())?;
+        let admin = crate::kafka::admin(&config).map_err(|e| e.to_string())?;
         let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
         let described = admin
             .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)

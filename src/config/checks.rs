@@ -50,15 +50,14 @@ impl WorkerConfig {
     fn check_drain_timeout(&self, properties: &[KafkaProperty]) -> Result<(), Error> {
         let drain = self.pipeline.rebalance_drain_timeout;
         let blocked = drain + REVOKE_COMMIT_WAIT;
-        let max_poll_ms = properties
-            .iter()
-            .rev()
-            .find(|p| p.key == "max.poll.interval.ms")
-            .map_or(Ok(DEFAULT_MAX_POLL_INTERVAL_MS), |p| {
-                p.value.parse::<u64>().map_err(|_| {
+        let max_poll_ms = super::kafka::effective(properties, "max.poll.interval.ms").map_or(
+            Ok(DEFAULT_MAX_POLL_INTERVAL_MS),
+            |v| {
+                v.parse::<u64>().map_err(|_| {
                     Error::Config("kafka property max.poll.interval.ms must be a number".into())
                 })
-            })?;
+            },
+        )?;
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
         if blocked.as_millis() >= u128::from(max_poll_ms) {
             return Err(Error::Config(format!(

@@ -39,6 +39,15 @@ pub struct KafkaArgs {
     #[arg(long = "kafka-secret-file", env = "KAFKA_SECRET_FILES", value_delimiter = ',',
           value_parser = parse_property)]
     pub secret_files: Vec<KafkaProperty>,
+    /// Log in to Amazon MSK with IAM: SASL/OAUTHBEARER tokens signed with the pod's AWS
+    /// credentials (IRSA, EKS Pod Identity, AWS_* variables, a profile, instance metadata).
+    /// Sets security.protocol=SASL_SSL and sasl.mechanism=OAUTHBEARER unless properties do.
+    #[arg(long = "aws-msk-iam", env = "KAFKA_AWS_MSK_IAM",
+          value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub aws_msk_iam: bool,
+    /// The AWS region of the MSK cluster, which tokens are signed for (with --aws-msk-iam).
+    #[arg(long = "aws-region", env = "AWS_REGION")]
+    pub aws_region: Option<String>,
 }
 
 /// Environment variables named `KAFKA_PROPERTY_<NAME>` each set one property: `_` in the name
@@ -54,7 +63,15 @@ impl KafkaArgs {
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), Error> {
-        let mut all = match self.properties_file.take() {
+        let mut all = if self.aws_msk_iam {
+            vec![
+                KafkaProperty::new("security.protocol", "SASL_SSL"),
+                KafkaProperty::new("sasl.mechanism", "OAUTHBEARER"),
+            ]
+        } else {
+            Vec::new()
+        };
+        all.extend(match self.properties_file.take() {
             Some(path) => {
                 let text = read("KAFKA_PROPERTIES_FILE", &path)?;
                 parse_properties_file(&text).map_err(|line| {
@@ -65,7 +82,7 @@ impl KafkaArgs {
                 })?
             }
             None => Vec::new(),
-        };
+        });
         all.append(&mut self.properties);
         all.extend(properties_from_env(env)?);
         for secret in std::mem::take(&mut self.secret_files) {
@@ -77,6 +94,40 @@ impl KafkaArgs {
             )?);
         }
         self.properties = all;
+        self.check_aws_msk_iam()
+    }
+
+    /// The value a librdkafka property has once every source is folded in (the last one wins).
+    pub fn property(&self, key: &str) -> Option<&str> {
+        effective(&self.properties, key)
+    }
+
+    /// The region MSK IAM tokens are signed for, if that login is on.
+    pub fn aws_msk_iam_region(&self) -> Option<&str> {
+        self.aws_msk_iam.then_some(self.aws_region.as_deref()?)
+    }
+
+    fn check_aws_msk_iam(&self) -> Result<(), Error> {
+        if !self.aws_msk_iam {
+            return Ok(());
+        }
+        if self.aws_region.as_deref().is_none_or(str::is_empty) {
+            return Err(config(
+                "KAFKA_AWS_MSK_IAM needs the cluster's region: set AWS_REGION (or --aws-region)"
+                    .into(),
+            ));
+        }
+        let last = |key| self.property(key).map(str::to_ascii_lowercase);
+        if last("sasl.mechanism").as_deref() != Some("oauthbearer") {
+            return Err(config(
+                "KAFKA_AWS_MSK_IAM logs in with sasl.mechanism=OAUTHBEARER; remove the other mechanism".into(),
+            ));
+        }
+        if last("sasl.oauthbearer.method").as_deref() == Some("oidc") {
+            return Err(config(
+                "KAFKA_AWS_MSK_IAM and sasl.oauthbearer.method=oidc are two different logins; choose one".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -87,6 +138,8 @@ impl KafkaArgs {
             properties: Vec::new(),
             properties_file: None,
             secret_files: Vec::new(),
+            aws_msk_iam: false,
+            aws_region: None,
         }
     }
 }
@@ -102,6 +155,15 @@ pub(crate) const GUARDED: [&str; 4] = [
     "auto.commit.interval.ms",
     "group.id",
 ];
+
+/// The value of `key` in `properties`, in which a later entry overrides an earlier one.
+pub(crate) fn effective<'a>(properties: &'a [KafkaProperty], key: &str) -> Option<&'a str> {
+    properties
+        .iter()
+        .rev()
+        .find(|p| p.key == key)
+        .map(|p| p.value.as_str())
+}
 
 pub(crate) fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
     match properties
@@ -293,6 +355,51 @@ mod tests {
     }
 
     #[test]
+    fn msk_iam_defaults_to_oauthbearer_over_tls_and_refuses_another_login() {
+        let msk = |properties: Vec<KafkaProperty>, region: Option<&str>| {
+            let mut args = KafkaArgs {
+                aws_msk_iam: true,
+                aws_region: region.map(str::to_owned),
+                properties,
+                ..KafkaArgs::local("b:9098")
+            };
+            args.resolve(env(&[])).map(|()| args)
+        };
+        let args = msk(vec![], Some("eu-west-1")).unwrap();
+        assert_eq!(
+            args.properties,
+            [
+                KafkaProperty::new("security.protocol", "SASL_SSL"),
+                KafkaProperty::new("sasl.mechanism", "OAUTHBEARER"),
+            ]
+        );
+        assert_eq!(args.aws_msk_iam_region(), Some("eu-west-1"));
+        let plaintext = vec![KafkaProperty::new("security.protocol", "SASL_PLAINTEXT")];
+        assert!(
+            msk(plaintext, Some("eu-west-1")).is_ok(),
+            "a property overrides the default"
+        );
+        let refusals = [
+            (vec![], None, "set AWS_REGION"),
+            (
+                vec![KafkaProperty::new("sasl.mechanism", "SCRAM-SHA-512")],
+                Some("eu-west-1"),
+                "OAUTHBEARER",
+            ),
+            (
+                vec![KafkaProperty::new("sasl.oauthbearer.method", "OIDC")],
+                Some("eu-west-1"),
+                "choose one",
+            ),
+        ];
+        for (properties, region, why) in refusals {
+            let err = msk(properties, region).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        assert_eq!(KafkaArgs::local("b:9092").aws_msk_iam_region(), None);
+    }
+
+    #[test]
     fn later_sources_override_earlier_ones_and_secret_files_come_last() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kafka.properties");
@@ -310,15 +417,7 @@ mod tests {
         };
         args.resolve(env(&[("KAFKA_PROPERTY_SASL_USERNAME", "from-env")]))
             .unwrap();
-        let last = |key: &str| {
-            args.properties
-                .iter()
-                .rev()
-                .find(|p| p.key == key)
-                .unwrap()
-                .value
-                .clone()
-        };
+        let last = |key: &str| args.property(key).unwrap().to_owned();
         assert_eq!(last("sasl.username"), "from-env");
         assert_eq!(last("sasl.password"), "from-secret");
         let missing = KafkaArgs {

@@ -264,6 +264,8 @@ fn log_key(fac: &str, message: &str) -> String {
 }
 
 impl ClientContext for WorkerContext {
+    crate::kafka::answer_token_requests!();
+
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         let loud = matches!(

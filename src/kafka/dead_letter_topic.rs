@@ -20,7 +20,7 @@ use rdkafka::util::Timeout;
 use crate::config::KafkaProperty;
 use crate::contract::DeadLetterRecord;
 use crate::error::Error;
-use crate::kafka::client_config;
+use crate::kafka::{Login, client_config};
 
 /// Header names: `order_worker.errors.<field>`.
 pub const HEADER_TOPIC: &str = "order_worker.errors.topic";
@@ -97,7 +97,7 @@ impl Refusal {
 }
 
 pub struct DeadLetterTopic {
-    producer: FutureProducer,
+    producer: FutureProducer<Login>,
     topic: String,
     source_topic: String,
     group: String,
@@ -135,7 +135,7 @@ impl DeadLetterTopic {
         }
         let message_max = largest_letter(&config);
         Ok(Self {
-            producer: config.create()?,
+            producer: config.create_with_context(Login)?,
             topic: topic.to_owned(),
             source_topic: source_topic.to_owned(),
             group: group.to_owned(),

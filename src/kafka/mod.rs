@@ -10,10 +10,12 @@
 //! the pipeline has drained. So whatever path a commit takes, it never covers a message that is
 //! not durable.
 
+pub mod aws_msk_iam;
 mod commit;
 mod context;
 pub mod dead_letter_topic;
 mod group;
+mod login;
 pub mod originals;
 pub mod producer;
 
@@ -25,6 +27,8 @@ use crate::config::{ConsumerConfig, KafkaProperty};
 
 pub(crate) use context::{Release, WorkerContext};
 pub(crate) use group::{leave_group, pause_assignment};
+pub(crate) use login::answer_token_requests;
+pub use login::{Login, admin, prime};
 
 /// How long a partition waits to be fetched again after the prefetch queue was full.
 const FETCH_QUEUE_BACKOFF_MS: &str = "20";

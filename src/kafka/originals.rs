@@ -24,7 +24,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaProperty;
-use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, client_config};
+use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Login, client_config};
 
 /// Most a broker returns of one partition per fetch. A single larger message still comes whole
 /// (KIP-74), so this bounds the bytes read past what is wanted, never what can be read.
@@ -141,7 +141,7 @@ impl Originals {
         if pending.is_empty() {
             return Ok(0);
         }
-        let consumer: BaseConsumer = self.config.create()?;
+        let consumer: BaseConsumer<Login> = self.config.create_with_context(Login)?;
         self.drop_out_of_range(&consumer, &mut pending, read, deadline, stop)?;
         self.assign(&consumer, &pending)?;
         let mut repositioned = 0;
@@ -223,7 +223,7 @@ impl Originals {
     /// what is below it; nothing at or past its end was ever consumed), and returns how many.
     fn drop_out_of_range(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Login>,
         pending: &mut BTreeMap<i32, BTreeSet<i64>>,
         read: &mut ReadBack,
         deadline: Instant,
@@ -247,7 +247,7 @@ impl Originals {
 
     fn watermarks(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Login>,
         partition: i32,
         deadline: Instant,
         stop: &CancellationToken,
@@ -267,7 +267,7 @@ impl Originals {
     /// Positions every pending partition at its first pending offset.
     fn assign(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Login>,
         pending: &BTreeMap<i32, BTreeSet<i64>>,
     ) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
@@ -280,7 +280,7 @@ impl Originals {
     }
 
     /// Stops fetching a partition nothing more is wanted from.
-    fn pause(&self, consumer: &BaseConsumer, partition: i32) -> Result<(), KafkaError> {
+    fn pause(&self, consumer: &BaseConsumer<Login>, partition: i32) -> Result<(), KafkaError> {
         let mut done = TopicPartitionList::new();
         done.add_partition(&self.topic, partition);
         consumer.pause(&done)

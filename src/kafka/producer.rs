@@ -9,8 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{
@@ -29,7 +28,9 @@ struct Deliveries {
     ends: Mutex<BTreeMap<i32, i64>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    crate::kafka::answer_token_requests!();
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -167,7 +168,7 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let admin = crate::kafka::admin(config)?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics([&new], &opts).await? {

@@ -216,6 +216,8 @@ impl Quiet {
 }
 
 impl ClientContext for Quiet {
+    crate::kafka::answer_token_requests!();
+
     fn log(&self, _: RDKafkaLogLevel, fac: &str, message: &str) {
         debug!(target: "librdkafka", fac, "{message}");
         if fac == "FAIL" {
@@ -255,5 +257,8 @@ pub fn reader(
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    config.create_with_context(Quiet::default())
+    let reader: BaseConsumer<Quiet> = config.create_with_context(Quiet::default())?;
+    // Its requests block without serving its queue, so it gets a first token now.
+    crate::kafka::prime(reader.client());
+    Ok(reader)
 }

@@ -66,6 +66,11 @@ impl Monitor {
                 };
                 due = Instant::now() + next;
             }
+            // Serves the reader's queue, which carries librdkafka's requests for a new login
+            // token (MSK IAM); its errors stay recorded by the context for `Problem::of`.
+            for _ in 0..16 {
+                let _ = self.reader.poll(Duration::ZERO);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -162,3 +162,31 @@ async fn a_wrong_password_fails_the_kafka_check_as_refused_credentials() {
     // The fix names the setting to look at.
     only_fails(&outcome, "kafka", "sasl.password");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_oidc_token_endpoint_is_named_not_taken_for_refused_credentials() {
+    let topic = unique("orders");
+    let mock = Mock::with_topic(&topic, 2);
+    let db = TestDb::create().await;
+    // Nothing listens on port 1: the token request fails before any broker is asked.
+    let endpoint = "http://127.0.0.1:1/realms/kafka/protocol/openid-connect/token";
+    let env = [
+        ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+        ("KAFKA_PROPERTY_SASL_MECHANISM", "OAUTHBEARER"),
+        ("KAFKA_PROPERTY_SASL_OAUTHBEARER_METHOD", "oidc"),
+        ("KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_ID", "order-worker"),
+        ("KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_SECRET", "secret"),
+        (
+            "KAFKA_PROPERTY_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+            endpoint,
+        ),
+    ];
+    let outcome = check(&mock.brokers, &db, &topic, &[], &env);
+    only_fails(
+        &outcome,
+        "kafka",
+        &format!("no login token from {endpoint}"),
+    );
+    only_fails(&outcome, "kafka", "sasl.oauthbearer.token.endpoint.url");
+    assert!(!outcome.1["kafka"].1.contains("refused"), "{:?}", outcome.1);
+}

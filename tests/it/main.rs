@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod aws_msk_iam;
 mod check;
 mod configuration;
 mod dead_letter_topic;

@@ -1,0 +1,89 @@
+//! How every Kafka client of the worker answers librdkafka's request for a SASL/OAUTHBEARER
+//! token: with an AWS MSK IAM token when that login is installed, otherwise with an error naming
+//! the settings that would give one (OIDC logins never ask: librdkafka fetches those itself).
+//!
+//! Invariant: each client context of the worker answers token requests the same way, through
+//! [`answer_token_requests!`]; a client nobody polls (the admin client) gets its token at
+//! creation, from [`prime`].
+
+use std::ffi::CString;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::Client;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaResult;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+
+use super::aws_msk_iam;
+
+/// The two items of a `ClientContext` impl that hand librdkafka a token when it asks.
+macro_rules! answer_token_requests {
+    () => {
+        const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+        fn generate_oauth_token(
+            &self,
+            _config: Option<&str>,
+        ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+            $crate::kafka::aws_msk_iam::current_token()
+        }
+    };
+}
+pub(crate) use answer_token_requests;
+
+/// The context of clients with no callbacks of their own: `DefaultClientContext`, plus tokens.
+#[derive(Clone, Copy, Default)]
+pub struct Login;
+
+impl ClientContext for Login {
+    answer_token_requests!();
+}
+
+impl ConsumerContext for Login {}
+
+impl ProducerContext for Login {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// An admin client. librdkafka's admin client has no thread that serves token requests, so it
+/// gets its first token now; a token lasts longer than the admin requests the worker makes.
+pub fn admin(config: &ClientConfig) -> KafkaResult<AdminClient<Login>> {
+    let admin: AdminClient<Login> = config.create_with_context(Login)?;
+    prime(admin.inner());
+    Ok(admin)
+}
+
+/// Sets a first token on a client (with MSK IAM; otherwise nothing). A client whose queue is
+/// not served before its first requests needs this; later tokens come from
+/// `generate_oauth_token` whenever its queue is polled.
+pub fn prime<C: ClientContext>(client: &Client<C>) {
+    if !aws_msk_iam::installed() {
+        return;
+    }
+    let Ok(token) = aws_msk_iam::current_token() else {
+        return; // The request then fails as unauthenticated, which is what the check reports.
+    };
+    let (Ok(value), Ok(principal)) = (
+        CString::new(token.token),
+        CString::new(token.principal_name),
+    ) else {
+        return;
+    };
+    let mut err = [0 as std::ffi::c_char; 512];
+    // SAFETY: the client outlives the call; the strings and buffer are valid for its duration
+    // and librdkafka copies what it keeps.
+    unsafe {
+        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+            client.native_ptr(),
+            value.as_ptr(),
+            token.lifetime_ms,
+            principal.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            err.as_mut_ptr(),
+            err.len(),
+        );
+    }
+}
