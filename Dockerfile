@@ -12,13 +12,12 @@
 # assembled root filesystem under chroot, read-only, as uid 65532, against PostgreSQL over TLS.
 # Keep those RUN lines free of anything that would change the machine they run on.
 
-ARG RUST_VERSION=1.95.0
-
 # ---------------------------------------------------------------------------------------------
 # chef: the Rust toolchain plus cargo-chef and cmake. The full (not -slim) image already has
 # gcc, make, pkg-config, libssl-dev and zlib1g-dev; cmake builds the bundled librdkafka with a
 # static libcurl, which SASL/OAUTHBEARER with OIDC needs (rdkafka's cmake-build feature).
-FROM rust:${RUST_VERSION}-bookworm AS chef
+# The release build replaces this image by its digest (.github/workflows/release.yml).
+FROM rust:1.95.0-bookworm AS chef
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake=3.25.1-1 \
     && rm -rf /var/lib/apt/lists/*

