@@ -70,35 +70,38 @@ const TOKEN_NOT_ACQUIRED: &str = "Failed to acquire SASL OAUTHBEARER token";
 /// What the brokers said when the topic's metadata could not be read.
 fn unread_topic(cfg: &CheckConfig, problem: Problem) -> Vec<Finding> {
     let (brokers, topic) = (&cfg.run.kafka.brokers, &cfg.run.worker.consumer.topic);
+    let kafka_failed = |detail: String, fix: &str| {
+        vec![
+            Finding::fail("kafka", detail, fix),
+            Finding::skipped("topic", "the brokers could not be used"),
+        ]
+    };
     let fix = match &problem {
         Problem::Credentials(detail) if detail.contains(TOKEN_NOT_ACQUIRED) => {
             let endpoint = (cfg.run.kafka)
                 .property("sasl.oauthbearer.token.endpoint.url")
                 .map_or_else(String::new, |url| format!(" from {url}"));
-            return vec![Finding::fail(
-                "kafka",
+            return kafka_failed(
                 format!("no login token{endpoint} to present to the brokers: {detail}"),
                 "OIDC: check sasl.oauthbearer.token.endpoint.url, the client id and secret, and \
                  egress to the token endpoint; MSK IAM: check the pod's AWS role",
-            )];
+            );
         }
         Problem::Credentials(detail) => {
-            return vec![Finding::fail(
-                "kafka",
+            return kafka_failed(
                 format!("the brokers refused the credentials: {detail}"),
                 "check sasl.mechanism, sasl.username and sasl.password (or the mounted secret)",
-            )];
+            );
         }
         Problem::Unreachable => {
-            return vec![Finding::fail(
-                "kafka",
+            return kafka_failed(
                 format!(
                     "no broker at {brokers} answered within {}s",
                     TIMEOUT.as_secs()
                 ),
                 "check KAFKA_BROKERS, DNS, egress NetworkPolicy, and security.protocol \
                  (a TLS listener does not answer plaintext)",
-            )];
+            );
         }
         Problem::TopicMissing => "create the topic (a KafkaTopic with Strimzi) or set KAFKA_TOPIC",
         Problem::TopicNotAuthorized => "grant the worker's user Describe and Read on the topic",

@@ -161,6 +161,7 @@ async fn a_wrong_password_fails_the_kafka_check_as_refused_credentials() {
     only_fails(&outcome, "kafka", "refused the credentials");
     // The fix names the setting to look at.
     only_fails(&outcome, "kafka", "sasl.password");
+    assert_eq!(outcome.1["topic"].0, "skipped", "{:?}", outcome.1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
