@@ -59,6 +59,10 @@ pub enum Command {
     /// Check a deployment's settings against Kafka and PostgreSQL: one line per check with the
     /// fix; exit 0 only if every check passes.
     Check(CheckConfig),
+    /// Judge events with the worker's own decoder and rules, from files, standard input or a
+    /// sample of a topic: `ok`, or the dead-letter reason and message the worker would store;
+    /// exit 1 if any would be dead-lettered.
+    Validate(ValidateConfig),
     /// Apply the embedded database migrations and exit.
     Migrate(MigrateConfig),
     /// Publish synthetic order events (valid, invalid, duplicated) and print a summary.
@@ -98,6 +102,7 @@ impl Command {
             Self::Check(cfg) => Some(&cfg.run.kafka),
             Self::Produce(cfg) => Some(&cfg.kafka),
             Self::Lag(cfg) => Some(&cfg.kafka),
+            Self::Validate(cfg) => cfg.sample.as_ref().map(|ValidateSource::Topic(t)| &t.kafka),
             Self::DeadLetters {
                 command: DeadLettersCommand::Replay(cfg),
             } => Some(&cfg.kafka),
@@ -111,6 +116,10 @@ impl Command {
             Self::Check(cfg) => Some(&mut cfg.run.kafka),
             Self::Produce(cfg) => Some(&mut cfg.kafka),
             Self::Lag(cfg) => Some(&mut cfg.kafka),
+            Self::Validate(cfg) => cfg
+                .sample
+                .as_mut()
+                .map(|ValidateSource::Topic(t)| &mut t.kafka),
             Self::DeadLetters {
                 command: DeadLettersCommand::Replay(cfg),
             } => Some(&mut cfg.kafka),
@@ -344,6 +353,7 @@ mod kafka;
 pub use commands::{
     CheckConfig, DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig,
     DeadLettersCommand, DevConfig, LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
+    TopicSample, ValidateConfig, ValidateSource,
 };
 
 pub use kafka::{KAFKA_PROPERTY_PREFIX, KafkaArgs, KafkaProperty};

@@ -43,6 +43,7 @@ pub(crate) mod retry;
 pub mod shutdown;
 pub mod synth;
 pub mod telemetry;
+pub mod validate;
 pub(crate) mod worker;
 
 pub use error::{Error, Result};

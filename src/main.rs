@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::error::{ContextKind, ErrorKind};
 use order_worker::config::{self, Cli, Command, DeadLettersCommand};
 use order_worker::{
-    Worker, check, db, dead_letters, dev, kafka, lag, produce, shutdown, telemetry,
+    Worker, check, db, dead_letters, dev, kafka, lag, produce, shutdown, telemetry, validate,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} of {} checks failed",
                     report.failed(),
                     report.checks.len()
+                );
+            }
+        }
+        Command::Validate(cfg) => {
+            let report = validate::validate(&cfg).await?;
+            if cfg.json {
+                println!("{}", serde_json::to_string_pretty(&report.verdicts)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if report.failed() > 0 {
+                bail!(
+                    "{} of {} events would be dead-lettered",
+                    report.failed(),
+                    report.verdicts.len()
                 );
             }
         }

@@ -1,9 +1,10 @@
-//! The arguments of the commands besides `run`: `check`, `migrate`, `produce`, `lag`, `dev` and
-//! `dead-letters`.
+//! The arguments of the commands besides `run`: `check`, `validate`, `migrate`, `produce`,
+//! `lag`, `dev` and `dead-letters`.
 //!
 //! Invariant: every command that talks to Kafka takes its brokers and librdkafka properties from
 //! one [`KafkaArgs`], so the flags and variables are the same everywhere.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -64,6 +65,64 @@ pub struct DeadLetterReplayConfig {
     /// Show what would be replayed without publishing or marking anything.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// What `validate` judges: files or standard input, or (`validate topic`) a sample of a topic.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateConfig {
+    #[command(subcommand)]
+    pub sample: Option<ValidateSource>,
+    /// Files of events, one event per file (or per line with --lines); `-` or none: standard
+    /// input.
+    pub files: Vec<PathBuf>,
+    /// One event per line (JSON Lines) instead of one per file.
+    #[arg(long)]
+    pub lines: bool,
+    /// Each line is `key<TAB>value` (kcat's `-K'\t'` format); an empty key is no key, an empty
+    /// value no value.
+    #[arg(long)]
+    pub keyed: bool,
+    /// The message key of the events read without one. Without it, each is judged as if keyed
+    /// by its own order_id (as contract v1 requires).
+    #[arg(long, conflicts_with = "keyed")]
+    pub key: Option<String>,
+    /// Largest accepted message value, as the worker's setting: larger ones are
+    /// payload_too_large.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 1_048_576, global = true,
+          value_parser = clap::value_parser!(u32).range(64..=104_857_600))]
+    pub max_payload_bytes: u32,
+    /// Print JSON (one object per event) instead of one line per event.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ValidateSource {
+    /// Judge a sample of a topic: the last messages of each partition, or from an offset.
+    Topic(TopicSample),
+}
+
+/// Which messages of a topic `validate topic` reads (never joining a group, never committing).
+#[derive(Debug, Clone, Args)]
+pub struct TopicSample {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The topic.
+    #[arg(long)]
+    pub topic: String,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// The last N messages of each partition.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub last: i64,
+    /// From this offset of each partition instead (at most --count messages).
+    #[arg(long, conflicts_with = "last", value_parser = clap::value_parser!(i64).range(0..))]
+    pub from_offset: Option<i64>,
+    /// With --from-offset: at most this many messages per partition.
+    #[arg(long, default_value_t = 1_000, requires = "from_offset",
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -202,6 +202,18 @@ pub fn decode(
     payload_size: usize,
     max_payload_bytes: usize,
 ) -> Result<OrderEvent, Rejection> {
+    let event = decode_value(payload, payload_size, max_payload_bytes)?;
+    validate::key(key, event.order_id)?;
+    Ok(event)
+}
+
+/// [`decode`] without the key: every rule of the value. `order-worker validate` judges an event
+/// read without a key (a file, a line) with it, as if keyed by its own order id.
+pub fn decode_value(
+    payload: Option<&[u8]>,
+    payload_size: usize,
+    max_payload_bytes: usize,
+) -> Result<OrderEvent, Rejection> {
     let Some(payload) = payload else {
         return Err(Rejection::new(
             Reason::Tombstone,
@@ -224,10 +236,7 @@ pub fn decode(
             ),
         )
     })?;
-    let wire = parse(text)?;
-    let event = validate::event(wire)?;
-    validate::key(key, event.order_id)?;
-    Ok(event)
+    validate::event(parse(text)?)
 }
 
 fn parse(text: &str) -> Result<WireEvent, Rejection> {

@@ -23,3 +23,4 @@ mod poison;
 mod schema;
 mod security;
 mod stalls;
+mod validate;
