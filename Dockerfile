@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # order-worker image: a release build on the official Rust image (Debian 12), run from scratch
-# with only the files the binary needs (about 19 MB; docs/deploy.md has the measured figures).
+# with only the files the binary needs (about 24 MB; docs/deploy.md has the measured figures).
 #
 #   docker build -t registry.example.com/orders/order-worker:0.1.0 \
 #     --build-arg VERSION=0.1.0 --build-arg GIT_REVISION="$(git rev-parse --short=12 HEAD)" .
