@@ -351,9 +351,9 @@ mod commands;
 mod kafka;
 
 pub use commands::{
-    CheckConfig, DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig,
-    DeadLettersCommand, DevConfig, LagCommandConfig, MigrateConfig, ProduceConfig, SynthConfig,
-    TopicSample, ValidateConfig, ValidateSource,
+    CheckConfig, DeadLetterFilter, DeadLetterListConfig, DeadLetterPurgeConfig,
+    DeadLetterReplayConfig, DeadLettersCommand, DevConfig, LagCommandConfig, MigrateConfig,
+    ProduceConfig, SynthConfig, TopicSample, ValidateConfig, ValidateSource,
 };
 
 pub use kafka::{KAFKA_PROPERTY_PREFIX, KafkaArgs, KafkaProperty};

@@ -17,8 +17,10 @@ use rdkafka::util::Timeout;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::config::{DeadLetterFilter, DeadLetterListConfig, DeadLetterReplayConfig};
-use crate::db::dead_letters::{self, DeadLetter, Selection};
+use crate::config::{
+    DeadLetterFilter, DeadLetterListConfig, DeadLetterPurgeConfig, DeadLetterReplayConfig,
+};
+use crate::db::dead_letters::{self, DeadLetter, Purge, Selection};
 use crate::db::{self};
 use crate::error::Error;
 use crate::kafka::{Login, client_config};
@@ -39,6 +41,17 @@ impl From<&DeadLetterFilter> for Selection {
             limit: f.limit,
         }
     }
+}
+
+/// Deletes (or with --dry-run counts) the dead letters created before `--before`.
+pub async fn purge(cfg: &DeadLetterPurgeConfig) -> Result<u64, Error> {
+    let pool = db::pool(&cfg.db, 1)?;
+    let which = Purge {
+        before: cfg.before,
+        reason: cfg.reason.clone(),
+        replayed_only: cfg.replayed_only,
+    };
+    Ok(dead_letters::purge(&pool, &which, cfg.dry_run).await?)
 }
 
 pub async fn list(cfg: &DeadLetterListConfig) -> Result<String, Error> {

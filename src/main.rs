@@ -144,6 +144,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DeadLetters { command } => match command {
             DeadLettersCommand::List(cfg) => println!("{}", dead_letters::list(&cfg).await?),
+            DeadLettersCommand::Purge(cfg) => {
+                let n = dead_letters::purge(&cfg).await.context("failed to purge")?;
+                let verb = if cfg.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                println!("{verb} {n} dead letter(s) created before {}", cfg.before);
+            }
             DeadLettersCommand::Replay(cfg) => {
                 let report = dead_letters::replay(&cfg)
                     .await

@@ -18,6 +18,8 @@ pub enum DeadLettersCommand {
     List(DeadLetterListConfig),
     /// Re-publish dead letters to their source topic (or --topic) and mark them replayed.
     Replay(DeadLetterReplayConfig),
+    /// Delete dead letters created before a time: the table's retention.
+    Purge(DeadLetterPurgeConfig),
 }
 
 /// Which dead letters a `dead-letters` command works on.
@@ -123,6 +125,24 @@ pub struct TopicSample {
     #[arg(long, default_value_t = 1_000, requires = "from_offset",
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub count: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterPurgeConfig {
+    #[command(flatten)]
+    pub db: DbConfig,
+    /// Delete those created before: a duration back from now (`30d`, `720h`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    pub before: time::OffsetDateTime,
+    /// Only this reason.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only those already replayed (the others are kept, whatever their age).
+    #[arg(long)]
+    pub replayed_only: bool,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Args)]

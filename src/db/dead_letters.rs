@@ -73,6 +73,66 @@ pub async fn select(pool: &PgPool, s: &Selection) -> Result<Vec<DeadLetter>, sql
         .await
 }
 
+/// Dead letters deleted per statement: a purge of millions holds no lock for long and never
+/// builds one huge transaction.
+const PURGE_CHUNK: i64 = 10_000;
+
+const PURGE: &str = r#"
+WITH doomed AS (
+    SELECT id FROM dead_letters
+    WHERE created_at < $1
+      AND ($2::text IS NULL OR reason = $2)
+      AND (NOT $3 OR replayed_at IS NOT NULL)
+    ORDER BY id
+    LIMIT $4
+)
+DELETE FROM dead_letters WHERE id IN (SELECT id FROM doomed)
+"#;
+
+const COUNT_PURGE: &str = r#"
+SELECT count(*) FROM dead_letters
+WHERE created_at < $1
+  AND ($2::text IS NULL OR reason = $2)
+  AND (NOT $3 OR replayed_at IS NOT NULL)
+"#;
+
+/// Which dead letters a purge deletes.
+#[derive(Debug, Clone)]
+pub struct Purge {
+    pub before: OffsetDateTime,
+    pub reason: Option<String>,
+    pub replayed_only: bool,
+}
+
+/// Deletes the dead letters `purge` names, in chunks; returns how many. With `dry_run`, only
+/// counts them.
+pub async fn purge(pool: &PgPool, purge: &Purge, dry_run: bool) -> Result<u64, sqlx::Error> {
+    if dry_run {
+        let n: i64 = sqlx::query_scalar(COUNT_PURGE)
+            .bind(purge.before)
+            .bind(&purge.reason)
+            .bind(purge.replayed_only)
+            .fetch_one(pool)
+            .await?;
+        return Ok(n as u64);
+    }
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(PURGE)
+            .bind(purge.before)
+            .bind(&purge.reason)
+            .bind(purge.replayed_only)
+            .bind(PURGE_CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += done;
+        if done < PURGE_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
 pub async fn mark_replayed(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1)")
         .bind(ids)

@@ -144,3 +144,60 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
     worker.stop();
     worker.wait().await.expect("graceful stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_only_dead_letters_older_than_asked_and_keeps_unreplayed_ones_when_told() {
+    let db = TestDb::create().await;
+    // (age in days, reason, replayed)
+    let rows = [
+        (40, "invalid_json", true),
+        (40, "invalid_json", false),
+        (40, "db_rejected", false),
+        (10, "invalid_json", true),
+        (1, "schema_violation", false),
+    ];
+    for (offset, (days, reason, replayed)) in rows.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO dead_letters (source_topic, source_partition, source_offset, payload, \
+             payload_size, stage, reason, error, created_at, replayed_at) \
+             VALUES ('orders', 0, $1, 'x', 1, 'decode', $2, 'e', now() - make_interval(days => $3), \
+             CASE WHEN $4 THEN now() END)",
+        )
+        .bind(offset as i64)
+        .bind(reason)
+        .bind(days)
+        .bind(replayed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let left = || async {
+        let mut offsets: Vec<i64> = sqlx::query_scalar("SELECT source_offset FROM dead_letters")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        offsets.sort();
+        offsets
+    };
+    let purge = |extra: &[&str]| {
+        cli(&[
+            &["dead-letters", "purge", "--database-url", &db.url][..],
+            extra,
+        ]
+        .concat())
+    };
+    let dry = purge(&["--before", "30d", "--dry-run"]);
+    assert!(dry.contains("would delete 3 dead letter(s)"), "{dry}");
+    assert_eq!(left().await, [0, 1, 2, 3, 4], "a dry run deletes nothing");
+    let said = purge(&["--before", "30d", "--replayed-only"]);
+    assert!(said.contains("deleted 1 dead letter(s)"), "{said}");
+    assert_eq!(left().await, [1, 2, 3, 4]);
+    purge(&["--before", "30d", "--reason", "db_rejected"]);
+    assert_eq!(left().await, [1, 3, 4]);
+    purge(&["--before", "5d"]);
+    assert_eq!(
+        left().await,
+        [4],
+        "everything older than 5 days, replayed or not"
+    );
+}
