@@ -133,6 +133,16 @@ pub async fn purge(pool: &PgPool, purge: &Purge, dry_run: bool) -> Result<u64, s
     }
 }
 
+/// How many dead letters wait to be replayed, by reason (read through the partial index
+/// `dead_letters_unreplayed_idx`).
+pub async fn unreplayed_by_reason(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT reason, count(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY reason",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn mark_replayed(pool: &PgPool, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY($1)")
         .bind(ids)

@@ -148,6 +148,9 @@ catalogue! {
         "Failed attempts to publish dead letters to the dead-letter topic (retried).");
     DEAD_LETTER_TOPIC_REFUSALS = counter("order_worker_dead_letter_topic_refusals_total",
         "Dead letters the dead-letter topic refused for good (kept in the dead_letters table only).");
+    DEAD_LETTERS_UNREPLAYED = gauge("order_worker_dead_letters_unreplayed", Unit::Count,
+        "Dead letters in the table not replayed yet, by reason (the whole table: every replica reports it).")
+        .labels(&["reason"]);
     DEAD_LETTERS_CUT = counter("order_worker_dead_letters_cut_total",
         "Dead letters published with their value cut to a size the dead-letter topic takes.");
     PIPELINE_STALL = gauge("order_worker_pipeline_stall_seconds", Unit::Seconds,

@@ -129,6 +129,7 @@ pub struct Metrics {
     pub dead_letter_publish_failures: Counter,
     pub dead_letter_topic_refusals: Counter,
     pub dead_letters_cut: Counter,
+    dead_letters_unreplayed: Vec<Gauge>,
     pub pipeline_stall: Gauge,
 }
 
@@ -170,6 +171,10 @@ impl Metrics {
             dead_letter_publish_failures: DEAD_LETTER_PUBLISH_FAILURES.counter_of(&[]),
             dead_letter_topic_refusals: DEAD_LETTER_TOPIC_REFUSALS.counter_of(&[]),
             dead_letters_cut: DEAD_LETTERS_CUT.counter_of(&[]),
+            dead_letters_unreplayed: Reason::ALL
+                .iter()
+                .map(|r| DEAD_LETTERS_UNREPLAYED.gauge_of(&[r.as_str()]))
+                .collect(),
             pipeline_stall: PIPELINE_STALL.gauge_of(&[]),
         }
     }
@@ -188,6 +193,17 @@ impl Metrics {
     pub fn dead_lettered(&self, reason: Reason) -> &Counter {
         let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         &self.dead_letters[i]
+    }
+
+    /// Sets the unreplayed dead letters of every reason: `counts` by reason name, the others 0.
+    pub fn set_unreplayed(&self, counts: &[(String, i64)]) {
+        for (reason, gauge) in Reason::ALL.iter().zip(&self.dead_letters_unreplayed) {
+            let n = counts
+                .iter()
+                .find(|(r, _)| r == reason.as_str())
+                .map_or(0, |(_, n)| *n);
+            gauge.set(n as f64);
+        }
     }
 
     pub fn db_error(&self, kind: FailureKind) -> &Counter {

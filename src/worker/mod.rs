@@ -38,6 +38,8 @@ mod stop;
 /// How often PostgreSQL is pinged, for readiness and so that an outage is told from a wedged
 /// pipeline (STALL_TIMEOUT) within a few seconds.
 const DB_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Every how many checks the unreplayed dead letters are counted (once a minute).
+const DEAD_LETTER_COUNT_EVERY: u32 = 30;
 
 /// A running worker.
 pub struct Worker {
@@ -198,7 +200,11 @@ impl Parts {
         } else {
             db::check_schema(&self.pool).await?;
         }
-        let monitor = tokio::spawn(monitor_database(self.pool.clone(), self.health.clone()));
+        let monitor = tokio::spawn(monitor_database(
+            self.pool.clone(),
+            self.health.clone(),
+            self.metrics.clone(),
+        ));
         let result = self.pipeline(clients.consumer, clients.lag_reader).await;
         monitor.abort();
         result
@@ -242,10 +248,12 @@ impl Parts {
     }
 }
 
-async fn monitor_database(pool: PgPool, health: Arc<Health>) {
+/// Pings PostgreSQL for readiness, and counts the dead letters waiting to be replayed. A count
+/// that fails keeps the last figures (the ping says whether PostgreSQL is there).
+async fn monitor_database(pool: PgPool, health: Arc<Health>, metrics: Metrics) {
     let mut tick = tokio::time::interval(DB_CHECK_INTERVAL);
     let throttle = Throttle::new(Duration::from_secs(30));
-    loop {
+    for round in 0u32.. {
         tick.tick().await;
         let ok = db::ping(&pool, Duration::from_secs(2)).await;
         if let Err(e) = &ok
@@ -254,5 +262,11 @@ async fn monitor_database(pool: PgPool, health: Arc<Health>) {
             warn!(error = %e, repeated = held, "PostgreSQL health check failed");
         }
         health.set_db_ok(ok.is_ok());
+        if ok.is_ok() && round % DEAD_LETTER_COUNT_EVERY == 0 {
+            match db::dead_letters::unreplayed_by_reason(&pool).await {
+                Ok(counts) => metrics.set_unreplayed(&counts),
+                Err(e) => warn!(error = %e, "could not count the unreplayed dead letters"),
+            }
+        }
     }
 }

@@ -148,7 +148,6 @@ async fn a_row_postgres_refuses_is_dead_lettered_alone_and_replayed_once_after_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_deletes_only_dead_letters_older_than_asked_and_keeps_unreplayed_ones_when_told() {
     let db = TestDb::create().await;
-    // (age in days, reason, replayed)
     let rows = [
         (40, "invalid_json", true),
         (40, "invalid_json", false),
@@ -156,21 +155,7 @@ async fn purge_deletes_only_dead_letters_older_than_asked_and_keeps_unreplayed_o
         (10, "invalid_json", true),
         (1, "schema_violation", false),
     ];
-    for (offset, (days, reason, replayed)) in rows.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO dead_letters (source_topic, source_partition, source_offset, payload, \
-             payload_size, stage, reason, error, created_at, replayed_at) \
-             VALUES ('orders', 0, $1, 'x', 1, 'decode', $2, 'e', now() - make_interval(days => $3), \
-             CASE WHEN $4 THEN now() END)",
-        )
-        .bind(offset as i64)
-        .bind(reason)
-        .bind(days)
-        .bind(replayed)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    }
+    insert_dead_letters(&db, &rows).await;
     let left = || async {
         let mut offsets: Vec<i64> = sqlx::query_scalar("SELECT source_offset FROM dead_letters")
             .fetch_all(&db.pool)
@@ -200,4 +185,50 @@ async fn purge_deletes_only_dead_letters_older_than_asked_and_keeps_unreplayed_o
         [4],
         "everything older than 5 days, replayed or not"
     );
+}
+
+/// Dead letters of `(age in days, reason, replayed)`, at offsets 0, 1, ... of `orders`/0.
+async fn insert_dead_letters(db: &TestDb, rows: &[(i32, &str, bool)]) {
+    for (offset, (days, reason, replayed)) in rows.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO dead_letters (source_topic, source_partition, source_offset, payload, \
+             payload_size, stage, reason, error, created_at, replayed_at) \
+             VALUES ('orders', 0, $1, 'x', 1, 'decode', $2, 'e', now() - make_interval(days => $3), \
+             CASE WHEN $4 THEN now() END)",
+        )
+        .bind(offset as i64)
+        .bind(reason)
+        .bind(days)
+        .bind(replayed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_exports_how_many_dead_letters_wait_to_be_replayed_by_reason() {
+    let db = TestDb::create().await;
+    let rows = [
+        (1, "invalid_json", false),
+        (2, "invalid_json", false),
+        (3, "invalid_json", true),
+        (1, "db_rejected", false),
+    ];
+    insert_dead_letters(&db, &rows).await;
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    let http = worker.http_addr();
+    let name = "order_worker_dead_letters_unreplayed";
+    crate::helpers::eventually(
+        "the first count",
+        std::time::Duration::from_secs(10),
+        || async { metric(http, name, &[("reason", "invalid_json")]).await == 2.0 },
+    )
+    .await;
+    assert_eq!(metric(http, name, &[("reason", "db_rejected")]).await, 1.0);
+    assert_eq!(metric(http, name, &[("reason", "tombstone")]).await, 0.0);
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
 }
