@@ -3,7 +3,7 @@
 //! Invariant: a struct of the contract is read from a JSON object and nothing else. serde's
 //! derived deserializers also accept an array of the fields in declaration order, which would make
 //! `[1, "...", ...]` a valid event by accident of field order; routing struct reads to
-//! `deserialize_map` closes that door without a second pass over the payload.
+//! `deserialize_map` closes that door while the payload is read once.
 
 use std::fmt;
 use std::marker::PhantomData;

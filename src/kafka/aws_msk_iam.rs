@@ -32,6 +32,9 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 /// Credentials are renewed this long before they expire; those without an expiry (static keys)
 /// are read again this often, so a rotated key is picked up.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
+/// Least wait between two renewals: credentials that expire within RENEW_AHEAD of being issued
+/// (a short session) must not make the renewal loop call the provider back to back.
+const MIN_RENEW_WAIT: Duration = Duration::from_secs(10);
 /// How long loading credentials at start may take (STS answers in well under a second).
 const FIRST_LOAD: Duration = Duration::from_secs(20);
 /// The action MSK authorizes a connection with, and the name it signs under.
@@ -184,7 +187,12 @@ async fn renew(provider: SharedCredentialsProvider, keys: Arc<Keys>) {
                 .unwrap_or_default()
         });
         let failed = keys.read().1.is_some();
-        tokio::time::sleep(if failed { retry } else { due }).await;
+        tokio::time::sleep(if failed {
+            retry
+        } else {
+            due.max(MIN_RENEW_WAIT)
+        })
+        .await;
         match provider.provide_credentials().await {
             Ok(fresh) => {
                 retry = Duration::from_secs(1);

@@ -62,28 +62,45 @@ pub fn prime<C: ClientContext>(client: &Client<C>) {
     if !aws_msk_iam::installed() {
         return;
     }
-    let Ok(token) = aws_msk_iam::current_token() else {
-        return; // The request then fails as unauthenticated, which is what the check reports.
-    };
-    let (Ok(value), Ok(principal)) = (
-        CString::new(token.token),
-        CString::new(token.principal_name),
-    ) else {
-        return;
-    };
-    let mut err = [0 as std::ffi::c_char; 512];
-    // SAFETY: the client outlives the call; the strings and buffer are valid for its duration
-    // and librdkafka copies what it keeps.
-    unsafe {
-        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
-            client.native_ptr(),
-            value.as_ptr(),
-            token.lifetime_ms,
-            principal.as_ptr(),
-            std::ptr::null_mut(),
-            0,
-            err.as_mut_ptr(),
-            err.len(),
-        );
+    let token = aws_msk_iam::current_token().map_err(|e| e.to_string());
+    let set = token.and_then(|t| {
+        let value = CString::new(t.token).map_err(|e| e.to_string())?;
+        let principal = CString::new(t.principal_name).map_err(|e| e.to_string())?;
+        let mut err = [0 as std::ffi::c_char; 512];
+        // SAFETY: the client outlives the call; the strings and buffer are valid for its
+        // duration and librdkafka copies what it keeps.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+                client.native_ptr(),
+                value.as_ptr(),
+                t.lifetime_ms,
+                principal.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Ok(())
+        } else {
+            // SAFETY: librdkafka wrote a NUL-terminated message into `err`.
+            Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+                .to_string_lossy()
+                .into_owned())
+        }
+    });
+    // A token that cannot be had is an authentication error the client reports (and readiness
+    // and `check` name), not a silent wait.
+    if let Err(reason) = set
+        && let Ok(reason) = CString::new(reason)
+    {
+        // SAFETY: as above; librdkafka copies the message.
+        unsafe {
+            rdkafka::bindings::rd_kafka_oauthbearer_set_token_failure(
+                client.native_ptr(),
+                reason.as_ptr(),
+            );
+        }
     }
 }

@@ -263,9 +263,12 @@ async fn monitor_database(pool: PgPool, health: Arc<Health>, metrics: Metrics) {
         }
         health.set_db_ok(ok.is_ok());
         if ok.is_ok() && round % DEAD_LETTER_COUNT_EVERY == 0 {
-            match db::dead_letters::unreplayed_by_reason(&pool).await {
-                Ok(counts) => metrics.set_unreplayed(&counts),
-                Err(e) => warn!(error = %e, "could not count the unreplayed dead letters"),
+            // Bounded like the ping: a hung count must not hold readiness at its last value.
+            let count = db::dead_letters::unreplayed_by_reason(&pool);
+            match tokio::time::timeout(Duration::from_secs(5), count).await {
+                Ok(Ok(counts)) => metrics.set_unreplayed(&counts),
+                Ok(Err(e)) => warn!(error = %e, "could not count the unreplayed dead letters"),
+                Err(_) => warn!("counting the unreplayed dead letters took over 5 s; skipped"),
             }
         }
     }

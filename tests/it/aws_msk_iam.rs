@@ -234,3 +234,39 @@ fn msk_iam_without_a_region_is_a_configuration_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reading_originals_back_logs_in_at_once() {
+    use order_worker::config::KafkaProperty;
+    use order_worker::kafka::originals::{Originals, ReadBack};
+    let (brokers, messages) = sasl_broker();
+    // SAFETY: set before any other thread of this test process reads the environment.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDORIGINALS");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "secret");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    order_worker::kafka::aws_msk_iam::install("eu-west-1")
+        .await
+        .expect("credentials from the environment");
+    let properties = [
+        KafkaProperty::new("security.protocol", "SASL_PLAINTEXT"),
+        KafkaProperty::new("sasl.mechanism", "OAUTHBEARER"),
+    ];
+    // Its first requests are watermark queries, made before it polls: its token must still
+    // come (a reader whose first request was a metadata query waited for its timeout).
+    let reader = Originals::new(&brokers, &properties, "orders", "group");
+    tokio::task::spawn_blocking(move || {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _ = reader.fetch_into(
+            &[(0, 0)],
+            &mut ReadBack::new(),
+            Duration::from_secs(3),
+            &stop,
+        );
+    });
+    let message = messages
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the read-back client sent its SASL message");
+    assert!(message.starts_with("n,,\u{1}auth=Bearer "), "{message:?}");
+}
