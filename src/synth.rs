@@ -107,6 +107,8 @@ pub fn event(order: Uuid, version: i64, salt: u64) -> OrderEvent {
         currency: ["EUR", "USD", "GBP", "JPY"][rng.random_range(0..4)].into(),
         items,
         total_minor,
+        discount_minor: None,
+        shipping: None,
     }
 }
 
@@ -177,7 +179,7 @@ impl Generator {
             ),
             4 => (
                 key,
-                json(&|v| v["schema_version"] = 2.into()),
+                json(&|v| v["schema_version"] = 3.into()),
                 Reason::UnsupportedSchemaVersion,
             ),
             5 => (

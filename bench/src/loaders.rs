@@ -37,6 +37,8 @@ struct Batch {
     event_types: Vec<&'static str>,
     partitions: Vec<i32>,
     offsets: Vec<i64>,
+    discounts: Vec<Option<i64>>,
+    shipping: Vec<Option<String>>,
 }
 
 /// The highest version of each order among `rows` (the first one seen on a tie), in no order.
@@ -68,6 +70,8 @@ fn batch_of(rows: &[&Row]) -> Batch {
         event_types: Vec::new(),
         partitions: Vec::new(),
         offsets: Vec::new(),
+        discounts: Vec::new(),
+        shipping: Vec::new(),
     };
     for r in chosen {
         let e = &r.event;
@@ -83,6 +87,12 @@ fn batch_of(rows: &[&Row]) -> Batch {
         b.event_types.push(e.event_type.as_str());
         b.partitions.push(r.partition);
         b.offsets.push(r.offset);
+        b.discounts.push(e.discount_minor);
+        b.shipping.push(
+            e.shipping
+                .as_ref()
+                .map(|s| serde_json::to_string(s).expect("JSON")),
+        );
     }
     b
 }
@@ -102,6 +112,8 @@ async fn upsert(c: &mut PgConnection, topic: &str, b: &Batch) {
         .bind(b.event_types.as_slice())
         .bind(b.partitions.as_slice())
         .bind(b.offsets.as_slice())
+        .bind(b.discounts.as_slice())
+        .bind(b.shipping.as_slice())
         .execute(c)
         .await
         .expect("ceiling upsert");

@@ -1,20 +1,25 @@
-//! Event contract v1: the only shape of message this worker applies.
+//! Event contracts v1 and v2: the only shapes of message this worker applies.
 //!
 //! Invariant: [`decode`] is total. Every possible Kafka message (any bytes, any key, no value)
 //! becomes either an [`OrderEvent`] whose every rule of the contract holds, or a [`Rejection`]
 //! naming the stage and reason. It never panics and never allocates more than the payload it was
 //! given plus the event it returns.
 //!
-//! The contract is published for producers in `schema/order-event.v1.schema.json` and in
-//! docs/contract.md. Each event is a full snapshot of the order at `version`, not a delta: that
-//! is what lets the worker apply events idempotently and in any order (the highest version wins).
+//! The contract is published for producers in `schema/order-event.v1.schema.json`,
+//! `schema/order-event.v2.schema.json` and docs/contract.md. Each event is a full snapshot of the
+//! order at `version`, not a delta: that is what lets the worker apply events idempotently and in
+//! any order (the highest version wins). v2 adds two optional parts to v1 and changes no v1 rule,
+//! so both are read side by side and a producer moves to v2 without a flag day.
 
 mod object_only;
 mod rejection;
+mod shipping;
 mod validate;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v2_tests;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -22,12 +27,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use rejection::{DeadLetterRecord, Reason, Rejection, Stage};
+pub use shipping::{MAX_CITY_CHARS, MAX_POSTAL_CODE_CHARS, Shipping, ShippingMethod};
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_CHARS, MAX_UNIT_PRICE_MINOR,
 };
 
-/// The schema version this build understands. Events may omit `schema_version` (it means 1).
-pub const SCHEMA_VERSION: u64 = 1;
+/// The newest schema version this build reads; it reads every version from 1 up to it. Events
+/// may omit `schema_version` (it means 1).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// What happened to the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +97,8 @@ pub struct LineItem {
     pub unit_price_minor: i64,
 }
 
-/// A validated v1 order event. Only [`decode`] builds one from the wire, so holding one means every
-/// rule of the contract held.
+/// A validated order event (v1, or v2 with its optional parts). Only [`decode`] builds one from
+/// the wire, so holding one means every rule of the contract held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderEvent {
     pub event_id: Uuid,
@@ -105,10 +112,27 @@ pub struct OrderEvent {
     pub currency: CompactString,
     pub items: Vec<LineItem>,
     pub total_minor: i64,
+    /// v2: subtracted from the items' sum to give `total_minor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount_minor: Option<i64>,
+    /// v2: where and how the order ships.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<Shipping>,
 }
 
 impl OrderEvent {
-    /// The JSON this event is published as (the v1 wire form, `schema_version` included).
+    /// The oldest contract version that carries everything this event holds: 1 unless it has a
+    /// v2 part.
+    pub fn schema_version(&self) -> u64 {
+        if self.discount_minor.is_some() || self.shipping.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The JSON this event is published as (its [`schema_version`](Self::schema_version)'s wire
+    /// form, `schema_version` included).
     pub fn to_json(&self) -> Vec<u8> {
         #[derive(Serialize)]
         struct Wire<'a> {
@@ -117,7 +141,7 @@ impl OrderEvent {
             event: &'a OrderEvent,
         }
         serde_json::to_vec(&Wire {
-            schema_version: SCHEMA_VERSION,
+            schema_version: self.schema_version(),
             event: self,
         })
         .expect("an OrderEvent always serializes")
@@ -184,6 +208,12 @@ struct WireEvent {
     #[serde(deserialize_with = "object_only::vec_of_objects")]
     items: Vec<LineItem>,
     total_minor: i64,
+    /// v2 only: a v1 event ignores it, as it ignores any field it does not define.
+    #[serde(default)]
+    discount_minor: Option<i64>,
+    /// v2 only, like `discount_minor`.
+    #[serde(default, deserialize_with = "object_only::optional_object")]
+    shipping: Option<Shipping>,
 }
 
 /// Only read when a payload fails to parse, to tell "a newer contract" from "broken input".
@@ -256,7 +286,7 @@ fn parse_tracking_path(text: &str) -> Result<WireEvent, Rejection> {
     complete(de, wire)
 }
 
-/// Refuses trailing input and other contract versions.
+/// Refuses trailing input and contract versions this build does not read.
 fn complete(
     mut de: serde_json::Deserializer<serde_json::de::StrRead<'_>>,
     wire: WireEvent,
@@ -267,9 +297,14 @@ fn complete(
             format!("payload is not valid JSON: {e}"),
         )
     })?;
-    match wire.schema_version {
-        None | Some(SCHEMA_VERSION) => Ok(wire),
-        Some(other) => Err(unsupported(&other.to_string())),
+    match wire.schema_version.unwrap_or(1) {
+        1 => Ok(WireEvent {
+            discount_minor: None,
+            shipping: None,
+            ..wire
+        }),
+        2 => Ok(wire),
+        other => Err(unsupported(&other.to_string())),
     }
 }
 
@@ -293,7 +328,9 @@ fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> R
             if let Ok(VersionProbe {
                 schema_version: Some(v),
             }) = VersionProbe::deserialize(object_only::ObjectOnly(&mut de))
-                && v.as_u64() != Some(SCHEMA_VERSION)
+                && !v
+                    .as_u64()
+                    .is_some_and(|v| (1..=SCHEMA_VERSION).contains(&v))
             {
                 return unsupported(&v.to_string());
             }
@@ -317,7 +354,8 @@ fn unsupported(found: &str) -> Rejection {
     Rejection::new(
         Reason::UnsupportedSchemaVersion,
         format!(
-            "schema_version {found} is not supported, this worker reads version {SCHEMA_VERSION}"
+            "schema_version {found} is not supported, this worker reads versions 1 to \
+             {SCHEMA_VERSION}"
         ),
     )
 }

@@ -1,4 +1,4 @@
-//! Objects only: the contract's events and line items are JSON objects.
+//! Objects only: the contract's events, line items and shipping block are JSON objects.
 //!
 //! Invariant: a struct of the contract is read from a JSON object and nothing else. serde's
 //! derived deserializers also accept an array of the fields in declaration order, which would make
@@ -70,4 +70,32 @@ where
     }
 
     deserializer.deserialize_seq(Elements(PhantomData))
+}
+
+/// `#[serde(deserialize_with = "optional_object")]`: an object, or `null` (and, with
+/// `#[serde(default)]`, no field at all) for `None`.
+pub(super) fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Optional<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            T::deserialize(ObjectOnly(d)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_option(Optional(PhantomData))
 }

@@ -2,10 +2,10 @@ use serde_json::{Value, json};
 
 use super::*;
 
-const LIMIT: usize = 64 * 1024;
-const ORDER: &str = "6f1c2a4e-7a43-4a39-9f7e-2b1d7c1e0a11";
+pub(super) const LIMIT: usize = 64 * 1024;
+pub(super) const ORDER: &str = "6f1c2a4e-7a43-4a39-9f7e-2b1d7c1e0a11";
 
-fn valid() -> Value {
+pub(super) fn valid() -> Value {
     json!({
         "event_id": "0b7f8a52-5c6e-4c1e-8f57-3f3f0a6d9b10",
         "event_type": "updated",
@@ -23,16 +23,16 @@ fn valid() -> Value {
     })
 }
 
-fn decode_value(value: &Value) -> Result<OrderEvent, Rejection> {
+pub(super) fn decode_value(value: &Value) -> Result<OrderEvent, Rejection> {
     let bytes = serde_json::to_vec(value).unwrap();
     decode(Some(ORDER.as_bytes()), Some(&bytes), bytes.len(), LIMIT)
 }
 
-fn rejection_of(value: &Value) -> Rejection {
+pub(super) fn rejection_of(value: &Value) -> Rejection {
     decode_value(value).expect_err("the event should be rejected")
 }
 
-fn with(field: &str, new: Value) -> Value {
+pub(super) fn with(field: &str, new: Value) -> Value {
     let mut v = valid();
     v[field] = new;
     v
@@ -65,10 +65,10 @@ fn an_explicit_schema_version_one_is_accepted() {
 
 #[test]
 fn another_schema_version_is_named_even_when_the_shape_differs() {
-    let mut v = json!({"schema_version": 2, "order": {"id": ORDER}});
+    let mut v = json!({"schema_version": 3, "order": {"id": ORDER}});
     let r = rejection_of(&v);
     assert_eq!(r.reason, Reason::UnsupportedSchemaVersion);
-    assert!(r.detail.contains("schema_version 2"), "{r}");
+    assert!(r.detail.contains("schema_version 3"), "{r}");
     v = with("schema_version", json!(7));
     assert_eq!(rejection_of(&v).reason, Reason::UnsupportedSchemaVersion);
 }

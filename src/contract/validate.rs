@@ -7,7 +7,7 @@
 use iso_currency::Currency;
 use uuid::Uuid;
 
-use super::{EventType, LineItem, OrderEvent, OrderStatus, Reason, Rejection, WireEvent};
+use super::{EventType, LineItem, OrderEvent, OrderStatus, Reason, Rejection, WireEvent, shipping};
 
 pub const MAX_ITEMS: usize = 1_000;
 pub const MAX_CUSTOMER_ID_CHARS: usize = 128;
@@ -34,11 +34,30 @@ pub(super) fn event(wire: WireEvent) -> Result<OrderEvent, Rejection> {
         ));
     }
     let sum = items(&wire.items)?;
-    if wire.total_minor != sum {
-        return invalid(format!(
-            "total_minor {} does not equal the sum of the items, {sum}",
-            wire.total_minor
-        ));
+    match wire.discount_minor {
+        None if wire.total_minor != sum => {
+            return invalid(format!(
+                "total_minor {} does not equal the sum of the items, {sum}",
+                wire.total_minor
+            ));
+        }
+        Some(discount) if !(0..=sum).contains(&discount) => {
+            return invalid(format!(
+                "discount_minor must be 0 to the sum of the items ({sum}), got {discount}"
+            ));
+        }
+        Some(discount) if wire.total_minor != sum - discount => {
+            return invalid(format!(
+                "total_minor {} does not equal the sum of the items less discount_minor, \
+                 {sum} - {discount} = {}",
+                wire.total_minor,
+                sum - discount
+            ));
+        }
+        _ => {}
+    }
+    if let Some(s) = &wire.shipping {
+        shipping::validate(s)?;
     }
     Ok(OrderEvent {
         event_id: wire.event_id,
@@ -51,6 +70,8 @@ pub(super) fn event(wire: WireEvent) -> Result<OrderEvent, Rejection> {
         currency: wire.currency,
         items: wire.items,
         total_minor: wire.total_minor,
+        discount_minor: wire.discount_minor,
+        shipping: wire.shipping,
     })
 }
 
@@ -117,7 +138,11 @@ fn items(items: &[LineItem]) -> Result<i64, Rejection> {
 }
 
 /// `field` is only formatted when the value is refused: a valid event allocates nothing here.
-fn text(field: &dyn std::fmt::Display, value: &str, max_chars: usize) -> Result<(), Rejection> {
+pub(super) fn text(
+    field: &dyn std::fmt::Display,
+    value: &str,
+    max_chars: usize,
+) -> Result<(), Rejection> {
     let chars = value.chars().count();
     if chars == 0 || chars > max_chars {
         return invalid(format!(
@@ -133,7 +158,7 @@ fn text(field: &dyn std::fmt::Display, value: &str, max_chars: usize) -> Result<
     Ok(())
 }
 
-fn invalid<T>(detail: String) -> Result<T, Rejection> {
+pub(super) fn invalid<T>(detail: String) -> Result<T, Rejection> {
     Err(Rejection::new(Reason::InvalidValue, detail))
 }
 

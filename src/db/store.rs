@@ -20,13 +20,15 @@ macro_rules! upsert_orders {
         r#"
 INSERT INTO orders AS o (order_id, version, customer_id, status, currency, total_minor, items,
                          occurred_at, last_event_id, last_event_type,
-                         source_topic, source_partition, source_offset)
+                         source_topic, source_partition, source_offset, discount_minor, shipping)
 SELECT u.order_id, u.version, u.customer_id, u.status, u.currency, u.total_minor, u.items::jsonb,
-       u.occurred_at, u.event_id, u.event_type, $1, u.src_partition, u.src_offset
+       u.occurred_at, u.event_id, u.event_type, $1, u.src_partition, u.src_offset,
+       u.discount_minor, u.shipping::jsonb
 FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
-            $9::timestamptz[], $10::uuid[], $11::text[], $12::int4[], $13::int8[])
+            $9::timestamptz[], $10::uuid[], $11::text[], $12::int4[], $13::int8[], $14::int8[],
+            $15::text[])
      AS u(order_id, version, customer_id, status, currency, total_minor, items,
-          occurred_at, event_id, event_type, src_partition, src_offset)
+          occurred_at, event_id, event_type, src_partition, src_offset, discount_minor, shipping)
 ON CONFLICT (order_id) DO UPDATE SET
     version          = EXCLUDED.version,
     customer_id      = EXCLUDED.customer_id,
@@ -40,6 +42,8 @@ ON CONFLICT (order_id) DO UPDATE SET
     source_topic     = EXCLUDED.source_topic,
     source_partition = EXCLUDED.source_partition,
     source_offset    = EXCLUDED.source_offset,
+    discount_minor   = EXCLUDED.discount_minor,
+    shipping         = EXCLUDED.shipping,
     applied_at       = now()
 WHERE o.version < EXCLUDED.version
 "#
@@ -63,8 +67,8 @@ dead AS (
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, message_key, payload,
                           payload_size, stage, reason, error, kafka_timestamp)
 SELECT $1, u.*
-FROM UNNEST($14::int4[], $15::int8[], $16::bytea[], $17::bytea[], $18::int4[], $19::text[],
-            $20::text[], $21::text[], $22::timestamptz[]) AS u
+FROM UNNEST($16::int4[], $17::int8[], $18::bytea[], $19::bytea[], $20::int4[], $21::text[],
+            $22::text[], $23::text[], $24::timestamptz[]) AS u
 ON CONFLICT ON CONSTRAINT dead_letters_source_key DO NOTHING
 RETURNING 1)
 SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM dead)"#
@@ -141,7 +145,7 @@ fn batch_arguments(
     let mut args = PgArguments::default();
     let payloads: usize = dead.iter().map(|d| d.payload.map_or(0, <[u8]>::len)).sum();
     args.reserve(
-        22,
+        24,
         orders.len() * ORDER_ROW_BYTES + dead.len() * 256 + payloads,
     );
     args.add(topic).map_err(sqlx::Error::Encode)?;
@@ -150,7 +154,7 @@ fn batch_arguments(
     Ok(args)
 }
 
-/// About what one order row of 1-5 items takes in the encoded arrays (12 values with their
+/// About what one order row of 1-5 items takes in the encoded arrays (14 values with their
 /// length headers); it only sizes buffers, a larger row just makes them grow.
 const ORDER_ROW_BYTES: usize = 320;
 
@@ -163,7 +167,7 @@ pub fn encode_batch(topic: &str, orders: &[OrderRow<'_>], dead: &[DeadLetterReco
 
 type Encoded = Result<(), sqlx::error::BoxDynError>;
 
-/// The order arrays (`$2` to `$13`; `$1` is the topic).
+/// The order arrays (`$2` to `$15`; `$1` is the topic).
 fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
     let n = rows.len();
     let mut ids = Vec::with_capacity(n);
@@ -177,6 +181,9 @@ fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
     let mut event_types = Vec::with_capacity(n);
     let mut partitions = Vec::with_capacity(n);
     let mut offsets = Vec::with_capacity(n);
+    let mut discounts = Vec::with_capacity(n);
+    // Contract v2's shipping as JSON, built only for the rows that have one.
+    let mut shipping: Vec<Option<String>> = Vec::with_capacity(n);
     // Every row's items as JSON, end to end in one buffer: one allocation per batch, not one
     // (or more, as it grows) per row.
     let mut json = Vec::with_capacity(n * ORDER_ROW_BYTES / 2);
@@ -196,6 +203,8 @@ fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
         event_types.push(e.event_type.as_str());
         partitions.push(r.partition);
         offsets.push(r.offset);
+        discounts.push(e.discount_minor);
+        shipping.push(e.shipping.as_ref().map(serde_json::to_string).transpose()?);
     }
     let json = std::str::from_utf8(&json)?;
     let items: Vec<&str> = json_ends
@@ -217,10 +226,12 @@ fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
     args.add(event_ids)?;
     args.add(event_types)?;
     args.add(partitions)?;
-    args.add(offsets)
+    args.add(offsets)?;
+    args.add(discounts)?;
+    args.add(shipping)
 }
 
-/// The dead-letter arrays (`$14` to `$22`), after the orders'.
+/// The dead-letter arrays (`$16` to `$24`), after the orders'.
 fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
     let n = rows.len();
     let mut partitions = Vec::with_capacity(n);

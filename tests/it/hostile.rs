@@ -32,7 +32,8 @@ fn holds_the_contract(e: &OrderEvent) -> bool {
     e.version >= 1
         && !e.items.is_empty()
         && e.items.len() <= contract::MAX_ITEMS
-        && sum == Some(e.total_minor)
+        && sum.map(|s| s - e.discount_minor.unwrap_or(0)) == Some(e.total_minor)
+        && e.discount_minor.is_none_or(|d| d >= 0)
         && !e.customer_id.is_empty()
         && !e.customer_id.contains('\0')
         && e.items

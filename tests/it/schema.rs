@@ -22,7 +22,7 @@ const SCHEMA: &str = include_str!("../../schema/order-event.v1.schema.json");
 /// Any limit above the test payloads: the size limit is the worker's configuration, not the
 /// contract.
 const MAX_PAYLOAD: usize = 1 << 20;
-const ORDER_ID: &str = "3e0c7f2a-8d41-4b6e-9f25-0a7d1c4b8e93";
+pub(crate) const ORDER_ID: &str = "3e0c7f2a-8d41-4b6e-9f25-0a7d1c4b8e93";
 
 fn schema() -> Value {
     serde_json::from_str(SCHEMA).expect("the schema file is JSON")
@@ -38,7 +38,7 @@ fn validator() -> Validator {
 }
 
 /// The schema's complaints about `instance`, one line each, for assertion messages.
-fn schema_errors(validator: &Validator, instance: &Value) -> Vec<String> {
+pub(crate) fn schema_errors(validator: &Validator, instance: &Value) -> Vec<String> {
     validator
         .iter_errors(instance)
         .map(|e| format!("at '{}': {e}", e.instance_path()))
@@ -55,15 +55,15 @@ fn decode(key: &str, payload: &[u8]) -> Result<OrderEvent, Rejection> {
     )
 }
 
-fn decode_value(key: &str, event: &Value) -> Result<OrderEvent, Rejection> {
+pub(crate) fn decode_value(key: &str, event: &Value) -> Result<OrderEvent, Rejection> {
     decode(key, &serde_json::to_vec(event).expect("a Value serializes"))
 }
 
 /// A change to a valid event that breaks exactly one rule of the contract.
-type Edit = fn(&mut Value);
+pub(crate) type Edit = fn(&mut Value);
 
 /// One valid event, the base every invalid case below is derived from.
-fn valid_event() -> Value {
+pub(crate) fn valid_event() -> Value {
     json!({
         "schema_version": 1,
         "event_id": "c5a1e0d2-7b3f-4e8a-b6c9-2d4f1a8e7b30",
@@ -84,7 +84,7 @@ fn valid_event() -> Value {
 
 /// Sets `total_minor` to the sum of the items (a missing or non-integer number counts as 0), so
 /// that a case editing the items breaks only the rule it is named after, not also the total.
-fn retotal(event: &mut Value) {
+pub(crate) fn retotal(event: &mut Value) {
     let sum = event["items"].as_array().map_or(0, |items| {
         items
             .iter()
@@ -205,7 +205,7 @@ fn invalid_payloads_the_schema_can_express_are_rejected_by_both() {
         ("customer_id of 129 chars", |e| {
             e["customer_id"] = "é".repeat(129).into()
         }),
-        ("schema_version 2", |e| e["schema_version"] = 2.into()),
+        ("schema_version 3", |e| e["schema_version"] = 3.into()),
         ("sku of 65 chars", |e| {
             e["items"][0]["sku"] = "S".repeat(65).into()
         }),

@@ -119,11 +119,11 @@ async fn validate_gives_every_corpus_file_the_verdict_the_worker_stores() {
         "--topic",
         &topic,
         "--last",
-        "5",
+        "8",
     ]);
     assert_eq!(code, 1);
     let n = files.len();
-    let expected: Vec<(String, (String, String))> = (n - 5..n)
+    let expected: Vec<(String, (String, String))> = (n - 8..n)
         .map(|o| {
             let v = stored
                 .get(&(o as i64))
