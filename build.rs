@@ -1,5 +1,7 @@
 //! Embeds the git revision for the `order_worker_build_info` metric: `GIT_REVISION` when set (an
-//! image build has no .git), else `git rev-parse`, else "unknown". Links the binary with packed
+//! image build has no .git), else `git rev-parse`, else "unknown". Generates the Protobuf types
+//! of the contract from `schema/order_event.proto`, the file producers use, so the two cannot
+//! differ (compiled by protox, in Rust: no `protoc` to install). Links the binary with packed
 //! relative relocations where glibc can load them.
 
 use std::path::Path;
@@ -30,6 +32,8 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=ORDER_WORKER_REVISION={revision}");
 
+    protobuf_types();
+
     // A position-independent binary carries one 24-byte record per pointer to patch at load
     // (~400 KB here); the loader reads them all, so they stay resident. Packed (DT_RELR) they
     // take a few KB, but only glibc >= 2.36 can load them, and the linker then makes the binary
@@ -39,6 +43,17 @@ fn main() {
     if native && host_glibc().is_some_and(|version| version >= (2, 36)) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+}
+
+/// `$OUT_DIR/order_worker.contract.rs`, included by `src/contract/protobuf.rs`.
+fn protobuf_types() {
+    const PROTO: &str = "schema/order_event.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let descriptors = protox::compile([PROTO], ["schema"])
+        .unwrap_or_else(|e| panic!("{PROTO} does not compile: {e}"));
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the types of {PROTO}: {e}"));
 }
 
 /// The glibc version this build runs on, from `getconf GNU_LIBC_VERSION` ("glibc 2.36").

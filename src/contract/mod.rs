@@ -12,9 +12,11 @@
 //! so both are read side by side and a producer moves to v2 without a flag day.
 
 mod object_only;
+pub mod protobuf;
 mod rejection;
 mod shipping;
 mod validate;
+pub mod wire_format;
 
 #[cfg(test)]
 mod tests;
@@ -31,6 +33,7 @@ pub use shipping::{MAX_CITY_CHARS, MAX_POSTAL_CODE_CHARS, Shipping, ShippingMeth
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_CHARS, MAX_UNIT_PRICE_MINOR,
 };
+pub use wire_format::{CONTENT_TYPE_HEADER, Encoding};
 
 /// The newest schema version this build reads; it reads every version from 1 up to it. Events
 /// may omit `schema_version` (it means 1).
@@ -222,7 +225,7 @@ struct VersionProbe {
     schema_version: Option<serde_json::Value>,
 }
 
-/// Turns one Kafka message into a valid event or a precise rejection.
+/// Turns one Kafka message without headers into a valid event or a precise rejection.
 ///
 /// `payload_size` is the size of the message value as the broker delivered it; `payload` may be a
 /// prefix of it when the value was larger than `max_payload_bytes` (the consumer never copies more).
@@ -232,7 +235,19 @@ pub fn decode(
     payload_size: usize,
     max_payload_bytes: usize,
 ) -> Result<OrderEvent, Rejection> {
-    let event = decode_value(payload, payload_size, max_payload_bytes)?;
+    decode_with(None, key, payload, payload_size, max_payload_bytes)
+}
+
+/// [`decode`] for a message whose `content-type` header is `content_type`: it may name the value
+/// Protobuf ([`wire_format::detect`]).
+pub fn decode_with(
+    content_type: Option<&[u8]>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    payload_size: usize,
+    max_payload_bytes: usize,
+) -> Result<OrderEvent, Rejection> {
+    let event = decode_value_with(content_type, payload, payload_size, max_payload_bytes)?;
     validate::key(key, event.order_id)?;
     Ok(event)
 }
@@ -240,6 +255,17 @@ pub fn decode(
 /// [`decode`] without the key: every rule of the value. `order-worker validate` judges an event
 /// read without a key (a file, a line) with it, as if keyed by its own order id.
 pub fn decode_value(
+    payload: Option<&[u8]>,
+    payload_size: usize,
+    max_payload_bytes: usize,
+) -> Result<OrderEvent, Rejection> {
+    decode_value_with(None, payload, payload_size, max_payload_bytes)
+}
+
+/// [`decode_value`] given the message's `content-type` header. A value in any encoding but plain
+/// JSON is judged by the same rules, and its rejection names the encoding detected.
+pub fn decode_value_with(
+    content_type: Option<&[u8]>,
     payload: Option<&[u8]>,
     payload_size: usize,
     max_payload_bytes: usize,
@@ -257,6 +283,21 @@ pub fn decode_value(
             format!("payload is {payload_size} bytes, the limit is {max_payload_bytes} bytes"),
         ));
     }
+    let encoding = wire_format::detect(content_type, payload)
+        .map_err(|bad| Rejection::new(Reason::InvalidProtobuf, format!("payload {}", bad.0)))?;
+    let wire = match encoding {
+        Encoding::Json => return validate::event(json(payload)?),
+        Encoding::Protobuf => protobuf::parse(payload),
+        Encoding::Framed { body, start, .. } => match body {
+            wire_format::Framed::Json => json(&payload[start..]),
+            wire_format::Framed::Protobuf => protobuf::parse(&payload[start..]),
+        },
+    };
+    wire.and_then(validate::event)
+        .map_err(|r| Rejection::new(r.reason, format!("{encoding}: {}", r.detail)))
+}
+
+fn json(payload: &[u8]) -> Result<WireEvent, Rejection> {
     let text = std::str::from_utf8(payload).map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,
@@ -266,7 +307,7 @@ pub fn decode_value(
             ),
         )
     })?;
-    validate::event(parse(text)?)
+    parse(text)
 }
 
 fn parse(text: &str) -> Result<WireEvent, Rejection> {
@@ -349,7 +390,7 @@ fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> R
 }
 
 /// `found` is JSON text (control characters escaped); it is only cut to a readable length.
-fn unsupported(found: &str) -> Rejection {
+pub(super) fn unsupported(found: &str) -> Rejection {
     let found: String = found.chars().take(32).collect();
     Rejection::new(
         Reason::UnsupportedSchemaVersion,

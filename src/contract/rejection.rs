@@ -35,6 +35,7 @@ pub enum Reason {
     PayloadTooLarge,
     Tombstone,
     InvalidJson,
+    InvalidProtobuf,
     SchemaViolation,
     UnsupportedSchemaVersion,
     InvalidValue,
@@ -43,10 +44,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Self::PayloadTooLarge,
         Self::Tombstone,
         Self::InvalidJson,
+        Self::InvalidProtobuf,
         Self::SchemaViolation,
         Self::UnsupportedSchemaVersion,
         Self::InvalidValue,
@@ -59,6 +61,7 @@ impl Reason {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Tombstone => "tombstone",
             Self::InvalidJson => "invalid_json",
+            Self::InvalidProtobuf => "invalid_protobuf",
             Self::SchemaViolation => "schema_violation",
             Self::UnsupportedSchemaVersion => "unsupported_schema_version",
             Self::InvalidValue => "invalid_value",
@@ -70,9 +73,10 @@ impl Reason {
     pub fn stage(self) -> Stage {
         match self {
             Self::PayloadTooLarge | Self::Tombstone => Stage::Receive,
-            Self::InvalidJson | Self::SchemaViolation | Self::UnsupportedSchemaVersion => {
-                Stage::Decode
-            }
+            Self::InvalidJson
+            | Self::InvalidProtobuf
+            | Self::SchemaViolation
+            | Self::UnsupportedSchemaVersion => Stage::Decode,
             Self::InvalidValue | Self::KeyMismatch => Stage::Validate,
             Self::DbRejected => Stage::Write,
         }

@@ -1,6 +1,7 @@
 //! Allocations and CPU time per message on a processor's path, without Kafka or PostgreSQL:
 //! copying the message out of librdkafka's buffer (an `Envelope`), decoding and validating it,
-//! planning 1,000-message batches and encoding them as the batch write's parameters.
+//! planning 1,000-message batches and encoding them as the batch write's parameters; and the
+//! decode alone of the mix's valid events as JSON and as Protobuf, side by side.
 //!
 //! Run: `cargo run --release -p order-worker-bench --bin hot_path` (a few seconds). `HOT_PATH_MESSAGES` (200000)
 //! messages of the benchmark's mix (1% invalid, 2% duplicates, 1-5 items per order), decoded
@@ -12,6 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use order_worker::contract;
 use order_worker::db::encode_batch;
 use order_worker::offsets::Position;
 use order_worker::pipeline::{Decoded, Envelope, decode, plan};
@@ -88,6 +90,18 @@ fn main() {
     .take(n)
     .collect();
 
+    // The valid events in both encodings, keyed, for the side-by-side decode.
+    let valid: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = messages
+        .iter()
+        .filter_map(|m| {
+            let (key, json) = (m.key.clone()?, m.payload.clone()?);
+            let event = contract::decode(Some(&key), Some(&json), json.len(), MAX_PAYLOAD).ok()?;
+            Some((key, json, event.to_protobuf()))
+        })
+        .collect();
+    let protobuf = Some(&b"application/x-protobuf"[..]);
+    let (mut as_json, mut as_protobuf) = (Cost::default(), Cost::default());
+
     let (mut copy, mut dec, mut write) = (Cost::default(), Cost::default(), Cost::default());
     for _ in 0..rounds {
         let envelopes: Vec<Envelope> = copy.measure(n, || {
@@ -121,6 +135,23 @@ fn main() {
                 .sum()
         });
         assert!(bytes > 0);
+        let ok = as_json.measure(valid.len(), || {
+            valid
+                .iter()
+                .filter(|(k, j, _)| {
+                    contract::decode(Some(k), Some(j), j.len(), MAX_PAYLOAD).is_ok()
+                })
+                .count()
+        });
+        let ok_too = as_protobuf.measure(valid.len(), || {
+            valid
+                .iter()
+                .filter(|(k, _, p)| {
+                    contract::decode_with(protobuf, Some(k), Some(p), p.len(), MAX_PAYLOAD).is_ok()
+                })
+                .count()
+        });
+        assert_eq!((ok, ok_too), (valid.len(), valid.len()));
     }
     println!(
         "{n} messages, {rounds} rounds; allocations per message (exact), median ns per message\n"
@@ -130,4 +161,14 @@ fn main() {
     copy.row("copy out of the consumer (`Envelope::new`)", n);
     dec.row("decode and validate", n);
     write.row("plan and encode 1,000-message batches", n);
+    as_json.row("decode a valid event, JSON", valid.len());
+    as_protobuf.row("decode the same event, Protobuf", valid.len());
+    let median = |c: &Cost| c.nanos[c.nanos.len() / 2];
+    println!(
+        "\nProtobuf / JSON decode time: {:.2} ({} valid events, bytes {:.0}%)",
+        median(&as_protobuf) / median(&as_json),
+        valid.len(),
+        100.0 * valid.iter().map(|v| v.2.len()).sum::<usize>() as f64
+            / valid.iter().map(|v| v.1.len()).sum::<usize>() as f64
+    );
 }
