@@ -11,6 +11,7 @@
 //! any order (the highest version wins). v2 adds two optional parts to v1 and changes no v1 rule,
 //! so both are read side by side and a producer moves to v2 without a flag day.
 
+mod avro;
 mod object_only;
 pub mod protobuf;
 mod rejection;
@@ -33,7 +34,7 @@ pub use shipping::{MAX_CITY_CHARS, MAX_POSTAL_CODE_CHARS, Shipping, ShippingMeth
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_CHARS, MAX_UNIT_PRICE_MINOR,
 };
-pub use wire_format::{CONTENT_TYPE_HEADER, Encoding};
+pub use wire_format::{CONTENT_TYPE_HEADER, Encoding, WriterSchema};
 
 /// The newest schema version this build reads; it reads every version from 1 up to it. Events
 /// may omit `schema_version` (it means 1).
@@ -225,6 +226,16 @@ struct VersionProbe {
     schema_version: Option<serde_json::Value>,
 }
 
+/// What the worker knows of a message's encoding besides its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hints<'a> {
+    /// The message's `content-type` header: it may name the value Protobuf.
+    pub content_type: Option<&'a [u8]>,
+    /// The writer schema a Confluent-framed value's id names, resolved through the schema
+    /// registry; without one a framed value is read as JSON or Protobuf by its first bytes.
+    pub writer: Option<&'a WriterSchema>,
+}
+
 /// Turns one Kafka message without headers into a valid event or a precise rejection.
 ///
 /// `payload_size` is the size of the message value as the broker delivered it; `payload` may be a
@@ -235,19 +246,24 @@ pub fn decode(
     payload_size: usize,
     max_payload_bytes: usize,
 ) -> Result<OrderEvent, Rejection> {
-    decode_with(None, key, payload, payload_size, max_payload_bytes)
+    decode_with(
+        Hints::default(),
+        key,
+        payload,
+        payload_size,
+        max_payload_bytes,
+    )
 }
 
-/// [`decode`] for a message whose `content-type` header is `content_type`: it may name the value
-/// Protobuf ([`wire_format::detect`]).
+/// [`decode`] given what else is known of the message ([`Hints`]).
 pub fn decode_with(
-    content_type: Option<&[u8]>,
+    hints: Hints<'_>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     payload_size: usize,
     max_payload_bytes: usize,
 ) -> Result<OrderEvent, Rejection> {
-    let event = decode_value_with(content_type, payload, payload_size, max_payload_bytes)?;
+    let event = decode_value_with(hints, payload, payload_size, max_payload_bytes)?;
     validate::key(key, event.order_id)?;
     Ok(event)
 }
@@ -259,13 +275,13 @@ pub fn decode_value(
     payload_size: usize,
     max_payload_bytes: usize,
 ) -> Result<OrderEvent, Rejection> {
-    decode_value_with(None, payload, payload_size, max_payload_bytes)
+    decode_value_with(Hints::default(), payload, payload_size, max_payload_bytes)
 }
 
-/// [`decode_value`] given the message's `content-type` header. A value in any encoding but plain
-/// JSON is judged by the same rules, and its rejection names the encoding detected.
+/// [`decode_value`] given [`Hints`]. A value in any encoding but plain JSON is judged by the
+/// same rules, and its rejection names the encoding detected.
 pub fn decode_value_with(
-    content_type: Option<&[u8]>,
+    hints: Hints<'_>,
     payload: Option<&[u8]>,
     payload_size: usize,
     max_payload_bytes: usize,
@@ -283,18 +299,61 @@ pub fn decode_value_with(
             format!("payload is {payload_size} bytes, the limit is {max_payload_bytes} bytes"),
         ));
     }
-    let encoding = wire_format::detect(content_type, payload)
+    let encoding = wire_format::detect(hints.content_type, payload)
         .map_err(|bad| Rejection::new(Reason::InvalidProtobuf, format!("payload {}", bad.0)))?;
-    let wire = match encoding {
+    let (told, wire) = match encoding {
         Encoding::Json => return validate::event(json(payload)?),
-        Encoding::Protobuf => protobuf::parse(payload),
-        Encoding::Framed { body, start, .. } => match body {
-            wire_format::Framed::Json => json(&payload[start..]),
-            wire_format::Framed::Protobuf => protobuf::parse(&payload[start..]),
-        },
+        Encoding::Protobuf => (
+            "Protobuf (content-type header)".to_owned(),
+            protobuf::parse(payload),
+        ),
+        Encoding::Framed { schema_id } => framed(hints.writer, schema_id, payload),
     };
     wire.and_then(validate::event)
-        .map_err(|r| Rejection::new(r.reason, format!("{encoding}: {}", r.detail)))
+        .map_err(|r| Rejection::new(r.reason, format!("{told}: {}", r.detail)))
+}
+
+/// A Confluent-framed value: how it was told (for messages) and its wire event.
+fn framed(
+    writer: Option<&WriterSchema>,
+    schema_id: u32,
+    payload: &[u8],
+) -> (String, Result<WireEvent, Rejection>) {
+    use wire_format::Body;
+    let body = match writer {
+        None => wire_format::framed_body(payload),
+        Some(WriterSchema::Avro(_)) => Body::Avro,
+        Some(WriterSchema::Protobuf) => Body::Protobuf,
+        Some(WriterSchema::Json) => Body::Json,
+        Some(WriterSchema::Unreadable(why)) => {
+            return (
+                format!("Confluent wire format, schema id {schema_id}"),
+                Err(Rejection::new(
+                    Reason::SchemaViolation,
+                    format!("the registry's schema {schema_id} cannot be read: {why}"),
+                )),
+            );
+        }
+    };
+    let told = format!(
+        "{} (Confluent wire format, schema id {schema_id})",
+        body.as_str()
+    );
+    let bad_frame = |bad: wire_format::BadFrame| {
+        let reason = match body {
+            Body::Avro => Reason::InvalidAvro,
+            Body::Json | Body::Protobuf => Reason::InvalidProtobuf,
+        };
+        Rejection::new(reason, format!("payload {}", bad.0))
+    };
+    let wire = wire_format::framed_message(payload, body)
+        .map_err(bad_frame)
+        .and_then(|message| match writer {
+            Some(WriterSchema::Avro(schema)) => avro::parse(schema, message),
+            _ if body == Body::Json => json(message),
+            _ => protobuf::parse(message),
+        });
+    (told, wire)
 }
 
 fn json(payload: &[u8]) -> Result<WireEvent, Rejection> {

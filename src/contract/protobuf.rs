@@ -206,14 +206,21 @@ mod tests {
     use serde_json::json;
 
     use super::super::tests::{ORDER, valid};
-    use super::super::{OrderEvent, decode_with};
+    use super::super::{Hints, OrderEvent, decode_with};
     use super::*;
 
     const PROTOBUF: Option<&[u8]> = Some(b"application/x-protobuf");
 
+    fn hints(content_type: Option<&[u8]>) -> Hints<'_> {
+        Hints {
+            content_type,
+            writer: None,
+        }
+    }
+
     fn decoded(content_type: Option<&[u8]>, bytes: &[u8]) -> Result<OrderEvent, Rejection> {
         decode_with(
-            content_type,
+            hints(content_type),
             Some(ORDER.as_bytes()),
             Some(bytes),
             bytes.len(),
@@ -324,7 +331,7 @@ mod tests {
         assert_eq!(r.reason, Reason::InvalidValue);
         assert!(r.detail.contains("does not equal the sum"), "{r}");
         let other_key = decode_with(
-            PROTOBUF,
+            hints(PROTOBUF),
             Some(b"not-the-order"),
             Some(&json_event(&valid()).to_protobuf()),
             10,

@@ -36,6 +36,7 @@ pub enum Reason {
     Tombstone,
     InvalidJson,
     InvalidProtobuf,
+    InvalidAvro,
     SchemaViolation,
     UnsupportedSchemaVersion,
     InvalidValue,
@@ -44,11 +45,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Self::PayloadTooLarge,
         Self::Tombstone,
         Self::InvalidJson,
         Self::InvalidProtobuf,
+        Self::InvalidAvro,
         Self::SchemaViolation,
         Self::UnsupportedSchemaVersion,
         Self::InvalidValue,
@@ -62,6 +64,7 @@ impl Reason {
             Self::Tombstone => "tombstone",
             Self::InvalidJson => "invalid_json",
             Self::InvalidProtobuf => "invalid_protobuf",
+            Self::InvalidAvro => "invalid_avro",
             Self::SchemaViolation => "schema_violation",
             Self::UnsupportedSchemaVersion => "unsupported_schema_version",
             Self::InvalidValue => "invalid_value",
@@ -75,6 +78,7 @@ impl Reason {
             Self::PayloadTooLarge | Self::Tombstone => Stage::Receive,
             Self::InvalidJson
             | Self::InvalidProtobuf
+            | Self::InvalidAvro
             | Self::SchemaViolation
             | Self::UnsupportedSchemaVersion => Stage::Decode,
             Self::InvalidValue | Self::KeyMismatch => Stage::Validate,

@@ -99,7 +99,10 @@ fn main() {
             Some((key, json, event.to_protobuf()))
         })
         .collect();
-    let protobuf = Some(&b"application/x-protobuf"[..]);
+    let protobuf = contract::Hints {
+        content_type: Some(b"application/x-protobuf"),
+        writer: None,
+    };
     let (mut as_json, mut as_protobuf) = (Cost::default(), Cost::default());
 
     let (mut copy, mut dec, mut write) = (Cost::default(), Cost::default(), Cost::default());
