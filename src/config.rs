@@ -291,6 +291,27 @@ pub struct HttpConfig {
     pub http_addr: SocketAddr,
 }
 
+/// Where Confluent-framed messages find their writer schemas (Avro, Protobuf, JSON).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryConfig {
+    /// Confluent Schema Registry (or a compatible one: Apicurio's ccompat API, Redpanda,
+    /// Karapace) resolving the schema ids of framed messages, e.g. `http://schema-registry:8081`.
+    /// Without it a framed value is read as JSON or Protobuf by its first bytes, and Avro is
+    /// not read.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+    /// File holding `user:password` for HTTP Basic authentication (Confluent Cloud: API key and
+    /// secret), read at each schema fetch so a rotated Secret applies without a restart.
+    #[arg(long, env = "SCHEMA_REGISTRY_BASIC_AUTH_FILE")]
+    pub schema_registry_basic_auth_file: Option<std::path::PathBuf>,
+    /// File holding a bearer token, read at each schema fetch (a projected token rotates).
+    #[arg(long, env = "SCHEMA_REGISTRY_BEARER_TOKEN_FILE")]
+    pub schema_registry_bearer_token_file: Option<std::path::PathBuf>,
+    /// Longest one schema fetch may take; a failed fetch is retried with backoff.
+    #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub schema_registry_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
     #[command(flatten)]
@@ -310,6 +331,8 @@ pub struct WorkerConfig {
     pub pipeline: PipelineConfig,
     #[command(flatten)]
     pub http: HttpConfig,
+    #[command(flatten)]
+    pub schema_registry: RegistryConfig,
     /// Apply pending migrations at startup instead of refusing to start (true/false, 1/0).
     #[arg(long, env = "MIGRATE_ON_START", value_parser = clap::builder::BoolishValueParser::new())]
     pub migrate_on_start: bool,

@@ -2,7 +2,8 @@
 //!
 //! Invariant: readiness is true only while PostgreSQL answers, Kafka answered for the topic (its
 //! metadata was read), the consumer joined its group and polls, the dead-letter topic (if any)
-//! exists and takes letters, and the worker is not draining. Liveness is false only when the
+//! exists and takes letters, the schema registry (if any) gives the schemas messages name, and
+//! the worker is not draining. Liveness is false only when the
 //! pipeline is wedged: messages in flight, nothing made durable for the stall timeout, while
 //! PostgreSQL and Kafka answer (an outage is waited out, a restart would not fix it). State
 //! changes are atomic stores or a short lock around a reason's text, so a probe never blocks on
@@ -74,6 +75,9 @@ pub struct Health {
     dead_letter_topic_refusing: Problem,
     /// The dead-letter topic failed for a passing reason and letters wait for it.
     dead_letter_topic_unavailable: Problem,
+    /// A message waits for a writer schema the registry does not give (an outage, credentials
+    /// refused, an id it does not know).
+    schema_registry: Problem,
     /// Whether Kafka ever answered (a credential refused before that is a configuration error).
     kafka_answered: AtomicBool,
     /// Milliseconds since `epoch` when a batch last became durable.
@@ -112,6 +116,7 @@ impl Health {
             dead_letter_topic_missing: Problem::default(),
             dead_letter_topic_refusing: Problem::default(),
             dead_letter_topic_unavailable: Problem::default(),
+            schema_registry: Problem::default(),
             kafka_answered: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             excused_ms: AtomicU64::new(0),
@@ -225,6 +230,12 @@ impl Health {
             .set(reason, "dead-letter topic");
     }
 
+    /// A message waits for the schema registry (`Some(reason)`), or no longer does (`None`):
+    /// unready, and not a stall, while it waits.
+    pub fn schema_registry_unavailable(&self, reason: Option<String>) {
+        self.schema_registry.set(reason, "schema registry");
+    }
+
     /// Whether the dead-letter topic refused the last letters it was given for good.
     pub fn dead_letter_topic_refusing(&self) -> bool {
         self.dead_letter_topic_refusing.is_set()
@@ -264,7 +275,9 @@ impl Health {
     /// there are some and both PostgreSQL and Kafka answer.
     pub fn observe(&self, in_flight: usize, now: Instant) {
         self.in_flight.store(in_flight as u64, Ordering::Relaxed);
-        let kafka_away = self.kafka.is_set() || self.dead_letter_topic_unavailable.is_set();
+        let kafka_away = self.kafka.is_set()
+            || self.dead_letter_topic_unavailable.is_set()
+            || self.schema_registry.is_set();
         if in_flight == 0 || !self.db_ok() || kafka_away {
             self.excused_ms.store(self.ms(now), Ordering::Relaxed);
         }
@@ -350,6 +363,7 @@ impl Health {
             &self.dead_letter_topic_missing,
             &self.dead_letter_topic_refusing,
             &self.dead_letter_topic_unavailable,
+            &self.schema_registry,
         ] {
             if let Some(reason) = problem.get() {
                 return Err(reason);

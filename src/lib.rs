@@ -13,10 +13,10 @@
 //!   dead-lettered with a precise reason.
 //!
 //! The modules, by layer (imports point down only; `tests/it/layers.rs` checks it):
-//! - pure cores, no I/O: [`contract`] (the event contract v1), [`offsets`] (which offsets are
+//! - pure cores, no I/O: [`contract`] (the event contracts v1 and v2 in JSON, Protobuf, Avro), [`offsets`] (which offsets are
 //!   durable, so committable), [`config`], [`synth`], `retry`, [`Error`];
 //! - around everything: `metrics` (the catalogue is public as [`METRICS`]), `health`, [`telemetry`], [`shutdown`], `memory`;
-//! - adapters that know nothing of the pipeline: [`kafka`], [`db`], [`lag`], `http`;
+//! - adapters that know nothing of the pipeline: [`kafka`], [`db`], [`lag`], [`registry`], `http`;
 //! - [`pipeline`]: intake, routing to bounded lanes, batching, the processors;
 //! - `worker` ([`Worker`]): wiring, supervision and the ordered stop; the commands [`check`],
 //!   [`dev`], [`produce`], [`dead_letters`].
@@ -39,6 +39,7 @@ pub(crate) mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod produce;
+pub mod registry;
 pub(crate) mod retry;
 pub mod shutdown;
 pub mod synth;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::REVOKE_COMMIT_WAIT;
-use super::{KafkaProperty, WorkerConfig};
+use super::{KafkaProperty, RegistryConfig, WorkerConfig};
 use crate::error::Error;
 
 impl WorkerConfig {
@@ -24,6 +24,7 @@ impl WorkerConfig {
             check_topic("DEAD_LETTER_TOPIC", topic)?;
         }
         super::check_overrides(properties)?;
+        self.schema_registry.validate()?;
         let p = &self.pipeline;
         if p.batch_linger.is_zero() || p.commit_interval.is_zero() {
             return Err(Error::Config(
@@ -91,6 +92,41 @@ impl WorkerConfig {
         self.db
             .db_max_connections
             .unwrap_or(u32::from(self.pipeline.processors) + 1)
+    }
+}
+
+impl RegistryConfig {
+    fn validate(&self) -> Result<(), Error> {
+        let has_auth = self.schema_registry_basic_auth_file.is_some()
+            || self.schema_registry_bearer_token_file.is_some();
+        let Some(url) = &self.schema_registry_url else {
+            if has_auth {
+                return Err(Error::Config(
+                    "SCHEMA_REGISTRY_*_FILE is set without SCHEMA_REGISTRY_URL".into(),
+                ));
+            }
+            return Ok(());
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config(
+                "SCHEMA_REGISTRY_URL must start with http:// or https://".into(),
+            ));
+        }
+        if self.schema_registry_basic_auth_file.is_some()
+            && self.schema_registry_bearer_token_file.is_some()
+        {
+            return Err(Error::Config(
+                "set one of SCHEMA_REGISTRY_BASIC_AUTH_FILE and SCHEMA_REGISTRY_BEARER_TOKEN_FILE, \
+                 not both"
+                    .into(),
+            ));
+        }
+        if self.schema_registry_timeout.is_zero() {
+            return Err(Error::Config(
+                "SCHEMA_REGISTRY_TIMEOUT must be above zero".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -151,6 +151,8 @@ catalogue! {
     DEAD_LETTERS_UNREPLAYED = gauge("order_worker_dead_letters_unreplayed", Unit::Count,
         "Dead letters in the table not replayed yet, by reason (the whole table: every replica reports it).")
         .labels(&["reason"]);
+    SCHEMA_REGISTRY_FAILURES = counter("order_worker_schema_registry_failures_total",
+        "Schema fetches from the schema registry that failed (retried: the message waits, nothing is dead-lettered).");
     DEAD_LETTERS_CUT = counter("order_worker_dead_letters_cut_total",
         "Dead letters published with their value cut to a size the dead-letter topic takes.");
     PIPELINE_STALL = gauge("order_worker_pipeline_stall_seconds", Unit::Seconds,

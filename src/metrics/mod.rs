@@ -129,6 +129,7 @@ pub struct Metrics {
     pub dead_letter_publish_failures: Counter,
     pub dead_letter_topic_refusals: Counter,
     pub dead_letters_cut: Counter,
+    pub schema_registry_failures: Counter,
     dead_letters_unreplayed: Vec<Gauge>,
     pub pipeline_stall: Gauge,
 }
@@ -171,6 +172,7 @@ impl Metrics {
             dead_letter_publish_failures: DEAD_LETTER_PUBLISH_FAILURES.counter_of(&[]),
             dead_letter_topic_refusals: DEAD_LETTER_TOPIC_REFUSALS.counter_of(&[]),
             dead_letters_cut: DEAD_LETTERS_CUT.counter_of(&[]),
+            schema_registry_failures: SCHEMA_REGISTRY_FAILURES.counter_of(&[]),
             dead_letters_unreplayed: Reason::ALL
                 .iter()
                 .map(|r| DEAD_LETTERS_UNREPLAYED.gauge_of(&[r.as_str()]))

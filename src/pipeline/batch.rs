@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::contract::DeadLetterRecord;
-use crate::contract::{self, OrderEvent, Rejection};
+use crate::contract::{self, Hints, OrderEvent, Rejection, WriterSchema};
 use crate::db::OrderRow;
 use crate::pipeline::Envelope;
 
@@ -22,8 +22,22 @@ pub struct Decoded {
     pub outcome: Result<OrderEvent, Rejection>,
 }
 
-pub fn decode(mut envelope: Envelope, max_payload_bytes: usize) -> Decoded {
-    let outcome = contract::decode(
+pub fn decode(envelope: Envelope, max_payload_bytes: usize) -> Decoded {
+    decode_with(envelope, max_payload_bytes, None)
+}
+
+/// [`decode`] with the writer schema the registry gave for a Confluent-framed value.
+pub fn decode_with(
+    mut envelope: Envelope,
+    max_payload_bytes: usize,
+    writer: Option<&WriterSchema>,
+) -> Decoded {
+    let hints = Hints {
+        content_type: None,
+        writer,
+    };
+    let outcome = contract::decode_with(
+        hints,
         envelope.key(),
         envelope.payload(),
         envelope.payload_size,

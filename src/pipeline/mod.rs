@@ -16,7 +16,7 @@ mod publish;
 mod refused;
 mod write;
 
-pub use batch::{Decoded, Plan, decode, plan};
+pub use batch::{Decoded, Plan, decode, decode_with, plan};
 pub(crate) use batch::{named, offset_ranges, versions_by_order};
 pub(crate) use dispatch::{Dispatcher, InFlight, lanes};
 pub use envelope::Envelope;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::contract::{Reason, Rejection};
+use crate::contract::{Reason, Rejection, WriterSchema, wire_format};
 use crate::db::OrderStore;
 use crate::error::Error;
 use crate::health::Health;
@@ -19,8 +19,9 @@ use crate::kafka::dead_letter_topic::DeadLetterTopic;
 use crate::kafka::originals::Originals;
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, Position};
-use crate::pipeline::{Decoded, Envelope, InFlight, decode, named, offset_ranges};
-use crate::retry::Schedule;
+use crate::pipeline::{Decoded, Envelope, InFlight, decode_with, named, offset_ranges};
+use crate::registry::SchemaRegistry;
+use crate::retry::{Delays, Schedule};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProcessorSettings {
@@ -43,6 +44,8 @@ pub(crate) struct Processor {
     pub dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     /// Reads a refused row's message back from Kafka for its dead letter.
     pub originals: Originals,
+    /// Gives Confluent-framed messages their writer schemas, when configured.
+    pub registry: Option<Arc<SchemaRegistry>>,
     /// Fired when the graceful stop runs out of time: stop retrying, report nothing.
     pub abort: CancellationToken,
 }
@@ -124,11 +127,14 @@ impl Processor {
             return true;
         };
         batch.reserve(max.min(self.rx.len() + 1));
-        batch.push(self.decode(first));
+        let Some(first) = self.decode(first).await else {
+            return true;
+        };
+        batch.push(first);
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
-            match self.rx.try_recv() {
-                Ok(env) => batch.push(self.decode(env)),
+            let next = match self.rx.try_recv() {
+                Ok(env) => Ok(env),
                 Err(flume::TryRecvError::Disconnected) => return true,
                 Err(flume::TryRecvError::Empty) => {
                     let next = match tokio::time::timeout_at(deadline, self.rx.recv_async()).await {
@@ -141,18 +147,60 @@ impl Processor {
                             _ => break,
                         },
                     };
-                    match next {
-                        Ok(env) => batch.push(self.decode(env)),
-                        Err(_) => return true,
-                    }
+                    next.map_err(|_| ())
                 }
+            };
+            match next {
+                Ok(env) => match self.decode(env).await {
+                    Some(decoded) => batch.push(decoded),
+                    None => return true,
+                },
+                Err(()) => return true,
             }
         }
         false
     }
 
-    fn decode(&self, envelope: Envelope) -> Decoded {
-        decode(envelope, self.settings.max_payload_bytes)
+    /// Decodes a message. A Confluent-framed one first gets the writer schema its id names,
+    /// waiting for the registry (retried with backoff, the worker unready meanwhile) for as
+    /// long as it does not give it: the message is fine, the registry is not. `None` when the
+    /// abort token fires during that wait: the message stays unreported, so uncommitted.
+    async fn decode(&self, envelope: Envelope) -> Option<Decoded> {
+        let max = self.settings.max_payload_bytes;
+        let id = match &self.registry {
+            Some(_) if envelope.payload_size <= max => {
+                envelope.payload().and_then(wire_format::schema_id)
+            }
+            _ => None,
+        };
+        let writer = match (&self.registry, id) {
+            (Some(registry), Some(id)) => Some(self.writer_schema(registry, id).await?),
+            _ => None,
+        };
+        Some(decode_with(envelope, max, writer.as_deref()))
+    }
+
+    async fn writer_schema(&self, registry: &SchemaRegistry, id: u32) -> Option<Arc<WriterSchema>> {
+        if let Some(schema) = registry.cached(id) {
+            return Some(schema);
+        }
+        let mut delays = Delays::new(self.settings.retry);
+        loop {
+            match registry.writer_schema(id).await {
+                Ok(schema) => {
+                    self.health.schema_registry_unavailable(None);
+                    return Some(schema);
+                }
+                Err(e) => {
+                    self.metrics.schema_registry_failures.increment(1);
+                    warn!(lane = self.lane, error = %e, "waiting for the schema registry");
+                    self.health.schema_registry_unavailable(Some(e.to_string()));
+                    if !delays.sleep(&self.abort).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {

@@ -29,6 +29,7 @@ use crate::kafka::{self, Release, WorkerContext};
 use crate::lag::{LagView, Quiet};
 use crate::metrics::{self, Metrics};
 use crate::offsets::OffsetTracker;
+use crate::registry::SchemaRegistry;
 use crate::retry::{self, Schedule, Verdict};
 use crate::telemetry::Throttle;
 
@@ -123,6 +124,7 @@ struct Parts {
     lag: Arc<LagView>,
     dead_letter_topic: Option<Arc<DeadLetterTopic>>,
     originals: Originals,
+    registry: Option<Arc<SchemaRegistry>>,
     stop: CancellationToken,
     /// When the stop began (shared with the consumer thread, which counts from it too).
     stopped_at: Arc<OnceLock<Instant>>,
@@ -178,6 +180,7 @@ impl Parts {
             lag,
             dead_letter_topic,
             originals: Originals::new(brokers, properties, &c.topic, &c.group_id),
+            registry: SchemaRegistry::new(&cfg.schema_registry)?,
             stop,
             stopped_at,
         };

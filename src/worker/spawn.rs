@@ -128,6 +128,7 @@ impl Parts {
                 settings,
                 dead_letter_topic: self.dead_letter_topic.clone(),
                 originals: self.originals.clone(),
+                registry: self.registry.clone(),
                 abort: abort.clone(),
             };
             processors.spawn(processor.run());

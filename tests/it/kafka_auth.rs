@@ -273,7 +273,7 @@ fn sasl_oauthbearer_with_oidc_fetches_a_client_credentials_token() {
 /// Standard base64 with padding, for HTTP Basic credentials.
 fn base64(bytes: &[u8]) -> String {
     let mut s = base64url(bytes).replace('-', "+").replace('_', "/");
-    while s.len() % 4 != 0 {
+    while !s.len().is_multiple_of(4) {
         s.push('=');
     }
     s

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const CORES: &[&str] = &["contract", "offsets", "config", "synth", "retry", "error"];
-const ADAPTERS: &[&str] = &["kafka", "db", "lag", "http"];
+const ADAPTERS: &[&str] = &["kafka", "db", "lag", "registry", "http"];
 const COMPOSITION: &[&str] = &[
     "pipeline",
     "worker",

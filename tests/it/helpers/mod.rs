@@ -124,16 +124,21 @@ pub async fn start_worker(
         .expect("worker starts")
 }
 
+/// An HTTP GET of the worker's endpoints. reqwest (the worker's, for the schema registry) is
+/// built without a TLS provider of its own: the process installs ring, as the worker does.
+async fn http_get(addr: SocketAddr, path: &str) -> reqwest::Result<reqwest::Response> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://{addr}{path}")).await
+}
+
 /// Like [`get`], but `None` while nothing listens yet (a process still starting).
 pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let r = http_get(addr, path).await.ok()?;
     Some((r.status().as_u16(), r.text().await.ok()?))
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("http get");
+    let r = http_get(addr, path).await.expect("http get");
     (r.status().as_u16(), r.text().await.expect("body"))
 }
 
