@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use crate::config::{
     DeadLetterFilter, DeadLetterListConfig, DeadLetterPurgeConfig, DeadLetterReplayConfig,
 };
+use crate::contract::headers;
 use crate::db::dead_letters::{self, DeadLetter, Purge, Selection};
 use crate::db::{self};
 use crate::error::Error;
@@ -103,6 +104,7 @@ fn as_json(r: &DeadLetter) -> serde_json::Value {
         "source_offset": r.source_offset, "reason": r.reason, "stage": r.stage, "error": r.error,
         "key": text(&r.message_key), "payload": text(&r.payload), "payload_size": r.payload_size,
         "created_at": r.created_at.unix_timestamp(), "replayed": r.replayed_at.is_some(),
+        "headers": r.headers,
     })
 }
 
@@ -158,9 +160,22 @@ async fn publish(
 ) -> Vec<i64> {
     let sends = rows.iter().map(|r| async move {
         let id = r.id.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
+        // The original's headers first, in their order (trace context, ids), then the replay's.
+        let original = r
+            .headers
+            .as_ref()
+            .map(headers::from_json)
+            .unwrap_or_default();
+        let mut headers = OwnedHeaders::new_with_capacity(original.len() + 1);
+        for (key, value) in &original {
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: value.as_deref(),
+            });
+        }
+        let headers = headers.insert(Header {
             key: HEADER_REPLAY_OF,
-            value: Some(&id),
+            value: Some(id.as_bytes()),
         });
         let mut record =
             FutureRecord::<[u8], [u8]>::to(topic.unwrap_or(&r.source_topic)).headers(headers);

@@ -25,7 +25,13 @@ fn main() -> ExitCode {
         eprintln!("order-worker: {e} (see --help)");
         return ExitCode::from(2);
     }
-    telemetry::init(cli.log.log_format);
+    let telemetry = match telemetry::init(cli.log.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("order-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -37,6 +43,7 @@ fn main() -> ExitCode {
     // Work still running (a read from a broker that does not answer) is not waited for: the
     // process ends now, as the stop's deadline promised.
     runtime.shutdown_timeout(Duration::from_millis(200));
+    telemetry.shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -237,7 +237,7 @@ fn read_topic(sample: &TopicSample) -> Result<Vec<Sample>, Error> {
     Ok(wanted
         .iter()
         .filter_map(|&(p, o)| match read.remove(&(p, o))? {
-            Original::Found { key, payload } => Some(Sample {
+            Original::Found { key, payload, .. } => Some(Sample {
                 source: format!("{topic}/{p}@{o}"),
                 key: Key::Given(key),
                 value: payload,

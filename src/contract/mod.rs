@@ -12,6 +12,7 @@
 //! so both are read side by side and a producer moves to v2 without a flag day.
 
 mod avro;
+pub mod headers;
 mod object_only;
 pub mod protobuf;
 mod rejection;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use headers::Headers;
 pub use rejection::{DeadLetterRecord, Reason, Rejection, Stage};
 pub use shipping::{MAX_CITY_CHARS, MAX_POSTAL_CODE_CHARS, Shipping, ShippingMethod};
 pub use validate::{

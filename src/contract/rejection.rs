@@ -150,6 +150,8 @@ pub struct DeadLetterRecord<'a> {
     pub error: &'a str,
     /// The message's Kafka timestamp, milliseconds since the epoch.
     pub kafka_timestamp_ms: Option<i64>,
+    /// The message's Kafka headers, as kept (`contract::headers`).
+    pub headers: super::Headers<'a>,
 }
 
 #[cfg(test)]

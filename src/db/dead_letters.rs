@@ -26,6 +26,8 @@ pub struct DeadLetter {
     pub kafka_timestamp: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub replayed_at: Option<OffsetDateTime>,
+    /// The original's Kafka headers (`contract::headers::from_json` reads them).
+    pub headers: Option<serde_json::Value>,
 }
 
 impl DeadLetter {
@@ -52,7 +54,7 @@ pub struct Selection {
 
 const SELECT: &str = r#"
 SELECT id, source_topic, source_partition, source_offset, message_key, payload, payload_size,
-       stage, reason, error, kafka_timestamp, created_at, replayed_at
+       stage, reason, error, kafka_timestamp, created_at, replayed_at, headers
 FROM dead_letters
 WHERE ($1::text IS NULL OR reason = $1)
   AND ($2::timestamptz IS NULL OR created_at >= $2)

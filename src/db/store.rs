@@ -65,10 +65,11 @@ const WRITE_BATCH: &str = concat!(
     r#"RETURNING 1),
 dead AS (
 INSERT INTO dead_letters (source_topic, source_partition, source_offset, message_key, payload,
-                          payload_size, stage, reason, error, kafka_timestamp)
-SELECT $1, u.*
+                          payload_size, stage, reason, error, kafka_timestamp, headers)
+SELECT $1, u.p, u.o, u.k, u.v, u.size, u.stage, u.reason, u.error, u.ts, u.headers::jsonb
 FROM UNNEST($16::int4[], $17::int8[], $18::bytea[], $19::bytea[], $20::int4[], $21::text[],
-            $22::text[], $23::text[], $24::timestamptz[]) AS u
+            $22::text[], $23::text[], $24::timestamptz[], $25::text[])
+     AS u(p, o, k, v, size, stage, reason, error, ts, headers)
 ON CONFLICT ON CONSTRAINT dead_letters_source_key DO NOTHING
 RETURNING 1)
 SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM dead)"#
@@ -145,7 +146,7 @@ fn batch_arguments(
     let mut args = PgArguments::default();
     let payloads: usize = dead.iter().map(|d| d.payload.map_or(0, <[u8]>::len)).sum();
     args.reserve(
-        24,
+        25,
         orders.len() * ORDER_ROW_BYTES + dead.len() * 256 + payloads,
     );
     args.add(topic).map_err(sqlx::Error::Encode)?;
@@ -231,7 +232,7 @@ fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
     args.add(shipping)
 }
 
-/// The dead-letter arrays (`$16` to `$24`), after the orders'.
+/// The dead-letter arrays (`$16` to `$25`), after the orders'.
 fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
     let n = rows.len();
     let mut partitions = Vec::with_capacity(n);
@@ -243,6 +244,7 @@ fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
     let mut reasons = Vec::with_capacity(n);
     let mut errors: Vec<Cow<'_, str>> = Vec::with_capacity(n);
     let mut timestamps = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
     for r in rows {
         partitions.push(r.partition);
         offsets.push(r.offset);
@@ -254,6 +256,7 @@ fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
         let timestamp = r.kafka_timestamp_ms.map(|ms| (ms, storable_timestamp(ms)));
         errors.push(storable_error(r.error, timestamp));
         timestamps.push(timestamp.and_then(|(_, t)| t));
+        headers.push(r.headers.to_json());
     }
     args.add(partitions)?;
     args.add(offsets)?;
@@ -263,7 +266,8 @@ fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
     args.add(stages)?;
     args.add(reasons)?;
     args.add(errors)?;
-    args.add(timestamps)
+    args.add(timestamps)?;
+    args.add(headers)
 }
 
 /// The first instant `timestamptz` holds: 4714-11-24 BC (astronomical year -4713), midnight UTC.

@@ -1,6 +1,6 @@
 //! The optional dead-letter topic: every dead letter is also published to Kafka, with the
-//! original key and bytes and headers saying why and where it came from (the information Kafka
-//! Connect puts in its `__connect.errors.*` headers).
+//! original key, bytes and headers, followed by headers saying why and where it came from (the
+//! information Kafka Connect appends in its `__connect.errors.*` headers).
 //!
 //! Invariant: [`DeadLetterTopic::send`] returns `Ok` only once the broker acknowledged the letter
 //! in the form given; every failure is classified as [`Refusal::Transient`] (the same letter may
@@ -47,6 +47,9 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 const FRAMING_BYTES: usize = 8 * 1024;
 /// A cut letter's key and error message keep at most this many bytes.
 const CUT_FIELD_BYTES: usize = 1024;
+/// A cut letter keeps the original headers only up to this many bytes (all or none, so a
+/// trace context is never half there); with the capped fields it stays within FRAMING_BYTES.
+const CUT_ORIGINAL_HEADER_BYTES: usize = 4 * 1024;
 
 /// How much of a letter is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +174,10 @@ impl DeadLetterTopic {
 
     /// The form to try first: whole, unless the producer would refuse it for its size.
     pub fn first_form(&self, row: &DeadLetterRecord<'_>) -> Form {
-        let size =
-            row.payload.map_or(0, <[u8]>::len) + row.key.map_or(0, <[u8]>::len) + row.error.len();
+        let size = row.payload.map_or(0, <[u8]>::len)
+            + row.key.map_or(0, <[u8]>::len)
+            + row.error.len()
+            + row.headers.as_bytes().len();
         if size <= self.value_budget {
             Form::Whole
         } else {
@@ -202,8 +207,17 @@ impl DeadLetterTopic {
     /// the letter published was cut.
     pub async fn send(&self, row: &DeadLetterRecord<'_>, form: Form) -> Result<bool, Refusal> {
         let (partition, offset) = (row.partition.to_string(), row.offset.to_string());
-        let (key, value, message, truncated) = cut(row, form);
-        let mut headers = OwnedHeaders::new_with_capacity(8);
+        let Parts {
+            key,
+            value,
+            message,
+            originals,
+            truncated,
+        } = cut(row, form);
+        let mut headers = OwnedHeaders::new_with_capacity(9 + row.headers.iter().count());
+        for (key, value) in row.headers.iter().filter(|_| originals) {
+            headers = headers.insert(Header { key, value });
+        }
         for (key, value) in [
             (HEADER_TOPIC, self.source_topic.as_str()),
             (HEADER_PARTITION, &partition),
@@ -240,9 +254,18 @@ impl DeadLetterTopic {
     }
 }
 
-type Parts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str, Option<String>);
+/// What of a letter is published in a form.
+struct Parts<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    message: &'a str,
+    /// Whether the original's headers go with it.
+    originals: bool,
+    /// What was cut, if anything.
+    truncated: Option<String>,
+}
 
-/// A letter's key, value and error message in `form`, and what was cut, if anything.
+/// A letter's key, value, error message and original headers in `form`, and what was cut.
 fn cut<'a>(row: &DeadLetterRecord<'a>, form: Form) -> Parts<'a> {
     let (value, key, message) = match form {
         Form::Whole => (row.payload, row.key, row.error),
@@ -269,8 +292,18 @@ fn cut<'a>(row: &DeadLetterRecord<'a>, form: Form) -> Parts<'a> {
     if message.len() < row.error.len() {
         said.push(format!("message cut to {} bytes", message.len()));
     }
-    let said = (!said.is_empty()).then(|| said.join("; "));
-    (key, value, message, said)
+    let originals =
+        form == Form::Whole || row.headers.as_bytes().len() <= CUT_ORIGINAL_HEADER_BYTES;
+    if !originals {
+        said.push("original headers left out".to_owned());
+    }
+    Parts {
+        key,
+        value,
+        message,
+        originals,
+        truncated: (!said.is_empty()).then(|| said.join("; ")),
+    }
 }
 
 /// The longest prefix of `text` within `max` bytes that ends on a character boundary.
@@ -297,6 +330,7 @@ mod tests {
             reason: Reason::PayloadTooLarge,
             error,
             kafka_timestamp_ms: None,
+            headers: Default::default(),
         }
     }
 
@@ -307,8 +341,7 @@ mod tests {
         let mut form = Form::Whole;
         let mut sizes = Vec::new();
         while let Some(next) = DeadLetterTopic::smaller(&r, form) {
-            let (_, value, _, _) = cut(&r, next);
-            sizes.push(value.map_or(0, <[u8]>::len));
+            sizes.push(cut(&r, next).value.map_or(0, <[u8]>::len));
             form = next;
         }
         assert_eq!(sizes.first(), Some(&500));
@@ -323,7 +356,13 @@ mod tests {
         let key = vec![b'k'; 3_000];
         let error = "é".repeat(1_000);
         let r = row(&key, &payload, &error);
-        let (k, v, m, said) = cut(&r, Form::Cut { value_max: 100 });
+        let Parts {
+            key: k,
+            value: v,
+            message: m,
+            truncated: said,
+            ..
+        } = cut(&r, Form::Cut { value_max: 100 });
         assert_eq!(v, Some(&payload[..100]));
         assert_eq!(k.map(<[u8]>::len), Some(CUT_FIELD_BYTES));
         assert!(m.len() <= CUT_FIELD_BYTES && error.starts_with(m));
@@ -333,19 +372,46 @@ mod tests {
         assert!(said.contains("message cut to"), "{said}");
         let within = row(b"k", b"v", "e");
         assert_eq!(
-            cut(&within, Form::Whole).3.as_deref(),
+            cut(&within, Form::Whole).truncated.as_deref(),
             Some("value cut to 1 of 1001 bytes")
         );
         let whole = DeadLetterRecord {
             payload_size: 1,
             ..within
         };
-        assert_eq!(cut(&whole, Form::Whole).3, None);
+        assert_eq!(cut(&whole, Form::Whole).truncated, None);
         assert_eq!(
-            cut(&whole, Form::Cut { value_max: 10 }).3,
+            cut(&whole, Form::Cut { value_max: 10 }).truncated,
             None,
             "nothing to cut"
         );
+    }
+
+    #[test]
+    fn a_cut_letter_keeps_small_original_headers_and_says_when_it_leaves_large_ones_out() {
+        use crate::contract::Headers;
+        use crate::contract::headers::HeaderWriter;
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        HeaderWriter::default().push(&mut small, "traceparent", Some(b"00-1-2-01"));
+        HeaderWriter::default().push(&mut large, "blob", Some(&[b'x'; 5_000]));
+        let payload = vec![b'v'; 5_000];
+        let with = |h: &'static [u8]| DeadLetterRecord {
+            headers: Headers::new(h),
+            ..row(b"k", &payload, "e")
+        };
+        let small: &'static [u8] = small.leak();
+        let large: &'static [u8] = large.leak();
+        let kept = cut(&with(small), Form::Cut { value_max: 10 });
+        assert!(kept.originals);
+        let left_out = cut(&with(large), Form::Cut { value_max: 10 });
+        assert!(!left_out.originals);
+        assert!(
+            left_out
+                .truncated
+                .unwrap()
+                .ends_with("original headers left out")
+        );
+        assert!(cut(&with(large), Form::Whole).originals);
     }
 
     #[test]

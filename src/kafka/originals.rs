@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
+use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaProperty;
+use crate::contract::headers::HeaderWriter;
 use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Login, client_config};
 
 /// Most a broker returns of one partition per fetch. A single larger message still comes whole
@@ -47,15 +48,25 @@ pub enum Original {
     Found {
         key: Option<Vec<u8>>,
         payload: Option<Vec<u8>>,
+        /// Its headers as `contract::headers` keeps them.
+        headers: Vec<u8>,
     },
     Gone,
 }
 
 impl Original {
     fn of(m: &BorrowedMessage<'_>) -> Self {
+        let mut headers = Vec::new();
+        let mut writer = HeaderWriter::default();
+        if let Some(all) = m.headers() {
+            for h in all.iter() {
+                writer.push(&mut headers, h.key, h.value);
+            }
+        }
         Original::Found {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
+            headers,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::contract::DeadLetterRecord;
-use crate::contract::{self, Hints, OrderEvent, Rejection, WriterSchema};
+use crate::contract::{self, Headers, Hints, OrderEvent, Rejection, WriterSchema};
 use crate::db::OrderRow;
 use crate::pipeline::Envelope;
 
@@ -32,8 +32,12 @@ pub fn decode_with(
     max_payload_bytes: usize,
     writer: Option<&WriterSchema>,
 ) -> Decoded {
+    let headers = envelope.headers();
     let hints = Hints {
-        content_type: None,
+        content_type: headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(contract::CONTENT_TYPE_HEADER))
+            .and_then(|(_, value)| value),
         writer,
     };
     let outcome = contract::decode_with(
@@ -56,16 +60,18 @@ impl Decoded {
             !self.envelope.bytes_dropped(),
             "a rejected message keeps its bytes"
         );
-        self.dead_letter_with(rejection, self.envelope.key(), self.envelope.payload())
+        let e = &self.envelope;
+        self.dead_letter_with(rejection, e.key(), e.payload(), e.headers())
     }
 
-    /// This message as a dead letter for `rejection`, storing `key` and `payload` (for a valid
-    /// message refused at write time: its bytes read back from Kafka).
+    /// This message as a dead letter for `rejection`, storing `key`, `payload` and `headers`
+    /// (for a valid message refused at write time: its message read back from Kafka).
     pub fn dead_letter_with<'a>(
         &'a self,
         rejection: &'a Rejection,
         key: Option<&'a [u8]>,
         payload: Option<&'a [u8]>,
+        headers: Headers<'a>,
     ) -> DeadLetterRecord<'a> {
         let e = &self.envelope;
         DeadLetterRecord {
@@ -77,6 +83,7 @@ impl Decoded {
             reason: rejection.reason,
             error: &rejection.detail,
             kafka_timestamp_ms: e.timestamp_ms,
+            headers,
         }
     }
 }

@@ -1,10 +1,13 @@
 //! A consumed Kafka message, owned, with the coordinates the offset tracker needs.
 //!
 //! Invariant: an envelope never holds more than `max_payload_bytes` of value, nor of key (a
-//! larger one is cut, and the value's real size kept), so one message cannot blow the memory
-//! bound. Its weight for the in-flight budget is fixed when it is made, so what is released is
-//! what was added even after its bytes are dropped.
+//! larger one is cut, and the value's real size kept), nor more headers than
+//! `contract::headers` keeps, so one message cannot blow the memory bound. Its weight for the
+//! in-flight budget is fixed when it is made, so what is released is what was added even after
+//! its bytes are dropped.
 
+use crate::contract::Headers;
+use crate::contract::headers::{HeaderWriter, MAX_HEADER_BYTES};
 use crate::offsets::Position;
 
 /// Fixed cost counted per message on top of its bytes (the struct, allocator slack).
@@ -13,12 +16,14 @@ const OVERHEAD_BYTES: u64 = 128;
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub position: Position,
-    /// The key followed by the value (each cut to `max_payload_bytes`), in one allocation: the
-    /// consumer thread allocates it and a processor frees it, and every such cross-thread pair
-    /// contends on the allocator's locks (docs/performance.md).
+    /// The key, the value (each cut to `max_payload_bytes`) and the headers, in one allocation:
+    /// the consumer thread allocates it and a processor frees it, and every such cross-thread
+    /// pair contends on the allocator's locks (docs/performance.md).
     bytes: Box<[u8]>,
     /// Length of the key at the start of `bytes`; `None` for a message without a key.
     key_len: Option<usize>,
+    /// Where the headers start in `bytes` (after the value).
+    headers_at: usize,
     /// Whether the message has a value (`false` for a tombstone).
     has_payload: bool,
     /// The size of the value as delivered by the broker.
@@ -38,14 +43,46 @@ impl Envelope {
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Self {
+        Self::with_headers(
+            position,
+            key,
+            payload,
+            std::iter::empty(),
+            timestamp_ms,
+            max_payload_bytes,
+        )
+    }
+
+    /// [`Envelope::new`] keeping the message's headers too (as many as `contract::headers`
+    /// keeps). `headers` is read twice (sizing, then copying) rather than collected: a message
+    /// costs the consumer thread one allocation, headers or not.
+    pub fn with_headers<'h>(
+        position: Position,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+        timestamp_ms: Option<i64>,
+        max_payload_bytes: usize,
+    ) -> Self {
         fn cut(b: &[u8], max: usize) -> &[u8] {
             &b[..b.len().min(max)]
         }
         let key = key.map(|k| cut(k, max_payload_bytes));
         let value = payload.map_or(&[][..], |v| cut(v, max_payload_bytes));
-        let mut bytes = Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.len());
+        let header_bytes: usize = headers
+            .clone()
+            .map(|(n, v)| HeaderWriter::encoded_len(n, v))
+            .sum();
+        let mut bytes = Vec::with_capacity(
+            key.map_or(0, <[u8]>::len) + value.len() + header_bytes.min(2 * MAX_HEADER_BYTES),
+        );
         bytes.extend_from_slice(key.unwrap_or_default());
         bytes.extend_from_slice(value);
+        let headers_at = bytes.len();
+        let mut writer = HeaderWriter::default();
+        for (name, value) in headers {
+            writer.push(&mut bytes, name, value);
+        }
         let weight = u32::try_from(OVERHEAD_BYTES + bytes.len() as u64).unwrap_or(u32::MAX);
         Self {
             position,
@@ -53,6 +90,7 @@ impl Envelope {
             dropped: false,
             bytes: bytes.into_boxed_slice(),
             key_len: key.map(<[u8]>::len),
+            headers_at,
             has_payload: payload.is_some(),
             payload_size: payload.map_or(0, <[u8]>::len),
             timestamp_ms,
@@ -68,7 +106,12 @@ impl Envelope {
     /// [`Envelope::drop_bytes`].
     pub fn payload(&self) -> Option<&[u8]> {
         self.has_payload
-            .then(|| &self.bytes[self.key_len.unwrap_or(0)..])
+            .then(|| &self.bytes[self.key_len.unwrap_or(0)..self.headers_at])
+    }
+
+    /// The headers kept; none after [`Envelope::drop_bytes`].
+    pub fn headers(&self) -> Headers<'_> {
+        Headers::new(self.bytes.get(self.headers_at..).unwrap_or_default())
     }
 
     /// Bytes this message held when it was taken from Kafka, for the in-flight budget.
@@ -81,6 +124,7 @@ impl Envelope {
     pub fn drop_bytes(&mut self) {
         self.bytes = Box::default();
         self.key_len = None;
+        self.headers_at = 0;
         self.has_payload = false;
         self.dropped = true;
     }
@@ -94,6 +138,34 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_kept_after_the_value_and_dropped_with_the_bytes() {
+        let headers: [(&str, Option<&[u8]>); 2] =
+            [("traceparent", Some(b"00-1-2-01")), ("x", None)];
+        let mut e = Envelope::with_headers(
+            at(7),
+            Some(b"k"),
+            Some(b"value"),
+            headers.into_iter(),
+            None,
+            100,
+        );
+        assert_eq!(
+            (e.key(), e.payload()),
+            (Some(&b"k"[..]), Some(&b"value"[..]))
+        );
+        assert_eq!(e.headers().iter().collect::<Vec<_>>(), headers);
+        assert!(e.weight() > OVERHEAD_BYTES + 6 + 11);
+        e.drop_bytes();
+        assert!(e.headers().is_empty());
+        let tombstone = Envelope::with_headers(at(8), None, None, headers.into_iter(), None, 100);
+        assert_eq!(tombstone.payload(), None);
+        assert_eq!(
+            tombstone.headers().get("traceparent"),
+            Some(&b"00-1-2-01"[..])
+        );
+    }
 
     fn at(offset: i64) -> Position {
         Position {

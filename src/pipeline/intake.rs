@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ::metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use sqlx::PgPool;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -216,10 +216,15 @@ impl ConsumerLoop {
             generation,
             offset: m.offset(),
         };
-        Some(Envelope::new(
+        let headers = m.headers();
+        let headers = (0..headers.map_or(0, Headers::count))
+            .filter_map(move |i| headers?.try_get(i))
+            .map(|h| (h.key, h.value));
+        Some(Envelope::with_headers(
             position,
             m.key(),
             m.payload(),
+            headers,
             m.timestamp().to_millis(),
             self.settings.max_payload_bytes,
         ))

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::contract::DeadLetterRecord;
-use crate::contract::{OrderEvent, Rejection};
+use crate::contract::{Headers, OrderEvent, Rejection};
 use crate::error::Error;
 use crate::kafka::originals::{Original, Originals, ReadBack};
 use crate::pipeline::{Decoded, named};
@@ -32,6 +32,9 @@ pub(crate) struct Refused {
     rejection: Rejection,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
+    /// The original's headers (`contract::headers`); the envelope's own were dropped with its
+    /// bytes.
+    headers: Vec<u8>,
 }
 
 /// What reading a refused message back from Kafka came to.
@@ -48,12 +51,17 @@ impl Refused {
         outcome: ReadBackOutcome,
     ) -> Self {
         let note = match outcome {
-            ReadBackOutcome::Read(Original::Found { key, payload }) => {
+            ReadBackOutcome::Read(Original::Found {
+                key,
+                payload,
+                headers,
+            }) => {
                 return Self {
                     index,
                     rejection,
                     key,
                     payload,
+                    headers,
                 };
             }
             ReadBackOutcome::Read(Original::Gone) => {
@@ -73,6 +81,7 @@ impl Refused {
             rejection,
             key: event.map(|e| e.order_id.to_string().into_bytes()),
             payload: event.map(OrderEvent::to_json),
+            headers: Vec::new(),
         }
     }
 
@@ -81,6 +90,7 @@ impl Refused {
             &self.rejection,
             self.key.as_deref(),
             self.payload.as_deref(),
+            Headers::new(&self.headers),
         )
     }
 }

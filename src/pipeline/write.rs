@@ -271,6 +271,7 @@ mod tests {
                 reason: Reason::Tombstone,
                 error: "",
                 kafka_timestamp_ms: None,
+                headers: Default::default(),
             })
             .collect();
         let mut parts = vec![(&orders[..], &dead[..])];

@@ -8,6 +8,7 @@ mod aws_msk_iam;
 mod check;
 mod configuration;
 mod contract_v2;
+mod dead_letter_headers;
 mod dead_letter_topic;
 mod dead_letters;
 mod deploy;

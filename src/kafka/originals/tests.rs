@@ -38,6 +38,7 @@ fn reads_back_exactly_the_messages_asked_for_and_reports_missing_offsets_as_gone
     let found = |k: &str, v: Option<&str>| Original::Found {
         key: Some(k.as_bytes().to_vec()),
         payload: v.map(|v| v.as_bytes().to_vec()),
+        headers: Vec::new(),
     };
     assert_eq!(
         got,
@@ -78,6 +79,7 @@ fn found(partition: i32, offset: i64) -> Original {
     Original::Found {
         key: Some(bytes.clone()),
         payload: Some(bytes),
+        headers: Vec::new(),
     }
 }
 

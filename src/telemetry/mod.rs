@@ -1,37 +1,63 @@
-//! Logging setup, and the throttle that keeps a repeating condition to a few lines.
+//! Logging setup, span export, and the throttle that keeps a repeating condition to a few lines.
 //!
 //! Invariant: logs go to stderr (stdout is for command output such as `produce`'s summary), as
 //! JSON lines unless a human is watching (a terminal) or `LOG_FORMAT=pretty` asks for text. A
-//! line that repeats is logged at most once per throttle window, with the count held back.
+//! line that repeats is logged at most once per throttle window, with the count held back. Spans
+//! are exported over OTLP only when the standard variables ask for it ([`otlp`]).
+
+pub mod otlp;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-pub fn init(format: Option<LogFormat>) {
+/// What [`init`] set up that must be flushed before the process ends.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued (the SDK waits for its exporter's timeout at most).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Sets up logging, and span export when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it; the error is
+/// one line about the OTLP settings.
+pub fn init(format: Option<LogFormat>) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let provider = otlp::provider()?;
+    let spans = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("order-worker")));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(spans);
     // A second init (tests start several workers in one process) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_current_span(true))
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => registry.with(fmt.compact()).try_init(),
     };
+    Ok(Telemetry { provider })
 }
 
 /// Keeps a condition that repeats many times a second (a broker that is down, a write that

@@ -1,0 +1,155 @@
+//! A dead letter keeps its message's Kafka headers: in the `dead_letters` table, on the
+//! dead-letter topic (before the worker's own `order_worker.errors.*`), and when `dead-letters
+//! replay` publishes it again; for a message refused by the decoder and for a row PostgreSQL
+//! refused (whose message the worker reads back from Kafka).
+
+use std::process::Command;
+use std::time::Duration;
+
+use order_worker::dead_letters::HEADER_REPLAY_OF;
+use order_worker::kafka::dead_letter_topic::HEADER_REASON;
+use order_worker::synth::event;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::kafka::{Mock, OffsetProbe, read_topic};
+use crate::helpers::pg::TestDb;
+use crate::helpers::{start_worker, unique};
+
+type HeaderList = Vec<(String, Option<Vec<u8>>)>;
+
+/// Headers a producer sets: trace context, a duplicate name, a null value, binary bytes.
+fn original_headers() -> HeaderList {
+    vec![
+        (
+            "traceparent".into(),
+            Some(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
+        ),
+        ("correlation-id".into(), Some(b"c-1".to_vec())),
+        ("correlation-id".into(), None),
+        ("producer".into(), Some(vec![0x00, 0xff, 0x10])),
+    ]
+}
+
+fn headers_of(m: &OwnedMessage) -> HeaderList {
+    m.headers().map_or_else(Vec::new, |h| {
+        h.iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    })
+}
+
+async fn publish_with_headers(brokers: &str, topic: &str, key: &[u8], value: &[u8]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &original_headers() {
+        headers = headers.insert(Header {
+            key: key.as_str(),
+            value: value.as_deref(),
+        });
+    }
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_its_headers_through_the_table_the_topic_and_replay() {
+    let (topic, group, dlq, again) = (
+        unique("orders"),
+        unique("group"),
+        unique("orders-dlq"),
+        unique("replayed"),
+    );
+    let mock = Mock::with_topic(&topic, 1);
+    mock.cluster.create_topic(&dlq, 1, 1).unwrap();
+    mock.cluster.create_topic(&again, 1, 1).unwrap();
+    let db = TestDb::create().await;
+    // A row PostgreSQL refuses: its message's bytes (and headers) are read back from Kafka.
+    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (customer_id <> 'blocked')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let order = Uuid::new_v4();
+    let mut blocked = event(order, 1, 1);
+    blocked.customer_id = "blocked".into();
+    publish_with_headers(&mock.brokers, &topic, b"not-json", b"{oops").await;
+    publish_with_headers(
+        &mock.brokers,
+        &topic,
+        order.to_string().as_bytes(),
+        &blocked.to_json(),
+    )
+    .await;
+    let flags = ["--dead-letter-topic", dlq.as_str()];
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &flags).await;
+    OffsetProbe::new(&mock.brokers, &group, &topic, 1)
+        .wait_caught_up("both dead-lettered and committed")
+        .await;
+
+    let stored: Vec<(String, Option<Value>)> =
+        sqlx::query_as("SELECT reason, headers FROM dead_letters ORDER BY source_offset")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let expected = json!([
+        {"key": "traceparent", "value": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"key": "correlation-id", "value": "c-1"},
+        {"key": "correlation-id", "value": null},
+        {"key": "producer", "value_base64": "AP8Q"}
+    ]);
+    assert_eq!(
+        stored,
+        [
+            ("invalid_json".to_owned(), Some(expected.clone())),
+            ("db_rejected".to_owned(), Some(expected)),
+        ]
+    );
+
+    let letters = read_topic(&mock.brokers, &dlq, 1);
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        let headers = headers_of(letter);
+        assert_eq!(
+            headers[..4],
+            original_headers(),
+            "the originals first, in order"
+        );
+        assert!(
+            headers[4..].iter().any(|(k, _)| k == HEADER_REASON),
+            "then the worker's own: {headers:?}"
+        );
+    }
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_order-worker"))
+        .args(["dead-letters", "replay", "--database-url", &db.url])
+        .args(["--brokers", &mock.brokers, "--topic", &again])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("replayed 2 dead letter(s); 0 failed"),
+        "{said}"
+    );
+    let replayed = read_topic(&mock.brokers, &again, 1);
+    assert_eq!(replayed.len(), 2);
+    for message in &replayed {
+        let headers = headers_of(message);
+        assert_eq!(headers[..4], original_headers());
+        assert_eq!(headers[4].0, HEADER_REPLAY_OF);
+        assert_eq!(headers.len(), 5);
+    }
+}
