@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::contract::DeadLetterRecord;
+use opentelemetry::trace::SpanContext;
+
 use crate::contract::{self, Headers, Hints, OrderEvent, Rejection, WriterSchema};
 use crate::db::OrderRow;
 use crate::pipeline::Envelope;
+use crate::telemetry::otlp;
 
 /// A message after decoding. A rejected one still holds its raw bytes (its dead letter stores
 /// them); a valid one has dropped them (see `kafka::originals` for the rare case of needing them).
@@ -20,6 +23,9 @@ use crate::pipeline::Envelope;
 pub struct Decoded {
     pub envelope: Envelope,
     pub outcome: Result<OrderEvent, Rejection>,
+    /// The W3C trace context the message carried, read before its headers are dropped, when
+    /// spans are exported (`telemetry::otlp`); the batch's span links to it.
+    pub trace: Option<Box<SpanContext>>,
 }
 
 pub fn decode(envelope: Envelope, max_payload_bytes: usize) -> Decoded {
@@ -40,6 +46,10 @@ pub fn decode_with(
             .and_then(|(_, value)| value),
         writer,
     };
+    // Export off, no header is looked at.
+    let trace = otlp::enabled()
+        .then(|| otlp::message_context(headers.get("traceparent"), headers.get("tracestate")))
+        .flatten();
     let outcome = contract::decode_with(
         hints,
         envelope.key(),
@@ -50,7 +60,11 @@ pub fn decode_with(
     if outcome.is_ok() {
         envelope.drop_bytes();
     }
-    Decoded { envelope, outcome }
+    Decoded {
+        envelope,
+        outcome,
+        trace,
+    }
 }
 
 impl Decoded {

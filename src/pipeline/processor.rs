@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::contract::{Reason, Rejection, WriterSchema, wire_format};
 use crate::db::OrderStore;
@@ -206,6 +207,11 @@ impl Processor {
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
         let span = info_span!("batch", lane = self.lane, topic = %self.store.topic(),
                               offsets = %offset_ranges(batch), messages = batch.len());
+        // Each message's producer trace continues in the batch that applied it (a batch has
+        // many parents, so links, not a parent).
+        for context in batch.iter().filter_map(|d| d.trace.as_deref()) {
+            span.add_link(context.clone());
+        }
         let started = Instant::now();
         let written = self.write_durably(batch).instrument(span).await?;
         let elapsed = started.elapsed();

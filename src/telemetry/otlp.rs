@@ -8,9 +8,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -75,4 +78,34 @@ impl HttpClient for Blocking {
         *out.headers_mut() = headers;
         Ok(out)
     }
+}
+
+/// The W3C trace context a message's `traceparent` (and `tracestate`) header carries, as a link
+/// target for the batch that applies it; `None` when export is off or the header is invalid.
+/// Boxed: a batch holds one per message, and most messages carry none.
+pub fn message_context(
+    traceparent: Option<&[u8]>,
+    tracestate: Option<&[u8]>,
+) -> Option<Box<SpanContext>> {
+    if !enabled() {
+        return None;
+    }
+    struct Carrier<'a>(&'a str, Option<&'a str>);
+    impl Extractor for Carrier<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                "traceparent" => Some(self.0),
+                "tracestate" => self.1,
+                _ => None,
+            }
+        }
+        fn keys(&self) -> Vec<&str> {
+            vec!["traceparent", "tracestate"]
+        }
+    }
+    let parent = std::str::from_utf8(traceparent?).ok()?;
+    let state = tracestate.and_then(|s| std::str::from_utf8(s).ok());
+    let context = TraceContextPropagator::new().extract(&Carrier(parent, state));
+    let span = context.span().span_context().clone();
+    span.is_valid().then(|| Box::new(span))
 }

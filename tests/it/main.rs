@@ -26,4 +26,5 @@ mod schema;
 mod schema_v2;
 mod security;
 mod stalls;
+mod trace_context;
 mod validate;
