@@ -45,12 +45,19 @@ fn main() {
     }
 }
 
-/// `$OUT_DIR/order_worker.contract.rs`, included by `src/contract/protobuf.rs`.
+/// `$OUT_DIR/order_worker.contract.rs`, included by `src/contract/protobuf.rs`, and the compiled
+/// descriptors (`order_event.fds`), which tools that build message types at run time read.
 fn protobuf_types() {
     const PROTO: &str = "schema/order_event.proto";
     println!("cargo:rerun-if-changed={PROTO}");
     let descriptors = protox::compile([PROTO], ["schema"])
         .unwrap_or_else(|e| panic!("{PROTO} does not compile: {e}"));
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(
+        out.join("order_event.fds"),
+        prost::Message::encode_to_vec(&descriptors),
+    )
+    .expect("OUT_DIR is writable");
     prost_build::Config::new()
         .compile_fds(descriptors)
         .unwrap_or_else(|e| panic!("generating the types of {PROTO}: {e}"));

@@ -109,6 +109,21 @@ ensure_cmake() {
   hash -r
 }
 
+# The Confluent serializers the registry tests publish with (tests/tools/produce_confluent.py):
+# confluent-kafka's Python client with its Avro and Protobuf extras, in a venv of their own (the
+# system Python stays as it is). A few seconds when present; tests find it through
+# ORDER_WORKER_TEST_PYTHON.
+ensure_python_clients() {
+  local venv="$HOME/.cache/order-worker/pyenv"
+  if ! "$venv/bin/python" -c 'import confluent_kafka, fastavro, google.protobuf' 2>/dev/null; then
+    echo "==> installing confluent-kafka 2.16.1 with Avro and Protobuf (PyPI, a venv)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "confluent-kafka[avro,protobuf,schemaregistry]==2.16.1" "fastavro==1.13.1" "protobuf==7.36.2"
+  fi
+  export ORDER_WORKER_TEST_PYTHON="$venv/bin/python"
+}
+
 # The allocator settings the image gives the worker: the value of the Dockerfile's
 # `ENV GLIBC_TUNABLES=` line, the one place they are written.
 image_tunables() {

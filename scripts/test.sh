@@ -4,7 +4,9 @@
 #   - tansu, a Kafka-compatible broker run as a separate process by the end-to-end tests
 #     (built from crates.io once per machine: about 15-20 minutes the first time);
 #   - cargo-nextest (each test in its own process);
-#   - promtool (Debian package prometheus), which checks a live scrape of /metrics.
+#   - promtool (Debian package prometheus), which checks a live scrape of /metrics;
+#   - confluent-kafka's Python client with its Avro and Protobuf serializers (a venv), which
+#     the schema-registry tests publish with.
 # Then: the deployment files (scripts/check-deploy.sh: Dockerfile, k8s/, alerts, dashboard;
 # it installs hadolint, kubernetes-validate, checkov and yamllint), formatting, clippy with
 # warnings as errors, unit and integration tests, and the chaos suite's short profile
@@ -26,6 +28,7 @@ if ! command -v cargo-nextest >/dev/null; then
   cargo install cargo-nextest --locked
 fi
 ensure_tansu
+ensure_python_clients
 
 echo "==> deployment files (scripts/check-deploy.sh)"
 scripts/check-deploy.sh

@@ -22,6 +22,10 @@ pub mod types {
     include!(concat!(env!("OUT_DIR"), "/order_worker.contract.rs"));
 }
 
+/// `schema/order_event.proto` compiled: a serialized `FileDescriptorSet` with its imports, for
+/// clients that build the message types at run time (the tests' Python producer).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/order_event.fds"));
+
 /// Reads one bare OrderEvent message (no framing).
 pub(super) fn parse(bytes: &[u8]) -> Result<WireEvent, Rejection> {
     let event = types::OrderEvent::decode(bytes).map_err(|e| {

@@ -13,6 +13,7 @@ mod dead_letter_topic;
 mod dead_letters;
 mod deploy;
 mod e2e;
+mod encodings;
 mod faults;
 mod hostile;
 mod kafka_auth;

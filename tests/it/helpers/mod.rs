@@ -1,8 +1,10 @@
 //! What the integration tests share: real PostgreSQL, real brokers, the worker in-process or as
 //! the built binary, and reading its metrics the way Prometheus does.
 
+pub mod confluent;
 pub mod kafka;
 pub mod pg;
+pub mod registry;
 pub mod tls;
 
 use std::future::Future;
