@@ -13,6 +13,7 @@
 
 mod avro;
 pub mod headers;
+mod json;
 mod object_only;
 pub mod protobuf;
 mod rejection;
@@ -29,6 +30,8 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use json::unsupported;
 
 pub use headers::Headers;
 pub use rejection::{DeadLetterRecord, Reason, Rejection, Stage};
@@ -222,12 +225,6 @@ struct WireEvent {
     shipping: Option<Shipping>,
 }
 
-/// Only read when a payload fails to parse, to tell "a newer contract" from "broken input".
-#[derive(Deserialize)]
-struct VersionProbe {
-    schema_version: Option<serde_json::Value>,
-}
-
 /// What the worker knows of a message's encoding besides its bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hints<'a> {
@@ -304,15 +301,36 @@ pub fn decode_value_with(
     let encoding = wire_format::detect(hints.content_type, payload)
         .map_err(|bad| Rejection::new(Reason::InvalidProtobuf, format!("payload {}", bad.0)))?;
     let (told, wire) = match encoding {
-        Encoding::Json => return validate::event(json(payload)?),
-        Encoding::Protobuf => (
-            "Protobuf (content-type header)".to_owned(),
-            protobuf::parse(payload),
-        ),
+        Encoding::Json => return validate::event(json::parse_payload(payload)?),
+        Encoding::Protobuf => (Told::Header, protobuf::parse(payload)),
         Encoding::Framed { schema_id } => framed(hints.writer, schema_id, payload),
     };
+    // The encoding is named in the rejection only: a valid event allocates nothing for it.
     wire.and_then(validate::event)
         .map_err(|r| Rejection::new(r.reason, format!("{told}: {}", r.detail)))
+}
+
+/// How a value's encoding was told, for a rejection's message.
+enum Told {
+    Header,
+    Framed {
+        body: Option<wire_format::Body>,
+        schema_id: u32,
+    },
+}
+
+impl std::fmt::Display for Told {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Header => f.write_str("Protobuf (content-type header)"),
+            Self::Framed { body, schema_id } => {
+                if let Some(body) = body {
+                    write!(f, "{} ", body.as_str())?;
+                }
+                write!(f, "(Confluent wire format, schema id {schema_id})")
+            }
+        }
+    }
 }
 
 /// A Confluent-framed value: how it was told (for messages) and its wire event.
@@ -320,7 +338,7 @@ fn framed(
     writer: Option<&WriterSchema>,
     schema_id: u32,
     payload: &[u8],
-) -> (String, Result<WireEvent, Rejection>) {
+) -> (Told, Result<WireEvent, Rejection>) {
     use wire_format::Body;
     let body = match writer {
         None => wire_format::framed_body(payload),
@@ -329,7 +347,10 @@ fn framed(
         Some(WriterSchema::Json) => Body::Json,
         Some(WriterSchema::Unreadable(why)) => {
             return (
-                format!("Confluent wire format, schema id {schema_id}"),
+                Told::Framed {
+                    body: None,
+                    schema_id,
+                },
                 Err(Rejection::new(
                     Reason::SchemaViolation,
                     format!("the registry's schema {schema_id} cannot be read: {why}"),
@@ -337,10 +358,10 @@ fn framed(
             );
         }
     };
-    let told = format!(
-        "{} (Confluent wire format, schema id {schema_id})",
-        body.as_str()
-    );
+    let told = Told::Framed {
+        body: Some(body),
+        schema_id,
+    };
     let bad_frame = |bad: wire_format::BadFrame| {
         let reason = match body {
             Body::Avro => Reason::InvalidAvro,
@@ -352,112 +373,8 @@ fn framed(
         .map_err(bad_frame)
         .and_then(|message| match writer {
             Some(WriterSchema::Avro(schema)) => avro::parse(schema, message),
-            _ if body == Body::Json => json(message),
+            _ if body == Body::Json => json::parse_payload(message),
             _ => protobuf::parse(message),
         });
     (told, wire)
-}
-
-fn json(payload: &[u8]) -> Result<WireEvent, Rejection> {
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        Rejection::new(
-            Reason::InvalidJson,
-            format!(
-                "payload is not UTF-8: invalid byte at offset {}",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    parse(text)
-}
-
-fn parse(text: &str) -> Result<WireEvent, Rejection> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    // Tracking the field path costs about half of the decode (docs/performance.md): only a payload
-    // that fails is parsed again with it, for the rejection's message.
-    match WireEvent::deserialize(object_only::ObjectOnly(&mut de)) {
-        Ok(wire) => complete(de, wire),
-        Err(_) => parse_tracking_path(text),
-    }
-}
-
-fn parse_tracking_path(text: &str) -> Result<WireEvent, Rejection> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let wire: WireEvent = serde_path_to_error::deserialize(object_only::ObjectOnly(&mut de))
-        .map_err(|err| classify(text, err))?;
-    complete(de, wire)
-}
-
-/// Refuses trailing input and contract versions this build does not read.
-fn complete(
-    mut de: serde_json::Deserializer<serde_json::de::StrRead<'_>>,
-    wire: WireEvent,
-) -> Result<WireEvent, Rejection> {
-    de.end().map_err(|e| {
-        Rejection::new(
-            Reason::InvalidJson,
-            format!("payload is not valid JSON: {e}"),
-        )
-    })?;
-    match wire.schema_version.unwrap_or(1) {
-        1 => Ok(WireEvent {
-            discount_minor: None,
-            shipping: None,
-            ..wire
-        }),
-        2 => Ok(wire),
-        other => Err(unsupported(&other.to_string())),
-    }
-}
-
-fn classify(text: &str, err: serde_path_to_error::Error<serde_json::Error>) -> Rejection {
-    use serde_json::error::Category;
-    let path = err.path().to_string();
-    let inner = err.into_inner();
-    match inner.classify() {
-        Category::Data => {
-            // The typed parse stops at the first wrong shape; broken syntax further on is the
-            // more basic fault, so it is looked for (only on this failure path).
-            if let Err(syntax) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                return Rejection::new(
-                    Reason::InvalidJson,
-                    format!("payload is not valid JSON: {syntax}"),
-                );
-            }
-            // A payload of another contract version fails on its own shape first; name the
-            // version instead, it is the actionable fact for the producer.
-            let mut de = serde_json::Deserializer::from_str(text);
-            if let Ok(VersionProbe {
-                schema_version: Some(v),
-            }) = VersionProbe::deserialize(object_only::ObjectOnly(&mut de))
-                && !v
-                    .as_u64()
-                    .is_some_and(|v| (1..=SCHEMA_VERSION).contains(&v))
-            {
-                return unsupported(&v.to_string());
-            }
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!("{path}: ")
-            };
-            Rejection::new(Reason::SchemaViolation, format!("{at}{inner}"))
-        }
-        Category::Syntax | Category::Eof | Category::Io => Rejection::new(
-            Reason::InvalidJson,
-            format!("payload is not valid JSON: {inner}"),
-        ),
-    }
-}
-
-/// `found` is JSON text (control characters escaped); it is only cut to a readable length.
-pub(super) fn unsupported(found: &str) -> Rejection {
-    let found: String = found.chars().take(32).collect();
-    Rejection::new(
-        Reason::UnsupportedSchemaVersion,
-        format!(
-            "schema_version {found} is not supported, this worker reads versions 1 to \
-             {SCHEMA_VERSION}"
-        ),
-    )
 }
