@@ -298,17 +298,18 @@ pub struct RegistryConfig {
     /// Karapace) resolving the schema ids of framed messages, e.g. `http://schema-registry:8081`.
     /// Without it a framed value is read as JSON or Protobuf by its first bytes, and Avro is
     /// not read.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", global = true)]
     pub schema_registry_url: Option<String>,
     /// File holding `user:password` for HTTP Basic authentication (Confluent Cloud: API key and
     /// secret), read at each schema fetch so a rotated Secret applies without a restart.
-    #[arg(long, env = "SCHEMA_REGISTRY_BASIC_AUTH_FILE")]
+    #[arg(long, env = "SCHEMA_REGISTRY_BASIC_AUTH_FILE", global = true)]
     pub schema_registry_basic_auth_file: Option<std::path::PathBuf>,
     /// File holding a bearer token, read at each schema fetch (a projected token rotates).
-    #[arg(long, env = "SCHEMA_REGISTRY_BEARER_TOKEN_FILE")]
+    #[arg(long, env = "SCHEMA_REGISTRY_BEARER_TOKEN_FILE", global = true)]
     pub schema_registry_bearer_token_file: Option<std::path::PathBuf>,
     /// Longest one schema fetch may take; a failed fetch is retried with backoff.
-    #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SCHEMA_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration,
+          global = true)]
     pub schema_registry_timeout: Duration,
 }
 

@@ -29,6 +29,8 @@ pub enum Error {
          will be redelivered"
     )]
     DrainTimeout(Duration),
+    #[error("{0}")]
+    SchemaRegistry(String),
     #[error("pipeline task failed: {0}")]
     TaskFailed(String),
     #[error("stopped before the operation could finish")]

@@ -18,9 +18,10 @@ use uuid::Uuid;
 use rdkafka::consumer::Consumer;
 
 use crate::config::{TopicSample, ValidateConfig, ValidateSource};
-use crate::contract;
+use crate::contract::{self, Headers, Hints, WriterSchema, wire_format};
 use crate::error::Error;
 use crate::kafka::originals::{Original, Originals, ReadBack};
+use crate::registry::SchemaRegistry;
 
 /// How long reading a topic sample may take.
 const TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +32,8 @@ pub struct Sample {
     pub source: String,
     pub key: Key,
     pub value: Option<Vec<u8>>,
+    /// The message's `content-type` header.
+    pub content_type: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,13 +60,20 @@ pub struct Verdict {
     pub detail: Option<String>,
 }
 
-pub fn judge(sample: &Sample, max_payload_bytes: usize) -> Verdict {
+/// The verdict on `sample`; `writer` is the registry's schema for a Confluent-framed value.
+pub fn judge(sample: &Sample, max_payload_bytes: usize, writer: Option<&WriterSchema>) -> Verdict {
     let value = sample.value.as_deref();
     let size = value.map_or(0, <[u8]>::len);
     let shown = value.map(|v| &v[..size.min(max_payload_bytes)]);
+    let hints = Hints {
+        content_type: sample.content_type.as_deref(),
+        writer,
+    };
     let outcome = match &sample.key {
-        Key::Given(key) => contract::decode(key.as_deref(), shown, size, max_payload_bytes),
-        Key::OwnOrderId => contract::decode_value(shown, size, max_payload_bytes),
+        Key::Given(key) => {
+            contract::decode_with(hints, key.as_deref(), shown, size, max_payload_bytes)
+        }
+        Key::OwnOrderId => contract::decode_value_with(hints, shown, size, max_payload_bytes),
     };
     let source = sample.source.clone();
     match outcome {
@@ -130,9 +140,22 @@ pub async fn validate(cfg: &ValidateConfig) -> Result<Report, Error> {
         None => read_inputs(cfg)?,
     };
     let max = cfg.max_payload_bytes as usize;
-    Ok(Report {
-        verdicts: samples.iter().map(|s| judge(s, max)).collect(),
-    })
+    let registry = SchemaRegistry::new(&cfg.schema_registry)?;
+    let mut verdicts = Vec::with_capacity(samples.len());
+    for sample in &samples {
+        let id = sample.value.as_deref().and_then(wire_format::schema_id);
+        let writer = match (&registry, id) {
+            (Some(registry), Some(id)) => Some(
+                registry
+                    .writer_schema(id)
+                    .await
+                    .map_err(|e| Error::SchemaRegistry(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        verdicts.push(judge(sample, max, writer.as_deref()));
+    }
+    Ok(Report { verdicts })
 }
 
 fn read_inputs(cfg: &ValidateConfig) -> Result<Vec<Sample>, Error> {
@@ -156,8 +179,13 @@ fn read_inputs(cfg: &ValidateConfig) -> Result<Vec<Sample>, Error> {
                 source: name,
                 key: given.clone().unwrap_or(Key::OwnOrderId),
                 value: Some(bytes),
+                content_type: None,
             });
         }
+    }
+    let content_type = cfg.content_type.as_ref().map(|c| c.clone().into_bytes());
+    for s in &mut samples {
+        s.content_type.clone_from(&content_type);
     }
     Ok(samples)
 }
@@ -199,7 +227,12 @@ fn lines(name: &str, bytes: &[u8], keyed: bool, given: Option<&Key>) -> Vec<Samp
                 Some(line.to_vec()),
             ),
         };
-        out.push(Sample { source, key, value });
+        out.push(Sample {
+            source,
+            key,
+            value,
+            content_type: None,
+        });
     }
     out
 }
@@ -237,10 +270,18 @@ fn read_topic(sample: &TopicSample) -> Result<Vec<Sample>, Error> {
     Ok(wanted
         .iter()
         .filter_map(|&(p, o)| match read.remove(&(p, o))? {
-            Original::Found { key, payload, .. } => Some(Sample {
+            Original::Found {
+                key,
+                payload,
+                headers,
+            } => Some(Sample {
                 source: format!("{topic}/{p}@{o}"),
                 key: Key::Given(key),
                 value: payload,
+                content_type: Headers::new(&headers)
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(contract::CONTENT_TYPE_HEADER))
+                    .and_then(|(_, v)| v.map(<[u8]>::to_vec)),
             }),
             Original::Gone => None,
         })
@@ -284,25 +325,40 @@ mod tests {
             source: "f".into(),
             key: Key::OwnOrderId,
             value: Some(value.clone()),
+            content_type: None,
         };
-        let verdict = judge(&unkeyed, 1 << 20);
+        let verdict = judge(&unkeyed, 1 << 20, None);
         assert!(verdict.ok && verdict.version == Some(3), "{verdict:?}");
         let wrong = Sample {
             key: Key::Given(Some(b"other".to_vec())),
             ..unkeyed
         };
-        assert_eq!(judge(&wrong, 1 << 20).reason, Some("key_mismatch"));
+        assert_eq!(judge(&wrong, 1 << 20, None).reason, Some("key_mismatch"));
         let tombstone = Sample {
             source: "t".into(),
             key: Key::Given(None),
             value: None,
+            content_type: None,
         };
-        assert_eq!(judge(&tombstone, 1 << 20).reason, Some("tombstone"));
+        assert_eq!(judge(&tombstone, 1 << 20, None).reason, Some("tombstone"));
         let big = Sample {
             source: "b".into(),
             key: Key::OwnOrderId,
             value: Some(value),
+            content_type: None,
         };
-        assert_eq!(judge(&big, 64).reason, Some("payload_too_large"));
+        assert_eq!(judge(&big, 64, None).reason, Some("payload_too_large"));
+        let protobuf = Sample {
+            source: "p".into(),
+            key: Key::OwnOrderId,
+            value: Some(event.to_protobuf()),
+            content_type: Some(b"application/x-protobuf".to_vec()),
+        };
+        assert!(judge(&protobuf, 1 << 20, None).ok);
+        let unnamed = Sample {
+            content_type: None,
+            ..protobuf
+        };
+        assert_eq!(judge(&unnamed, 1 << 20, None).reason, Some("invalid_json"));
     }
 }

@@ -96,6 +96,14 @@ pub struct ValidateConfig {
     /// Print JSON (one object per event) instead of one line per event.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The `content-type` header the events read from files or standard input would carry:
+    /// `application/x-protobuf` judges each file (or line of --keyed) as a bare Protobuf
+    /// OrderEvent. A topic's messages carry their own headers.
+    #[arg(long)]
+    pub content_type: Option<String>,
+    /// Resolves the schema ids of Confluent-framed events (Avro needs it), as the worker does.
+    #[command(flatten)]
+    pub schema_registry: super::RegistryConfig,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -1,7 +1,7 @@
 //! The same orders in every encoding the worker reads, end to end on the separate broker (tansu):
 //! JSON, bare Protobuf named by the `content-type` header, and Confluent-framed Protobuf and Avro
 //! published by Confluent's own serializers through a schema registry (the stand-in of
-//! `helpers::registry`). Each lands as the same rows. A registry that is down dead-letters
+//! `helpers::registry`). `validate topic` calls each event ok, and each lands as the same rows. A registry that is down dead-letters
 //! nothing: the messages wait, lag stays, `/readyz` says why, and they drain once it is back.
 
 use std::time::Duration;
@@ -128,6 +128,25 @@ async fn the_same_orders_in_json_protobuf_and_avro_through_the_registry_land_as_
                 &json_values(&events),
             ),
         }
+        // The producer's check first: `validate` reads the topic as the worker will.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"))
+            .args([
+                "validate",
+                "topic",
+                "--brokers",
+                &tansu.brokers,
+                "--topic",
+                &topic,
+            ])
+            .args(["--last", "20", "--schema-registry-url", &registry.url])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.matches(": ok (order").count() == 20,
+            "{format}: validate says\n{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let db = TestDb::create().await;
         let flags = ["--schema-registry-url", registry.url.as_str()];
         let worker = start_worker(&tansu.brokers, &db.url, &topic, &group, &flags).await;

@@ -162,7 +162,6 @@ fn a_writer_schema_with_more_fields_in_another_order_reads_the_same() {
     assert_eq!(read(&WriterSchema::Avro(parsed), &bytes), Ok(event));
 }
 
-
 #[test]
 fn a_writer_schema_without_a_required_field_is_a_schema_violation_naming_it() {
     let mut schema: serde_json::Value = serde_json::from_str(AVSC).unwrap();
