@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_id};
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_all_subjects, get_schema_by_id,
+};
 use schema_registry_converter::schema_registry_common::SchemaType;
 
 use crate::config::RegistryConfig;
@@ -88,6 +90,16 @@ impl SchemaRegistry {
         }
         cache.insert(id, Arc::clone(&schema));
         Ok(schema)
+    }
+
+    /// How many subjects the registry lists (`GET /subjects`): whether it answers and takes the
+    /// credentials, for `order-worker check`.
+    pub async fn subjects(&self) -> Result<usize, String> {
+        let settings = self.settings().map_err(|e| e.to_string())?;
+        get_all_subjects(&settings)
+            .await
+            .map(|s| s.len())
+            .map_err(|e| describe(&e.error, e.cause.as_deref()))
     }
 
     /// The client settings, credentials read from their files now.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::CheckConfig;
+use crate::registry::SchemaRegistry;
 
 /// Longest any one request may take: a check that waits longer is as good as failed.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,10 +108,37 @@ pub async fn check(cfg: &CheckConfig) -> Report {
     let mut checks = vec![settings(cfg)];
     checks.extend(kafka::check(cfg).await);
     checks.extend(postgres::check(cfg).await);
+    checks.extend(schema_registry(cfg).await);
     Report {
         passed: checks.iter().all(|f| f.status == Status::Ok),
         checks,
     }
+}
+
+/// With `SCHEMA_REGISTRY_URL`: the registry answers and takes the credentials.
+async fn schema_registry(cfg: &CheckConfig) -> Option<Finding> {
+    const NAME: &str = "schema registry";
+    let registry_cfg = &cfg.run.worker.schema_registry;
+    let url = registry_cfg.schema_registry_url.as_deref()?;
+    let registry = match SchemaRegistry::new(registry_cfg) {
+        Ok(registry) => registry?,
+        Err(e) => return Some(Finding::fail(NAME, e.to_string(), "fix the file it names")),
+    };
+    Some(
+        match tokio::time::timeout(TIMEOUT, registry.subjects()).await {
+            Ok(Ok(n)) => Finding::ok(NAME, format!("{url} answers ({n} subjects)")),
+            Ok(Err(e)) => Finding::fail(
+                NAME,
+                format!("{url}: {e}"),
+                "check SCHEMA_REGISTRY_URL, the credentials file and the pod's egress to it",
+            ),
+            Err(_) => Finding::fail(
+                NAME,
+                format!("{url} did not answer within {}s", TIMEOUT.as_secs()),
+                "check SCHEMA_REGISTRY_URL and the pod's egress to it",
+            ),
+        },
+    )
 }
 
 fn settings(cfg: &CheckConfig) -> Finding {

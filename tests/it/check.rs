@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::helpers::kafka::{Mock, Tansu};
 use crate::helpers::pg::TestDb;
+use crate::helpers::registry::TestRegistry;
 use crate::helpers::{unique, worker_bin};
 
 type Findings = BTreeMap<String, (String, String)>;
@@ -129,6 +130,22 @@ async fn a_missing_dead_letter_topic_fails_its_check() {
     let extra = ["--dead-letter-topic", "orders.missing-dlq"];
     let outcome = check(&mock.brokers, &db, &topic, &extra, &[]);
     only_fails(&outcome, "dead-letter topic", "DEAD_LETTER_TOPIC");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_registry_that_does_not_answer_fails_its_check() {
+    let topic = unique("orders");
+    let mock = Mock::with_topic(&topic, 2);
+    let db = TestDb::create().await;
+    let mut registry = TestRegistry::start().await;
+    let url = registry.url.clone();
+    let extra = ["--schema-registry-url", url.as_str()];
+    let (code, findings) = check(&mock.brokers, &db, &topic, &extra, &[]);
+    assert_eq!(code, 0, "{findings:?}");
+    assert_eq!(findings["schema registry"].0, "ok");
+    registry.stop();
+    let outcome = check(&mock.brokers, &db, &topic, &extra, &[]);
+    only_fails(&outcome, "schema registry", "SCHEMA_REGISTRY_URL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

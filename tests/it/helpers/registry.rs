@@ -4,7 +4,8 @@
 //! the Confluent serializers and the worker call:
 //! - `POST /subjects/{subject}/versions`: register; the same schema text gets the same id;
 //! - `GET /schemas/ids/{id}`: `{"schema", "schemaType"}` (left out for Avro, as the registry does),
-//!   404 with error code 40403 for an id it does not know.
+//!   404 with error code 40403 for an id it does not know;
+//! - `GET /subjects`: the subjects registered (`order-worker check`).
 //!
 //! It can stop (connections refused: an outage) and restart on the same port with the same
 //! schemas and ids, and it logs each request.
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 struct Store {
     /// (schemaType, schema text) by id; ids start at 1.
     schemas: Vec<(String, String)>,
+    subjects: Vec<String>,
     requests: Vec<String>,
 }
 
@@ -54,6 +56,7 @@ impl TestRegistry {
         let app = Router::new()
             .route("/subjects/{subject}/versions", post(register))
             .route("/schemas/ids/{id}", get(by_id))
+            .route("/subjects", get(subjects))
             .with_state(self.store.clone());
         self.server = Some(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -108,6 +111,9 @@ async fn register(
         return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "Invalid schema");
     };
     let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_owned();
+    if !store.subjects.contains(&subject) {
+        store.subjects.push(subject);
+    }
     let entry = (kind, schema.to_owned());
     let id = match store.schemas.iter().position(|s| *s == entry) {
         Some(i) => i + 1,
@@ -117,6 +123,12 @@ async fn register(
         }
     };
     Json(json!({"id": id})).into_response()
+}
+
+async fn subjects(State(store): State<Shared>) -> Response {
+    let mut store = store.lock().unwrap();
+    store.requests.push("GET /subjects".to_owned());
+    Json(json!(store.subjects)).into_response()
 }
 
 async fn by_id(State(store): State<Shared>, Path(id): Path<usize>) -> Response {
