@@ -8,7 +8,14 @@ use clap::CommandFactory;
 use order_worker::config::Cli;
 
 /// Variables the worker reads outside clap (documented in the same tables).
-const OUTSIDE_CLAP: &[&str] = &["RUST_LOG", "GLIBC_TUNABLES"];
+/// Variables read by others: the log filter, glibc, and OpenTelemetry's SDK (the standard
+/// `OTEL_*` variables).
+const OUTSIDE_CLAP: &[&str] = &[
+    "RUST_LOG",
+    "GLIBC_TUNABLES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+];
 
 fn document() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
