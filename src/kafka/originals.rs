@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaProperty;
 use crate::contract::headers::HeaderWriter;
-use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Login, client_config};
+use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Login, client_config, prime};
 
 /// Most a broker returns of one partition per fetch. A single larger message still comes whole
 /// (KIP-74), so this bounds the bytes read past what is wanted, never what can be read.
@@ -153,6 +153,9 @@ impl Originals {
             return Ok(0);
         }
         let consumer: BaseConsumer<Login> = self.config.create_with_context(Login)?;
+        // Its first requests are watermark queries made before any poll serves a token
+        // refresh: with a login token (MSK IAM) it must hold one from the start.
+        prime(consumer.client());
         self.drop_out_of_range(&consumer, &mut pending, read, deadline, stop)?;
         self.assign(&consumer, &pending)?;
         let mut repositioned = 0;

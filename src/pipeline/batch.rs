@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 
+use opentelemetry::trace::SpanContext;
 use uuid::Uuid;
 
 use crate::contract::DeadLetterRecord;
-use opentelemetry::trace::SpanContext;
-
 use crate::contract::{self, Headers, Hints, OrderEvent, Rejection, WriterSchema};
 use crate::db::OrderRow;
 use crate::pipeline::Envelope;
