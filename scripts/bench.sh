@@ -16,7 +16,10 @@
 #   BENCH_CEILING_CONNS [2,4], BENCH_CEILING_BATCH [1000,16000] (rows per UNNEST statement;
 #                                the ceiling loads with every count x every size)
 #   BENCH_NAIVE_SECS [20]        measuring window of the naive consumer
-#   BENCH_LATENCY_SECS [20], BENCH_LATENCY_RATE [half the end-to-end rate],
+#   BENCH_SUSTAIN_SECS [60], BENCH_SUSTAIN_STEPS [4], BENCH_SUSTAIN_START [half the end-to-end
+#                                rate]: the search for the highest paced rate at which lag stays
+#                                flat for BENCH_SUSTAIN_SECS (each step a fresh topic and worker)
+#   BENCH_LATENCY_SECS [20], BENCH_LATENCY_RATE [half the sustainable rate],
 #   BENCH_LATENCY_WARMUP_SECS [3], BENCH_LATENCY_ARGS [--kafka-property fetch.wait.max.ms=10]
 #   BENCH_LATENCY_PARTITIONS [16] partitions of the latency topic (the mock broker's Fetch cost
 #                                grows with the produced batches a partition holds)
@@ -31,7 +34,10 @@
 #   BENCH_VARIANTS               more end-to-end runs: "label=flags;label=flags"
 #   BENCH_WORKER_RUST_LOG [info] the workers' RUST_LOG, e.g. "info,librdkafka=debug" together
 #                                with BENCH_WORKER_ARGS="--kafka-property debug=fetch"
-#   BENCH_PHASES [size,ceiling,e2e,naive,latency,startup]
+#   BENCH_PHASES [size,ceiling,e2e,naive,python,quix,sustain,latency,startup]; python and quix
+#                                are the peers (bench/peers/), run with a venv this script
+#                                builds from PyPI (BENCH_PEERS_PYTHON to use another Python)
+#   BENCH_PEERS_TIMEOUT_SECS [600] how long a peer may take to drain the backlog
 #   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
 #                                creates and drops databases named ow_bench_* there. Unset,
 #                                the local server is started and configured once (lib.sh's
@@ -53,6 +59,10 @@ if [ -z "${BENCH_DATABASE_URL:-}" ]; then
 fi
 
 ensure_cmake
+phases=${BENCH_PHASES:-python,quix}
+if [ -z "${BENCH_PEERS_PYTHON:-}" ] && [[ ",$phases," =~ ,(python|quix), ]]; then
+  ensure_bench_peers
+fi
 echo "==> building the release binary and the benchmark harness" >&2
 cargo build --release --locked --bin order-worker
 cargo build --release --locked -p order-worker-bench --bin bench

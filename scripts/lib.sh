@@ -124,6 +124,19 @@ ensure_python_clients() {
   export ORDER_WORKER_TEST_PYTHON="$venv/bin/python"
 }
 
+# The benchmark's peers (bench/peers/): a hand-written confluent-kafka consumer and Quix Streams
+# with its PostgreSQL sink, in a venv of their own. Exports BENCH_PEERS_PYTHON.
+ensure_bench_peers() {
+  local venv="$HOME/.cache/order-worker/peers-venv"
+  if ! "$venv/bin/python" -c 'import confluent_kafka, psycopg, psycopg2, quixstreams' 2>/dev/null; then
+    echo "==> installing the benchmark's peers: Quix Streams 3.28.1, psycopg 3.3.9 (PyPI, a venv)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "quixstreams[postgresql]==3.28.1" "psycopg[binary]==3.3.9"
+  fi
+  export BENCH_PEERS_PYTHON="$venv/bin/python"
+}
+
 # The allocator settings the image gives the worker: the value of the Dockerfile's
 # `ENV GLIBC_TUNABLES=` line, the one place they are written.
 image_tunables() {

@@ -19,6 +19,10 @@ const LATENCY_TOPIC: &str = "bench-latency";
 pub fn latency_topic(round: usize) -> String {
     format!("{LATENCY_TOPIC}-{}", round + 1)
 }
+/// The topic of the sustainable-rate search's step `step` (from 0).
+pub fn sustain_topic(step: usize) -> String {
+    format!("bench-sustain-{}", step + 1)
+}
 /// A topic that stays empty (startup and idle memory).
 pub const IDLE_TOPIC: &str = "bench-idle";
 /// Every database the harness creates is named `<DB_PREFIX><run id>_<what>`.

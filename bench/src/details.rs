@@ -19,6 +19,8 @@ pub fn details(b: &Bench, r: &Results) -> String {
         size,
         rounds,
         naive,
+        peers,
+        sustain,
         latency: lat,
         startup: start,
         startup_plain: start_plain,
@@ -125,6 +127,12 @@ pub fn details(b: &Bench, r: &Results) -> String {
             rate_str(n.result.rate())
         );
         let _ = writeln!(d, "- CPU: {}.", n.cpu.summary());
+    }
+    if !peers.is_empty() {
+        d.push_str(&crate::peers::section(peers, &mains, ev));
+    }
+    if let Some(su) = sustain {
+        d.push_str(&su.details(b.s.sustain_secs));
     }
     if !lat.is_empty() {
         let _ = writeln!(d, "\n## 4. Latency\n");

@@ -49,6 +49,11 @@ impl E2eResult {
         (span > 0.0).then(|| events as f64 / span)
     }
 
+    /// Worker CPU per event, µs.
+    pub fn worker_us_per_event(&self, events: usize) -> f64 {
+        self.cpu.of(Party::Worker) / events.max(1) as f64 * 1e6
+    }
+
     /// Events per CPU-second of the worker and PostgreSQL (the broker not counted).
     pub fn events_per_cpu_second(&self, events: usize) -> f64 {
         let cpu =

@@ -184,6 +184,11 @@ impl Probe {
 
     /// Whether the group committed the end of every partition (an empty one counts as done).
     pub fn caught_up(&self) -> bool {
+        self.lag() == Some(0)
+    }
+
+    /// Messages published and not yet committed by the group, over all partitions.
+    pub fn lag(&self) -> Option<i64> {
         lag::measure(
             &self.consumer,
             &self.group,
@@ -191,7 +196,8 @@ impl Probe {
             OffsetReset::Earliest,
             Duration::from_secs(5),
         )
-        .is_ok_and(|l| l.total() == 0)
+        .ok()
+        .map(|l| l.total())
     }
 
     /// (low, high) watermarks per partition.

@@ -1,4 +1,4 @@
-//! The order-worker benchmark: one run, one set of generated events, five measurements, one table.
+//! The order-worker benchmark: one run, one set of generated events, six measurements, one table.
 //!
 //! Run it with `./scripts/bench.sh` (builds the release binary and this harness, starts
 //! PostgreSQL, writes the table to `target/bench/<timestamp>.md`), or directly:
@@ -17,15 +17,17 @@
 //! 3. **Naive baseline**: a hand-written consumer in this process: per message one
 //!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
 //!    offset commit, for a fixed window after its first message.
-//! 4. **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
+//! 4. **Sustainable rate** (`sustain`): the highest paced rate at which a fresh worker's lag stays
+//!    flat for a minute, searched in a few steps from half the end-to-end rate.
+//! 5. **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
 //!    with 10,000 orders in progress at a time, so that each order's last message, the one its
 //!    row keeps observable, comes soon after its first, and such messages come at an even rate)
-//!    published at half the measured end-to-end rate with each message's send time as its
+//!    published at half the sustainable rate with each message's send time as its
 //!    Kafka timestamp; latency = the commit time of
 //!    the transaction that wrote the message's row or dead letter minus that timestamp (with
 //!    `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
 //!    transaction's start, `applied_at` / `created_at`).
-//! 5. **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
+//! 6. **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
 //!
 //! The broker is librdkafka's mock cluster, inside this process: its CPU is measured separately
 //! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
@@ -40,14 +42,19 @@
 //!   the benchmark may create and drop databases named `ow_bench_*`; `BENCH_KEEP_DBS=1` keeps them;
 //! - `BENCH_WORKER_BIN` (target/release/order-worker); `BENCH_WORKER_ARGS`: extra flags for every
 //!   worker run (e.g. `--processors 8 --batch-max-rows 2000`); `BENCH_WORKER_RUST_LOG` (info);
-//! - `BENCH_PHASES` (size,ceiling,e2e,naive,latency,startup): a subset runs only those (latency
+//! - `BENCH_PHASES` (size,ceiling,e2e,naive,python,quix,sustain,latency,startup; `python` and
+//!   `quix` are the peers of `peers.rs`, run with `BENCH_PEERS_PYTHON`, `BENCH_PEERS_TIMEOUT_SECS` (600) each): a subset runs only those (latency
 //!   without e2e needs `BENCH_LATENCY_RATE`);
 //! - `BENCH_ROUNDS` (3): how many times the ceiling and the end-to-end run alternate (the table
 //!   shows medians; each round's ratio is taken against its own ceiling);
 //! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000,16000: rows per UNNEST statement;
 //!   every connection count is run with every size);
 //! - `BENCH_NAIVE_SECS` (20);
-//! - `BENCH_LATENCY_SECS` (20), `BENCH_LATENCY_RATE` (half the end-to-end rate),
+//! - `BENCH_SUSTAIN_SECS` (60), `BENCH_SUSTAIN_STEPS` (4), `BENCH_SUSTAIN_START` (half the
+//!   end-to-end rate): the sustainable-rate search, each step on a topic, database and worker
+//!   of its own;
+//! - `BENCH_LATENCY_SECS` (20), `BENCH_LATENCY_RATE` (half the sustainable rate; half the
+//!   end-to-end rate when no step held),
 //!   `BENCH_LATENCY_PARTITIONS` (16: the mock broker looks a fetched offset up by walking the
 //!   partition's list of produced batches, so a steady trickle over many partitions, one batch
 //!   per message, makes every Fetch slower the longer the run lasts),
@@ -65,7 +72,7 @@
 //!
 //! One module per concern: `settings` (the variables above), `stream` (events, oracle, backlog),
 //! `bench` (what the phases share), one module per phase (`ceiling` with its `loaders`, `e2e`,
-//! `naive`, `latency`, `startup`), `report` and `details` (the output); underneath, `kafka`, `pg`,
+//! `naive`, `sustain`, `latency`, `startup`), `report` and `details` (the output); underneath, `kafka`, `pg`,
 //! `worker` (the subprocess), `metrics` (its HTTP endpoints), `timeline` and `cpu`. This file
 //! runs the phases in order.
 
@@ -79,17 +86,19 @@ mod latency;
 mod loaders;
 mod metrics;
 mod naive;
+mod peers;
 mod pg;
 mod report;
 mod settings;
 mod startup;
 mod stream;
+mod sustain;
 mod timeline;
 mod worker;
 
 use std::time::Instant;
 
-use bench::{Bench, IDLE_TOPIC, TOPIC, latency_topic, log};
+use bench::{Bench, IDLE_TOPIC, TOPIC, latency_topic, log, sustain_topic};
 use ceiling::{RoundResult, ceiling};
 use e2e::{E2eResult, end_to_end};
 use pg::Server;
@@ -137,6 +146,9 @@ fn main() {
     }
     for round in 0..s.latency_rounds {
         mock.create_topic(&latency_topic(round), s.latency_partitions);
+    }
+    for step in 0..s.sustain_steps {
+        mock.create_topic(&sustain_topic(step), s.latency_partitions);
     }
     let brokers = mock.bootstrap_servers();
     log(format!("mock cluster at {brokers}; publishing the backlog"));
@@ -198,8 +210,23 @@ fn main() {
     drop(rows);
     drop(messages);
     let naive = b.s.runs("naive").then(|| naive::naive_baseline(&mut b));
+    let peers = peers::peers(&mut b, digest.as_deref());
     let e2e_rate = report::e2e_rate(&rounds, b.s.events);
-    let latency_rate = b.s.latency_rate.or(e2e_rate.map(|r| r / 2.0));
+    // The latency phase runs at half the rate a steady stream can be sustained at (a drain's
+    // rate is higher: it folds versions of an order into one row).
+    let sustain = match (b.s.runs("sustain"), b.s.sustain_start.or(e2e_rate.map(|r| r / 2.0))) {
+        (true, Some(start)) => Some(sustain::sustainable_rate(&mut b, start)),
+        (true, None) => {
+            log("sustain skipped: needs the e2e phase or BENCH_SUSTAIN_START");
+            None
+        }
+        _ => None,
+    };
+    let latency_rate = b
+        .s
+        .latency_rate
+        .or(sustain.as_ref().and_then(|s| s.rate).map(|r| r / 2.0))
+        .or(e2e_rate.map(|r| r / 2.0));
     // Like the end-to-end runs, `BENCH_LATENCY_ROUNDS` runs: a p99 over one 20 s window is
     // the latency of its worst fifth of a second, which any stretch of the machine's other load
     // sets; the table shows the median round and every round's ratio.
@@ -234,6 +261,8 @@ fn main() {
         size,
         rounds,
         naive,
+        peers,
+        sustain,
         latency,
         startup,
         startup_plain,

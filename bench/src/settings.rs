@@ -35,6 +35,14 @@ pub struct Settings {
     pub latency_partitions: i32,
     pub latency_warmup_secs: f64,
     pub latency_rounds: usize,
+    /// Steps of the sustainable-rate search, and each step's measured window, s.
+    pub sustain_steps: usize,
+    pub sustain_secs: f64,
+    /// Where the search starts; else half the end-to-end rate.
+    pub sustain_start: Option<f64>,
+    /// The Python the peers run with, and how long each may take.
+    pub peers_python: String,
+    pub peers_timeout_secs: u64,
     /// Width of the slices of `<run>-latency-*-seconds.tsv`, ms.
     pub latency_slice_ms: i64,
     pub startup_runs: usize,
@@ -74,6 +82,7 @@ impl Settings {
             })
             .collect();
         let rate: f64 = env_or("BENCH_LATENCY_RATE", 0.0);
+        let sustain_start: f64 = env_or("BENCH_SUSTAIN_START", 0.0);
         Self {
             events,
             spec: SynthSpec {
@@ -95,7 +104,7 @@ impl Settings {
                 std::env::var("BENCH_LATENCY_ARGS")
                     .unwrap_or("--kafka-property fetch.wait.max.ms=10".to_owned()),
             ),
-            phases: list("BENCH_PHASES", "size,ceiling,e2e,naive,latency,startup"),
+            phases: list("BENCH_PHASES", "size,ceiling,e2e,naive,python,quix,sustain,latency,startup"),
             rounds: env_or("BENCH_ROUNDS", 3).max(1),
             ceiling_conns: counts("BENCH_CEILING_CONNS", "2,4"),
             ceiling_batches: counts("BENCH_CEILING_BATCH", "1000,16000"),
@@ -105,6 +114,11 @@ impl Settings {
             latency_partitions: env_or("BENCH_LATENCY_PARTITIONS", 16),
             latency_warmup_secs: env_or("BENCH_LATENCY_WARMUP_SECS", 3.0),
             latency_rounds: env_or("BENCH_LATENCY_ROUNDS", 3).max(1),
+            sustain_steps: env_or("BENCH_SUSTAIN_STEPS", 4).max(1),
+            sustain_secs: env_or("BENCH_SUSTAIN_SECS", 60.0),
+            sustain_start: (sustain_start > 0.0).then_some(sustain_start),
+            peers_python: env_or("BENCH_PEERS_PYTHON", "python3".to_owned()),
+            peers_timeout_secs: env_or("BENCH_PEERS_TIMEOUT_SECS", 600),
             latency_slice_ms: env_or("BENCH_LATENCY_SLICE_MS", 1000).max(1),
             startup_runs: env_or("BENCH_STARTUP_RUNS", 7).max(1),
             startup_compare_tls: env_or("BENCH_STARTUP_COMPARE_TLS", 1u8) == 1,
