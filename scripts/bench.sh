@@ -34,9 +34,10 @@
 #   BENCH_VARIANTS               more end-to-end runs: "label=flags;label=flags"
 #   BENCH_WORKER_RUST_LOG [info] the workers' RUST_LOG, e.g. "info,librdkafka=debug" together
 #                                with BENCH_WORKER_ARGS="--kafka-property debug=fetch"
-#   BENCH_PHASES [size,ceiling,e2e,naive,python,quix,sustain,latency,startup]; python and quix
-#                                are the peers (bench/peers/), run with a venv this script
-#                                builds from PyPI (BENCH_PEERS_PYTHON to use another Python)
+#   BENCH_PHASES [size,ceiling,e2e,naive,python,quix,sustain,latency,startup,replicas]; python
+#                                and quix are the peers (bench/peers/), run with a venv this
+#                                script builds from PyPI (BENCH_PEERS_PYTHON to use another Python)
+#   BENCH_REPLICAS [1,2,3]       worker counts of the replicas phase (one group, same backlog)
 #   BENCH_PEERS_TIMEOUT_SECS [600] how long a peer may take to drain the backlog
 #   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
 #                                creates and drops databases named ow_bench_* there. Unset,

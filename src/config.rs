@@ -210,9 +210,11 @@ pub struct ConsumerConfig {
     )]
     pub assignment_strategy: String,
     /// Bound of librdkafka's prefetch queue in KiB (queued.max.messages.kbytes). librdkafka's own
-    /// default is 64 MiB; 4 MiB (about 9k events of 0.5 KB) keeps the pipeline fed and memory
-    /// small (docs/performance.md#decisions).
-    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 4_096,
+    /// default is 64 MiB; 1 MiB (about 2k events of 0.5 KB) keeps the processors fed at the smallest
+    /// peak: 4 MiB holds 10-12 MiB more for drain rates within the same spread, half of it
+    /// starves the processors
+    /// (docs/performance.md#decisions).
+    #[arg(long, env = "KAFKA_QUEUE_MAX_KBYTES", default_value_t = 1_024,
           value_parser = clap::value_parser!(u32).range(1..=2_097_151))]
     pub queue_max_kbytes: u32,
 }

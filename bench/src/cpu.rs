@@ -136,6 +136,11 @@ impl CpuUse {
 
 impl CpuSnapshot {
     pub fn take(worker: Option<u32>, bench_db_prefix: &str) -> Self {
+        Self::take_all(worker.as_slice(), bench_db_prefix)
+    }
+
+    /// As [`CpuSnapshot::take`], with every process in `workers` counted as the worker.
+    pub fn take_all(workers: &[u32], bench_db_prefix: &str) -> Self {
         let mut ticks = HashMap::new();
         let me = std::process::id();
         for (tid, path) in numbered(&format!("/proc/{me}/task")) {
@@ -148,10 +153,10 @@ impl CpuSnapshot {
                 ticks.insert((me, tid), (party, t));
             }
         }
-        if let Some(pid) = worker
-            && let Some(t) = process_ticks(pid)
-        {
-            ticks.insert((pid, 0), (Party::Worker, t));
+        for &pid in workers {
+            if let Some(t) = process_ticks(pid) {
+                ticks.insert((pid, 0), (Party::Worker, t));
+            }
         }
         for (pid, path) in numbered("/proc") {
             if comm(&path) != "postgres" {

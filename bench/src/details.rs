@@ -25,6 +25,7 @@ pub fn details(b: &Bench, r: &Results) -> String {
         startup: start,
         startup_plain: start_plain,
         variants,
+        replicas,
         setup:
             Setup {
                 load_before,
@@ -133,6 +134,9 @@ pub fn details(b: &Bench, r: &Results) -> String {
     }
     if let Some(su) = sustain {
         d.push_str(&su.details(b.s.sustain_secs));
+    }
+    if !replicas.is_empty() {
+        d.push_str(&crate::replicas::section(replicas, ev));
     }
     if !lat.is_empty() {
         let _ = writeln!(d, "\n## 4. Latency\n");

@@ -131,17 +131,23 @@ impl Broker {
             .set("test.mock.num.brokers", "1")
             .create()
             .expect("mock cluster");
-        // SAFETY: the handle belongs to `client`, which outlives this call.
+        let broker = Self { client };
+        broker.set_group_delay(group_delay_ms);
+        broker
+    }
+
+    /// Sets `group.initial.rebalance.delay.ms` for groups that form from now on.
+    pub fn set_group_delay(&self, ms: i32) {
+        // SAFETY: the handle belongs to `self.client`, which outlives this call.
         unsafe {
             let mock =
-                rdkafka::bindings::rd_kafka_handle_mock_cluster(client.client().native_ptr());
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(self.client.client().native_ptr());
             assert!(
                 !mock.is_null(),
                 "test.mock.num.brokers made no mock cluster"
             );
-            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mock, group_delay_ms);
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mock, ms);
         }
-        Self { client }
     }
 
     fn mock(&self) -> rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext> {

@@ -1,33 +1,36 @@
-//! The order-worker benchmark: one run, one set of generated events, six measurements, one table.
+//! The order-worker benchmark: one run, one set of generated events, one table.
 //!
 //! Run it with `./scripts/bench.sh` (builds the release binary and this harness, starts
 //! PostgreSQL, writes the table to `target/bench/<timestamp>.md`), or directly:
 //! `cargo run --release -p order-worker-bench --bin bench` after `cargo build --release`.
 //!
 //! What it measures, all against the same deterministic stream (`order_worker::synth`: 1-5 line
-//! items per order, many orders with several versions each, 1% invalid, 2% re-sent duplicates):
+//! items per order, many orders with several versions each, 1% invalid, 2% re-sent duplicates),
+//! numbered as in the report:
 //!
-//! 1. **Ceiling**: the stream's rows loaded into an identical, empty `orders` table (a fresh
-//!    database migrated by `order-worker migrate`) by the fastest methods PostgreSQL offers here:
-//!    the worker's own UNNEST upsert over 2 and 4 connections, and COPY into a staging table +
-//!    one INSERT ... SELECT DISTINCT ON. Every method must leave the oracle's final state.
-//! 2. **End to end**: the stream published first as a backlog, then the release binary started
-//!    (`order-worker run`, a subprocess); time from process start until the group has committed
-//!    every partition's end offset; the worker's peak RSS (VmHWM) and idle RSS afterwards.
-//! 3. **Naive baseline**: a hand-written consumer in this process: per message one
-//!    `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
-//!    offset commit, for a fixed window after its first message.
-//! 4. **Sustainable rate** (`sustain`): the highest paced rate at which a fresh worker's lag stays
-//!    flat for a minute, searched in a few steps from half the end-to-end rate.
-//! 5. **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
-//!    with 10,000 orders in progress at a time, so that each order's last message, the one its
-//!    row keeps observable, comes soon after its first, and such messages come at an even rate)
-//!    published at half the sustainable rate with each message's send time as its
-//!    Kafka timestamp; latency = the commit time of
-//!    the transaction that wrote the message's row or dead letter minus that timestamp (with
-//!    `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
-//!    transaction's start, `applied_at` / `created_at`).
-//! 6. **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
+//! - 1, **Ceiling**: the stream's rows loaded into an identical, empty `orders` table (a fresh
+//!   database migrated by `order-worker migrate`) by the fastest methods PostgreSQL offers here:
+//!   the worker's own UNNEST upsert over 2 and 4 connections, and COPY into a staging table +
+//!   one INSERT ... SELECT DISTINCT ON. Every method must leave the oracle's final state.
+//! - 2, **End to end**: the stream published first as a backlog, then the release binary started
+//!   (`order-worker run`, a subprocess); time from process start until the group has committed
+//!   every partition's end offset; the worker's CPU per event, peak RSS (VmHWM) and idle RSS.
+//! - 3, **Naive baseline**: a hand-written consumer in this process: per message one
+//!   `INSERT ... ON CONFLICT DO UPDATE ... WHERE version <` (autocommit) and one synchronous
+//!   offset commit, for a fixed window after its first message.
+//! - 4a, **Sustainable rate** (`sustain`): the highest paced rate at which a fresh worker's lag
+//!   stays flat for a minute, searched in a few steps from half the end-to-end rate.
+//! - 4, **Latency**: a fresh worker, the same generator (the backlog's mix and versions per order,
+//!   with 10,000 orders in progress at a time, so that each order's last message, the one its
+//!   row keeps observable, comes soon after its first, and such messages come at an even rate)
+//!   published at half the sustainable rate with each message's send time as its
+//!   Kafka timestamp; latency = the commit time of
+//!   the transaction that wrote the message's row or dead letter minus that timestamp (with
+//!   `track_commit_timestamp` on, which `scripts/bench.sh` sets on the local server; else the
+//!   transaction's start, `applied_at` / `created_at`).
+//! - 5, **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
+//! - 6, **Peers** (`python`, `quix`): the consumers a team would run instead, on the same backlog.
+//! - 7, **Replicas** (`replicas`): 1, 2 and 3 workers in one group on the same backlog.
 //!
 //! The broker is librdkafka's mock cluster, inside this process: its CPU is measured separately
 //! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
@@ -42,9 +45,11 @@
 //!   the benchmark may create and drop databases named `ow_bench_*`; `BENCH_KEEP_DBS=1` keeps them;
 //! - `BENCH_WORKER_BIN` (target/release/order-worker); `BENCH_WORKER_ARGS`: extra flags for every
 //!   worker run (e.g. `--processors 8 --batch-max-rows 2000`); `BENCH_WORKER_RUST_LOG` (info);
-//! - `BENCH_PHASES` (size,ceiling,e2e,naive,python,quix,sustain,latency,startup; `python` and
-//!   `quix` are the peers of `peers.rs`, run with `BENCH_PEERS_PYTHON`, `BENCH_PEERS_TIMEOUT_SECS` (600) each): a subset runs only those (latency
-//!   without e2e needs `BENCH_LATENCY_RATE`);
+//! - `BENCH_PHASES` (size,ceiling,e2e,naive,python,quix,sustain,latency,startup,replicas;
+//!   `python` and `quix` are the peers of `peers.rs`, run with `BENCH_PEERS_PYTHON` and
+//!   `BENCH_PEERS_TIMEOUT_SECS` (600) each): a subset runs only those (latency without e2e needs
+//!   `BENCH_LATENCY_RATE`);
+//! - `BENCH_REPLICAS` (1,2,3): the worker counts of the replicas phase;
 //! - `BENCH_ROUNDS` (3): how many times the ceiling and the end-to-end run alternate (the table
 //!   shows medians; each round's ratio is taken against its own ceiling);
 //! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000,16000: rows per UNNEST statement;
@@ -72,7 +77,7 @@
 //!
 //! One module per concern: `settings` (the variables above), `stream` (events, oracle, backlog),
 //! `bench` (what the phases share), one module per phase (`ceiling` with its `loaders`, `e2e`,
-//! `naive`, `sustain`, `latency`, `startup`), `report` and `details` (the output); underneath, `kafka`, `pg`,
+//! `naive`, `peers`, `sustain`, `latency`, `startup`, `replicas`), `report` and `details` (the output); underneath, `kafka`, `pg`,
 //! `worker` (the subprocess), `metrics` (its HTTP endpoints), `timeline` and `cpu`. This file
 //! runs the phases in order.
 
@@ -88,6 +93,7 @@ mod metrics;
 mod naive;
 mod peers;
 mod pg;
+mod replicas;
 mod report;
 mod settings;
 mod startup;
@@ -214,7 +220,10 @@ fn main() {
     let e2e_rate = report::e2e_rate(&rounds, b.s.events);
     // The latency phase runs at half the rate a steady stream can be sustained at (a drain's
     // rate is higher: it folds versions of an order into one row).
-    let sustain = match (b.s.runs("sustain"), b.s.sustain_start.or(e2e_rate.map(|r| r / 2.0))) {
+    let sustain = match (
+        b.s.runs("sustain"),
+        b.s.sustain_start.or(e2e_rate.map(|r| r / 2.0)),
+    ) {
         (true, Some(start)) => Some(sustain::sustainable_rate(&mut b, start)),
         (true, None) => {
             log("sustain skipped: needs the e2e phase or BENCH_SUSTAIN_START");
@@ -222,11 +231,10 @@ fn main() {
         }
         _ => None,
     };
-    let latency_rate = b
-        .s
-        .latency_rate
-        .or(sustain.as_ref().and_then(|s| s.rate).map(|r| r / 2.0))
-        .or(e2e_rate.map(|r| r / 2.0));
+    let latency_rate =
+        b.s.latency_rate
+            .or(sustain.as_ref().and_then(|s| s.rate).map(|r| r / 2.0))
+            .or(e2e_rate.map(|r| r / 2.0));
     // Like the end-to-end runs, `BENCH_LATENCY_ROUNDS` runs: a p99 over one 20 s window is
     // the latency of its worst fifth of a second, which any stretch of the machine's other load
     // sets; the table shows the median round and every round's ratio.
@@ -257,6 +265,12 @@ fn main() {
             })
             .collect();
 
+    let replicas = if b.s.runs("replicas") {
+        replicas::replicas(&mut b, &mock, digest.as_deref())
+    } else {
+        Vec::new()
+    };
+
     let results = Results {
         size,
         rounds,
@@ -267,6 +281,7 @@ fn main() {
         startup,
         startup_plain,
         variants,
+        replicas,
         setup: Setup {
             load_before,
             started,

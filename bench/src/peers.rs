@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::bench::{Bench, DB_PREFIX, TOPIC, log};
 use crate::cpu::{CpuSnapshot, CpuUse, Party};
-use crate::kafka::Probe;
 use crate::e2e::E2eResult;
+use crate::kafka::Probe;
 use crate::pg;
 use crate::report::rate_str;
 use crate::worker::{Memory, mib};
@@ -132,7 +132,10 @@ fn run(
             "{:.1} s",
             d.as_secs_f64()
         )),
-        state.as_ref().err().map_or("final state as the oracle's", String::as_str)
+        state
+            .as_ref()
+            .err()
+            .map_or("final state as the oracle's", String::as_str)
     ));
     PeerRun {
         name,
@@ -163,7 +166,10 @@ pub fn section(peers: &[PeerRun], mains: &[&E2eResult], events: usize) -> String
             e.rate(events).map_or("-".to_owned(), rate_str),
             e.worker_us_per_event(events),
             mib(e.peak_rss),
-            e.state.as_ref().err().map_or("as the oracle's", String::as_str)
+            e.state
+                .as_ref()
+                .err()
+                .map_or("as the oracle's", String::as_str)
         );
     }
     for p in peers {

@@ -11,6 +11,7 @@ use crate::e2e::E2eResult;
 use crate::latency::{LatencyRun, median_round};
 use crate::naive::NaiveRun;
 use crate::peers::PeerRun;
+use crate::replicas::ReplicaRun;
 use crate::startup::{SizeResult, StartupRun};
 use crate::sustain::Sustain;
 use crate::worker::mib;
@@ -32,6 +33,8 @@ pub struct Results {
     pub startup_plain: Option<StartupRun>,
     /// `BENCH_VARIANTS`: end to end with other worker flags.
     pub variants: Vec<E2eResult>,
+    /// The replicas phase, one run per worker count.
+    pub replicas: Vec<ReplicaRun>,
     pub setup: Setup,
 }
 
@@ -96,6 +99,7 @@ fn table(b: &Bench, r: &Results) -> String {
         latency: lat,
         startup: start,
         startup_plain: start_plain,
+        replicas,
         ..
     } = r;
     let ev = b.s.events;
@@ -234,6 +238,9 @@ fn table(b: &Bench, r: &Results) -> String {
             }
         );
     }
+    if replicas.len() > 1 {
+        let _ = writeln!(t, "{}", crate::replicas::summary_row(replicas, ev));
+    }
     if !mains.is_empty() {
         let peak = mains.iter().map(|e| e.peak_rss).max().unwrap_or(0);
         let idle = mains.iter().map(|e| e.idle_rss).max().unwrap_or(0);
@@ -269,14 +276,23 @@ fn table(b: &Bench, r: &Results) -> String {
         let tried: Vec<String> = su
             .steps
             .iter()
-            .map(|st| format!("{} {}", rate_str(st.rate), if st.holds { "holds" } else { "no" }))
+            .map(|st| {
+                format!(
+                    "{} {}",
+                    rate_str(st.rate),
+                    if st.holds { "holds" } else { "no" }
+                )
+            })
             .collect();
         let _ = writeln!(
             t,
             "| 4a | Sustainable rate: the highest paced rate with flat lag for {:.0} s (steps: {}) | {} | (reference) | |",
             b.s.sustain_secs,
             tried.join(", "),
-            su.rate.map_or("none held".to_owned(), |r| format!("{} events/s", rate_str(r)))
+            su.rate.map_or("none held".to_owned(), |r| format!(
+                "{} events/s",
+                rate_str(r)
+            ))
         );
     }
     if let Some(l) = median_round(lat) {

@@ -43,6 +43,8 @@ pub struct Settings {
     /// The Python the peers run with, and how long each may take.
     pub peers_python: String,
     pub peers_timeout_secs: u64,
+    /// The worker counts of the replicas phase.
+    pub replicas: Vec<usize>,
     /// Width of the slices of `<run>-latency-*-seconds.tsv`, ms.
     pub latency_slice_ms: i64,
     pub startup_runs: usize,
@@ -104,7 +106,10 @@ impl Settings {
                 std::env::var("BENCH_LATENCY_ARGS")
                     .unwrap_or("--kafka-property fetch.wait.max.ms=10".to_owned()),
             ),
-            phases: list("BENCH_PHASES", "size,ceiling,e2e,naive,python,quix,sustain,latency,startup"),
+            phases: list(
+                "BENCH_PHASES",
+                "size,ceiling,e2e,naive,python,quix,sustain,latency,startup,replicas",
+            ),
             rounds: env_or("BENCH_ROUNDS", 3).max(1),
             ceiling_conns: counts("BENCH_CEILING_CONNS", "2,4"),
             ceiling_batches: counts("BENCH_CEILING_BATCH", "1000,16000"),
@@ -119,6 +124,7 @@ impl Settings {
             sustain_start: (sustain_start > 0.0).then_some(sustain_start),
             peers_python: env_or("BENCH_PEERS_PYTHON", "python3".to_owned()),
             peers_timeout_secs: env_or("BENCH_PEERS_TIMEOUT_SECS", 600),
+            replicas: counts("BENCH_REPLICAS", "1,2,3"),
             latency_slice_ms: env_or("BENCH_LATENCY_SLICE_MS", 1000).max(1),
             startup_runs: env_or("BENCH_STARTUP_RUNS", 7).max(1),
             startup_compare_tls: env_or("BENCH_STARTUP_COMPARE_TLS", 1u8) == 1,

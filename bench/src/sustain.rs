@@ -132,7 +132,8 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
     let achieved = count as f64 / placement.elapsed.as_secs_f64().max(1e-9);
     let window: Vec<(f64, i64)> = samples.into_iter().filter(|(t, _)| *t >= warmup).collect();
     let quarter = (window.len() / 4).max(1);
-    let mean = |s: &[(f64, i64)]| s.iter().map(|(_, l)| *l as f64).sum::<f64>() / s.len().max(1) as f64;
+    let mean =
+        |s: &[(f64, i64)]| s.iter().map(|(_, l)| *l as f64).sum::<f64>() / s.len().max(1) as f64;
     let lag_first = mean(&window[..quarter.min(window.len())]);
     let lag_last = mean(&window[window.len().saturating_sub(quarter)..]);
     let lag_max = window.iter().map(|(_, l)| *l).max().unwrap_or(0);
@@ -144,7 +145,10 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
     log(format!(
         "{label}: {} at {achieved:.0}/s: lag {lag_first:.0} → {lag_last:.0} (max {lag_max}), caught up {}",
         if holds { "holds" } else { "does not hold" },
-        caught_up.map_or("no".to_owned(), |d| format!("after {:.1} s", d.as_secs_f64()))
+        caught_up.map_or("no".to_owned(), |d| format!(
+            "after {:.1} s",
+            d.as_secs_f64()
+        ))
     ));
     SustainStep {
         rate,

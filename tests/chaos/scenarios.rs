@@ -185,8 +185,8 @@ async fn sigterm_at_full_speed_drains_in_time_and_loses_nothing() {
 }
 
 /// The documented memory bound (docs/reliability.md). What grows with load is bounded by
-/// configuration: librdkafka's prefetch queue (4 MiB), the lanes (4 × 500 messages) and the
-/// batches; 150k-event runs peaked near 50 MiB with the former defaults (16 MiB, 4 × 2,000).
+/// configuration: librdkafka's prefetch queue (`KAFKA_QUEUE_MAX_KBYTES`), the lanes and the
+/// batches.
 /// The backlog itself is 75 MB (short profile) to 500 MB (long), so a worker that buffered it,
 /// or leaked per message, would cross the bound.
 const RSS_BOUND_MIB: u64 = 96;

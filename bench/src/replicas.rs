@@ -1,0 +1,203 @@
+//! Phase 7, replicas: the same backlog drained by 1, 2 and 3 workers in one group
+//! (`BENCH_REPLICAS`), each count into a fresh database, all started together as a Deployment's
+//! pods would be. Shows that adding replicas is not slower: on one 2-core machine it cannot be
+//! faster either, since every replica and PostgreSQL share the same cores; what it measures is
+//! the cost of the group's rebalances and of N sets of connections and batches.
+//!
+//! The clock runs from the first process start until the group has committed every partition's
+//! end offset; the final state is checked against the oracle as in the end-to-end phase.
+//!
+//! Every count runs with the group's initial rebalance delay at Kafka's default,
+//! `GROUP_DELAY_MS`, so that the replicas form the group's first generation together. With no
+//! delay the first replica takes every partition and each later one joins a live group, which
+//! the mock broker holds open for the session timeout (45 s) where Kafka ends the join as soon
+//! as every member has rejoined: a cost of the mock, not of the worker.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bench::{Bench, DB_PREFIX, TOPIC, log};
+use crate::cpu::{CpuSnapshot, CpuUse, Party};
+use crate::kafka::{Broker, Probe};
+use crate::pg;
+use crate::report::rate_str;
+use crate::worker::mib;
+
+pub struct ReplicaRun {
+    pub replicas: usize,
+    /// First start → every offset committed; `None` when it did not finish in time.
+    pub committed: Option<Duration>,
+    /// First row written → every offset committed: the drain once the group has formed.
+    pub drain: Option<Duration>,
+    pub cpu: CpuUse,
+    /// The largest peak RSS of any one replica.
+    pub peak_rss: u64,
+    pub state: Result<(), String>,
+}
+
+impl ReplicaRun {
+    /// Events per second of the drain (first row → all committed), which leaves out the
+    /// group's formation; it is what the ratios compare.
+    pub fn rate(&self, events: usize) -> Option<f64> {
+        self.drain
+            .map(|d| events as f64 / d.as_secs_f64().max(1e-9))
+    }
+
+    /// Every replica's CPU together, per event, µs.
+    pub fn worker_us_per_event(&self, events: usize) -> f64 {
+        self.cpu.of(Party::Worker) / events.max(1) as f64 * 1e6
+    }
+}
+
+/// Kafka's default `group.initial.rebalance.delay.ms`.
+pub const GROUP_DELAY_MS: i32 = 3000;
+
+/// One run per count in `BENCH_REPLICAS`; the broker's group delay is restored after.
+pub fn replicas(b: &mut Bench, broker: &Broker, digest: Option<&str>) -> Vec<ReplicaRun> {
+    broker.set_group_delay(GROUP_DELAY_MS);
+    let counts = b.s.replicas.clone();
+    let runs = counts.into_iter().map(|n| run(b, n, digest)).collect();
+    broker.set_group_delay(b.s.group_delay_ms);
+    runs
+}
+
+fn run(b: &mut Bench, n: usize, digest: Option<&str>) -> ReplicaRun {
+    let label = format!("replicas_{n}");
+    let url = b.fresh_db(&label);
+    b.checkpoint();
+    let group = format!("bench-{label}-{}", b.run_id);
+    let probe = Probe::new(&b.brokers, &group, TOPIC, b.s.partitions);
+    log(format!("{label}: {n} workers draining the backlog"));
+    let before = CpuSnapshot::take(None, DB_PREFIX);
+    let args = b.s.worker_args.clone();
+    let started = Instant::now();
+    let started_wall = SystemTime::now();
+    let mut workers: Vec<_> = (0..n)
+        .map(|i| b.worker(TOPIC, &group, &url, &args, &format!("{label}-{i}")))
+        .collect();
+    let deadline = started + Duration::from_secs(600);
+    let mut committed = None;
+    while Instant::now() < deadline && !workers.iter_mut().any(|w| w.exited()) {
+        if probe.caught_up() {
+            committed = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    let cpu = CpuSnapshot::take_all(&pids, DB_PREFIX).since(&before);
+    let peak_rss = workers.iter().map(|w| w.memory().peak).max().unwrap_or(0);
+    for w in workers {
+        let _ = w.stop(Duration::from_secs(40));
+    }
+    let got = b.rt.block_on(pg::final_state(&url));
+    let t0 = started_wall
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let drain = match (committed, b.rt.block_on(pg::write_window(&url))) {
+        (Some(c), Some((first, _))) => {
+            c.checked_sub(Duration::from_secs_f64((first - t0).max(0.0)))
+        }
+        _ => None,
+    };
+    let state = b.check_state(&got).and_then(|()| {
+        if digest.is_some_and(|d| d != got.digest) {
+            Err("rows differ from the ceiling's (digest)".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    b.drop_db(&label);
+    let r = ReplicaRun {
+        replicas: n,
+        committed,
+        drain,
+        cpu,
+        peak_rss,
+        state,
+    };
+    log(format!(
+        "{label}: {}, {} events/s, peak RSS {:.1} MiB per replica, {}",
+        r.committed.map_or("did not finish".to_owned(), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        )),
+        r.rate(b.s.events).map_or("-".to_owned(), rate_str),
+        mib(r.peak_rss),
+        r.state
+            .as_ref()
+            .err()
+            .map_or("state verified", String::as_str)
+    ));
+    r
+}
+
+/// The summary table's row: each count's rate against one replica's.
+pub fn summary_row(runs: &[ReplicaRun], events: usize) -> String {
+    let one = runs
+        .iter()
+        .find(|r| r.replicas == 1)
+        .and_then(|r| r.rate(events));
+    let cells: Vec<String> = runs
+        .iter()
+        .map(|r| match (r.rate(events), one) {
+            (Some(x), Some(o)) if r.replicas != 1 => format!("{}: {:.2}×", r.replicas, x / o),
+            (Some(x), _) => format!("{}: {}/s", r.replicas, rate_str(x)),
+            (None, _) => format!("{}: did not finish", r.replicas),
+        })
+        .collect();
+    let all_ok = runs.iter().all(|r| r.state.is_ok());
+    format!(
+        "| 7 | Replicas in one group on the same backlog, drain events/s (first row → all committed) against 1 replica | {}{} | (reference: not slower) | |",
+        cells.join("; "),
+        if all_ok {
+            ""
+        } else {
+            "; **final state wrong**"
+        }
+    )
+}
+
+/// The report's section: one row per replica count, with the ratio to one replica.
+pub fn section(runs: &[ReplicaRun], events: usize) -> String {
+    let mut d = String::from("\n## 7. Replicas (one group, the same backlog)\n\n");
+    let _ = writeln!(
+        d,
+        "Every count includes the group's initial rebalance delay, {GROUP_DELAY_MS} ms (Kafka's default), in which the replicas join together.\n"
+    );
+    let _ = writeln!(
+        d,
+        "| Replicas | First start → all committed | First row → all committed | Events/s (of that) | vs 1 replica | Worker CPU µs/event (all replicas) | Peak RSS (largest replica) | Final state | CPU (cores) |"
+    );
+    let _ = writeln!(d, "|---|---|---|---|---|---|---|---|---|");
+    let one = runs
+        .iter()
+        .find(|r| r.replicas == 1)
+        .and_then(|r| r.rate(events));
+    for r in runs {
+        let ratio = match (r.rate(events), one) {
+            (Some(x), Some(o)) => format!("{:.2}x", x / o),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            d,
+            "| {} | {} | {} | {} | {ratio} | {:.2} | {:.1} MiB | {} | {} |",
+            r.replicas,
+            r.committed.map_or("did not finish".to_owned(), |c| format!(
+                "{:.1} s",
+                c.as_secs_f64()
+            )),
+            r.drain
+                .map_or("-".to_owned(), |c| format!("{:.1} s", c.as_secs_f64())),
+            r.rate(events).map_or("-".to_owned(), rate_str),
+            r.worker_us_per_event(events),
+            mib(r.peak_rss),
+            r.state
+                .as_ref()
+                .err()
+                .map_or("as the oracle's", String::as_str),
+            r.cpu.summary()
+        );
+    }
+    d
+}
