@@ -6,10 +6,10 @@
 //! Each step publishes the latency phase's kind of traffic at one rate to a topic of its own
 //! (as many partitions as the latency topic), into a fresh database and worker, and reads the
 //! group's lag every second. A step holds when the publisher kept the rate, the mean lag of the
-//! window's last quarter exceeds its first quarter's by at most `MAX_GROWTH_SECS` of messages, no sample
-//! exceeds `MAX_LAG_SECS` of messages, and the group catches up within `CATCH_UP` of the last
-//! send. The search goes up by a quarter from a hold, down by a third from a miss, and bisects
-//! once it has one of each.
+//! window's last quarter exceeds its first quarter's by at most `MAX_GROWTH_SECS` of messages,
+//! no sample exceeds `MAX_LAG_SECS` of messages, and the group catches up within `CATCH_UP` of
+//! the last send. The search goes up by a quarter from a hold, down by a third from a miss, and
+//! bisects once it has one of each.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
