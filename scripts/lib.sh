@@ -109,32 +109,37 @@ ensure_cmake() {
   hash -r
 }
 
-# The Confluent serializers the registry tests publish with (tests/tools/produce_confluent.py):
-# confluent-kafka's Python client with its Avro and Protobuf extras, in a venv of their own (the
-# system Python stays as it is). A few seconds when present; tests find it through
-# ORDER_WORKER_TEST_PYTHON.
-ensure_python_clients() {
-  local venv="$HOME/.cache/order-worker/pyenv"
-  if ! "$venv/bin/python" -c 'import confluent_kafka, fastavro, google.protobuf' 2>/dev/null; then
-    echo "==> installing confluent-kafka 2.16.1 with Avro and Protobuf (PyPI, a venv)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      "confluent-kafka[avro,protobuf,schemaregistry]==2.16.1" "fastavro==1.13.1" "protobuf==7.36.2"
+# A venv of its own under ~/.cache/order-worker (the system Python stays as it is), built from
+# PyPI unless `python -c "import <modules>"` already succeeds in it; prints its Python.
+# Usage: python_venv <name> <modules, comma-separated> <what, for the log line> <pip specs...>
+python_venv() {
+  local venv="$HOME/.cache/order-worker/$1" modules=$2 what=$3
+  shift 3
+  if ! "$venv/bin/python" -c "import $modules" 2>/dev/null; then
+    echo "==> installing $what (PyPI, a venv)" >&2
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" >&2 || return 1
   fi
-  export ORDER_WORKER_TEST_PYTHON="$venv/bin/python"
+  echo "$venv/bin/python"
+}
+
+# The Confluent serializers the registry tests publish with (tests/tools/produce_confluent.py):
+# confluent-kafka's Python client with its Avro and Protobuf extras. A few seconds when present;
+# tests find it through ORDER_WORKER_TEST_PYTHON.
+ensure_python_clients() {
+  ORDER_WORKER_TEST_PYTHON=$(python_venv pyenv "confluent_kafka, fastavro, google.protobuf" \
+    "confluent-kafka 2.16.1 with Avro and Protobuf" \
+    "confluent-kafka[avro,protobuf,schemaregistry]==2.16.1" "fastavro==1.13.1" "protobuf==7.36.2")
+  export ORDER_WORKER_TEST_PYTHON
 }
 
 # The benchmark's peers (bench/peers/): a hand-written confluent-kafka consumer and Quix Streams
-# with its PostgreSQL sink, in a venv of their own. Exports BENCH_PEERS_PYTHON.
+# with its PostgreSQL sink. Exports BENCH_PEERS_PYTHON.
 ensure_bench_peers() {
-  local venv="$HOME/.cache/order-worker/peers-venv"
-  if ! "$venv/bin/python" -c 'import confluent_kafka, psycopg, psycopg2, quixstreams' 2>/dev/null; then
-    echo "==> installing the benchmark's peers: Quix Streams 3.28.1, psycopg 3.3.9 (PyPI, a venv)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      "quixstreams[postgresql]==3.28.1" "psycopg[binary]==3.3.9"
-  fi
-  export BENCH_PEERS_PYTHON="$venv/bin/python"
+  BENCH_PEERS_PYTHON=$(python_venv peers-venv "confluent_kafka, psycopg, psycopg2, quixstreams" \
+    "the benchmark's peers: Quix Streams 3.28.1, psycopg 3.3.9" \
+    "quixstreams[postgresql]==3.28.1" "psycopg[binary]==3.3.9")
+  export BENCH_PEERS_PYTHON
 }
 
 # The allocator settings the image gives the worker: the value of the Dockerfile's

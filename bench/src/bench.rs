@@ -3,6 +3,7 @@
 //! (fresh databases, starting a worker, checking a final state against the oracle).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::kafka::Placement;
 use crate::pg::{FinalState, Server};
@@ -118,6 +119,24 @@ impl Bench {
             extra_args: args,
             log: self.log_file(&format!("{log}.log")),
         })
+    }
+
+    /// A worker for a paced phase (sustain, latency): the latency flags, group
+    /// `bench-<label>-<run id>` on `topic`, started and waited for until it is ready and owns every
+    /// partition, so that publishing starts into a consumer that is already reading.
+    pub fn paced_worker(&self, topic: &str, url: &str, label: &str) -> (WorkerProc, String) {
+        let group = format!("bench-{label}-{}", self.run_id);
+        let args = self.s.worker_args_with(&self.s.latency_args);
+        let mut worker = self.worker(topic, &group, url, &args, label);
+        worker
+            .wait_ready(Duration::from_secs(30), Duration::from_millis(5))
+            .unwrap_or_else(|| panic!("{label}: worker not ready within 30 s"));
+        worker
+            .wait_assigned(self.s.latency_partitions as usize, Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!("{label}: worker not assigned {topic}'s partitions within 60 s")
+            });
+        (worker, group)
     }
 
     /// Whether `got` has the oracle's row count and sum of versions.

@@ -106,6 +106,11 @@ impl CpuUse {
             .map_or(0.0, |(_, s)| *s)
     }
 
+    /// The worker's CPU per event, µs (all worker processes together).
+    pub fn worker_us_per_event(&self, events: usize) -> f64 {
+        self.of(Party::Worker) / events.max(1) as f64 * 1e6
+    }
+
     /// Busy CPU seconds not accounted for by any party: other processes on the machine.
     pub fn other(&self) -> f64 {
         let ours: f64 = self

@@ -10,7 +10,8 @@ use crate::ceiling::CeilingRun;
 use crate::cpu::Party;
 use crate::e2e::E2eResult;
 use crate::latency::{LatencyRun, percentile};
-use crate::report::{Results, Setup, flags, ms, rate_str};
+use crate::numbers::{flags, ms, rate_str};
+use crate::report::{Results, Setup};
 use crate::worker::mib;
 
 /// Everything after the table.

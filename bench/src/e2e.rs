@@ -9,6 +9,7 @@ use crate::bench::{Bench, DB_PREFIX, TOPIC, log};
 use crate::cpu::{CpuSnapshot, CpuUse, Party};
 use crate::kafka::Probe;
 use crate::metrics::{self, BatchStats, http_get};
+use crate::numbers::per_second;
 use crate::pg;
 use crate::timeline::Sampler;
 use crate::worker::mib;
@@ -39,19 +40,13 @@ pub struct E2eResult {
 
 impl E2eResult {
     pub fn rate(&self, events: usize) -> Option<f64> {
-        self.committed
-            .map(|d| events as f64 / d.as_secs_f64().max(1e-9))
+        self.committed.map(|d| per_second(events, d))
     }
 
     /// From the first durable write to the last commit: the drain without startup and group join.
     pub fn drain_rate(&self, events: usize) -> Option<f64> {
         let span = self.committed?.as_secs_f64() - self.first_write?;
         (span > 0.0).then(|| events as f64 / span)
-    }
-
-    /// Worker CPU per event, µs.
-    pub fn worker_us_per_event(&self, events: usize) -> f64 {
-        self.cpu.of(Party::Worker) / events.max(1) as f64 * 1e6
     }
 
     /// Events per CPU-second of the worker and PostgreSQL (the broker not counted).

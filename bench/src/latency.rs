@@ -99,15 +99,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     ));
     let messages = generate_in_segments(&b.s.spec, events_per_order, count);
     b.checkpoint();
-    let group = format!("bench-{label}-{}", b.run_id);
-    let args = b.s.worker_args_with(&b.s.latency_args);
-    let mut worker = b.worker(&topic, &group, &url, &args, &label);
-    worker
-        .wait_ready(Duration::from_secs(30), Duration::from_millis(5))
-        .expect("worker ready for the latency phase");
-    worker
-        .wait_assigned(b.s.latency_partitions as usize, Duration::from_secs(60))
-        .expect("worker owns the latency topic's partitions");
+    let (worker, group) = b.paced_worker(&topic, &url, &label);
     let checkpoints_before = b.rt.block_on(b.server.checkpoints());
     let sampler = Sampler::start(&worker);
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
@@ -175,7 +167,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let to_start = sorted(timed.iter().map(|t| t.2).collect());
     let r = LatencyRun {
         label,
-        args,
+        args: b.s.worker_args_with(&b.s.latency_args),
         rate,
         achieved,
         sent: count,

@@ -77,9 +77,9 @@
 //!
 //! One module per concern: `settings` (the variables above), `stream` (events, oracle, backlog),
 //! `bench` (what the phases share), one module per phase (`ceiling` with its `loaders`, `e2e`,
-//! `naive`, `peers`, `sustain`, `latency`, `startup`, `replicas`), `report` and `details` (the output); underneath, `kafka`, `pg`,
-//! `worker` (the subprocess), `metrics` (its HTTP endpoints), `timeline` and `cpu`. This file
-//! runs the phases in order.
+//! `naive`, `peers`, `sustain`, `latency`, `startup`, `replicas`), `report`, `details` and
+//! `numbers` (the output); underneath, `kafka`, `pg`, `worker` (the subprocess), `metrics` (its
+//! HTTP endpoints), `timeline` and `cpu`. This file runs the phases in order.
 
 mod bench;
 mod ceiling;
@@ -91,6 +91,7 @@ mod latency;
 mod loaders;
 mod metrics;
 mod naive;
+mod numbers;
 mod peers;
 mod pg;
 mod replicas;

@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench::{Bench, DB_PREFIX, TOPIC, log};
-use crate::cpu::{CpuSnapshot, CpuUse, Party};
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::e2e::E2eResult;
 use crate::kafka::Probe;
+use crate::numbers::{per_second, rate_str, secs_or};
 use crate::pg;
-use crate::report::rate_str;
 use crate::worker::{Memory, mib};
 
 /// The peers, by phase name: (script, what it is).
@@ -48,13 +48,7 @@ pub struct PeerRun {
 
 impl PeerRun {
     pub fn rate(&self, events: usize) -> Option<f64> {
-        self.committed
-            .map(|d| events as f64 / d.as_secs_f64().max(1e-9))
-    }
-
-    /// The peer's own CPU per event, µs.
-    pub fn us_per_event(&self, events: usize) -> f64 {
-        self.cpu.of(Party::Worker) / events.max(1) as f64 * 1e6
+        self.committed.map(|d| per_second(events, d))
     }
 }
 
@@ -128,10 +122,7 @@ fn run(
     b.drop_db(&label);
     log(format!(
         "{label}: {} ; {}",
-        committed.map_or("did not finish".to_owned(), |d| format!(
-            "{:.1} s",
-            d.as_secs_f64()
-        )),
+        secs_or(committed, "did not finish"),
         state
             .as_ref()
             .err()
@@ -161,10 +152,9 @@ pub fn section(peers: &[PeerRun], mains: &[&E2eResult], events: usize) -> String
             d,
             "| order-worker (`{}`) | {} | {} | {:.2} | {:.1} MiB | {} |",
             e.label,
-            e.committed
-                .map_or("-".to_owned(), |c| format!("{:.1} s", c.as_secs_f64())),
+            secs_or(e.committed, "-"),
             e.rate(events).map_or("-".to_owned(), rate_str),
-            e.worker_us_per_event(events),
+            e.cpu.worker_us_per_event(events),
             mib(e.peak_rss),
             e.state
                 .as_ref()
@@ -178,12 +168,9 @@ pub fn section(peers: &[PeerRun], mains: &[&E2eResult], events: usize) -> String
             "| {} ({}) | {} | {} | {:.2} | {:.1} MiB | {} |",
             p.name,
             p.what,
-            p.committed.map_or("did not finish".to_owned(), |c| format!(
-                "{:.1} s",
-                c.as_secs_f64()
-            )),
+            secs_or(p.committed, "did not finish"),
             p.rate(events).map_or("-".to_owned(), rate_str),
-            p.us_per_event(events),
+            p.cpu.worker_us_per_event(events),
             mib(p.peak_rss),
             p.state
                 .as_ref()

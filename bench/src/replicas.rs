@@ -17,10 +17,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bench::{Bench, DB_PREFIX, TOPIC, log};
-use crate::cpu::{CpuSnapshot, CpuUse, Party};
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::kafka::{Broker, Probe};
+use crate::numbers::{per_second, rate_str, secs_or};
 use crate::pg;
-use crate::report::rate_str;
 use crate::worker::mib;
 
 pub struct ReplicaRun {
@@ -39,13 +39,7 @@ impl ReplicaRun {
     /// Events per second of the drain (first row → all committed), which leaves out the
     /// group's formation; it is what the ratios compare.
     pub fn rate(&self, events: usize) -> Option<f64> {
-        self.drain
-            .map(|d| events as f64 / d.as_secs_f64().max(1e-9))
-    }
-
-    /// Every replica's CPU together, per event, µs.
-    pub fn worker_us_per_event(&self, events: usize) -> f64 {
-        self.cpu.of(Party::Worker) / events.max(1) as f64 * 1e6
+        self.drain.map(|d| per_second(events, d))
     }
 }
 
@@ -118,10 +112,7 @@ fn run(b: &mut Bench, n: usize, digest: Option<&str>) -> ReplicaRun {
     };
     log(format!(
         "{label}: {}, {} events/s, peak RSS {:.1} MiB per replica, {}",
-        r.committed.map_or("did not finish".to_owned(), |d| format!(
-            "{:.1} s",
-            d.as_secs_f64()
-        )),
+        secs_or(r.committed, "did not finish"),
         r.rate(b.s.events).map_or("-".to_owned(), rate_str),
         mib(r.peak_rss),
         r.state
@@ -183,14 +174,10 @@ pub fn section(runs: &[ReplicaRun], events: usize) -> String {
             d,
             "| {} | {} | {} | {} | {ratio} | {:.2} | {:.1} MiB | {} | {} |",
             r.replicas,
-            r.committed.map_or("did not finish".to_owned(), |c| format!(
-                "{:.1} s",
-                c.as_secs_f64()
-            )),
-            r.drain
-                .map_or("-".to_owned(), |c| format!("{:.1} s", c.as_secs_f64())),
+            secs_or(r.committed, "did not finish"),
+            secs_or(r.drain, "-"),
             r.rate(events).map_or("-".to_owned(), rate_str),
-            r.worker_us_per_event(events),
+            r.cpu.worker_us_per_event(events),
             mib(r.peak_rss),
             r.state
                 .as_ref()

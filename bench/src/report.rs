@@ -10,6 +10,7 @@ use crate::details::details;
 use crate::e2e::E2eResult;
 use crate::latency::{LatencyRun, median_round};
 use crate::naive::NaiveRun;
+use crate::numbers::{median, median_f64, ms, rate_str, secs_or};
 use crate::peers::PeerRun;
 use crate::replicas::ReplicaRun;
 use crate::startup::{SizeResult, StartupRun};
@@ -175,7 +176,10 @@ fn table(b: &Bench, r: &Results) -> String {
             status(ratios.iter().all(|r| *r >= 0.95) && all_ok)
         );
     }
-    let us: Vec<f64> = mains.iter().map(|e| e.worker_us_per_event(ev)).collect();
+    let us: Vec<f64> = mains
+        .iter()
+        .map(|e| e.cpu.worker_us_per_event(ev))
+        .collect();
     if let Some(med) = median_f64(us.iter().copied()) {
         let each: Vec<String> = us.iter().map(|u| format!("{u:.2}")).collect();
         let _ = writeln!(
@@ -225,11 +229,8 @@ fn table(b: &Bench, r: &Results) -> String {
             "| 6 | Peer: {} ({}): process start → all committed / CPU per event / peak RSS | {} / {:.2} µs / {:.1} MiB{} | (reference) | |",
             p.name,
             p.what,
-            p.committed.map_or("did not finish".to_owned(), |c| format!(
-                "{:.1} s",
-                c.as_secs_f64()
-            )),
-            p.us_per_event(ev),
+            secs_or(p.committed, "did not finish"),
+            p.cpu.worker_us_per_event(ev),
             mib(p.peak_rss),
             if p.state.is_ok() {
                 ""
@@ -381,51 +382,4 @@ fn latency_basis(b: &Bench, sustain: Option<&Sustain>) -> &'static str {
 
 pub fn status(pass: bool) -> &'static str {
     if pass { "PASS" } else { "**MISS**" }
-}
-
-/// A number rounded, with thousands separators: `1,234,567`.
-pub fn rate_str(r: f64) -> String {
-    let r = r.round() as u64;
-    let s = r.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Worker flags as shown: joined, or `(defaults)`.
-pub fn flags(args: &[String]) -> String {
-    if args.is_empty() {
-        "(defaults)".into()
-    } else {
-        args.join(" ")
-    }
-}
-
-/// A duration in milliseconds.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The median (the mean of the middle two for an even count).
-pub fn median_f64(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
-/// The median (the upper of the middle two for an even count).
-pub fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
-    let mut v = v.to_vec();
-    v.sort();
-    v.get(v.len() / 2).copied()
 }

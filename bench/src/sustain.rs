@@ -15,9 +15,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::bench::{Bench, DB_PREFIX, log, sustain_topic};
-use crate::cpu::{CpuSnapshot, CpuUse, Party};
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::kafka::{self, Probe};
-use crate::report::rate_str;
+use crate::numbers::{per_second, rate_str, secs_or};
 use crate::stream::generate_in_segments;
 
 /// How much the mean lag may grow from the window's first quarter to its last, in seconds of
@@ -49,7 +49,7 @@ pub struct SustainStep {
 impl SustainStep {
     /// Worker CPU per event, µs.
     pub fn worker_us_per_event(&self) -> f64 {
-        self.cpu.of(Party::Worker) / self.sent.max(1) as f64 * 1e6
+        self.cpu.worker_us_per_event(self.sent)
     }
 }
 
@@ -92,15 +92,7 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
     let messages = generate_in_segments(&b.s.spec, events_per_order, count);
     let url = b.fresh_db(&label);
     b.checkpoint();
-    let group = format!("bench-{label}-{}", b.run_id);
-    let args = b.s.worker_args_with(&b.s.latency_args);
-    let mut worker = b.worker(&topic, &group, &url, &args, &label);
-    worker
-        .wait_ready(Duration::from_secs(30), Duration::from_millis(5))
-        .expect("worker ready for the sustain step");
-    worker
-        .wait_assigned(b.s.latency_partitions as usize, Duration::from_secs(60))
-        .expect("worker owns the sustain topic's partitions");
+    let (worker, group) = b.paced_worker(&topic, &url, &label);
     log(format!(
         "{label}: {count} messages at {rate:.0}/s ({:.0} s)",
         warmup + secs
@@ -134,7 +126,7 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
     let _ = worker.stop(Duration::from_secs(40));
     b.drop_db(&label);
 
-    let achieved = count as f64 / placement.elapsed.as_secs_f64().max(1e-9);
+    let achieved = per_second(count, placement.elapsed);
     let window: Vec<(f64, i64)> = samples.into_iter().filter(|(t, _)| *t >= warmup).collect();
     let quarter = (window.len() / 4).max(1);
     let mean =
@@ -191,8 +183,7 @@ impl Sustain {
                 st.lag_first,
                 st.lag_last,
                 st.lag_max,
-                st.caught_up
-                    .map_or("-".to_owned(), |c| format!("{:.1} s", c.as_secs_f64())),
+                secs_or(st.caught_up, "-"),
                 st.worker_us_per_event(),
                 st.cpu.summary(),
                 if st.holds { "yes" } else { "no" }
