@@ -65,6 +65,7 @@ if [ -z "${BENCH_PEERS_PYTHON:-}" ] && [[ ",$phases," =~ ,(python|quix), ]]; the
   ensure_bench_peers
 fi
 echo "==> building the release binary and the benchmark harness" >&2
+release_env
 cargo build --release --locked --bin order-worker
 cargo build --release --locked -p order-worker-bench --bin bench
 

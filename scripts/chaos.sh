@@ -24,6 +24,7 @@ case $PROFILE in
     NEXTEST_PROFILE=chaos-long
     ensure_cmake
     echo "==> cargo build --release"
+    release_env
     cargo build --release --locked
     export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/target/release/order-worker}
     ;;

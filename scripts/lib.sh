@@ -147,3 +147,13 @@ ensure_bench_peers() {
 image_tunables() {
   sed -n 's/^ENV GLIBC_TUNABLES=//p' Dockerfile
 }
+
+# The build environment of the image's release build: the Dockerfile's `ENV ...OPENSSL...`
+# lines (OpenSSL linked statically), exported, so every release build on a host makes the
+# image's binary and shares one set of fingerprints with scripts/check-deploy.sh.
+release_env() {
+  local line
+  while read -r line; do
+    export "${line?}"
+  done < <(sed -n 's/^ENV \([A-Z0-9_]*OPENSSL[A-Z0-9_]*=[^ ]*\)$/\1/p' Dockerfile)
+}

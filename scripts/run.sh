@@ -13,6 +13,7 @@ ensure_database order_worker
 export DATABASE_URL=${DATABASE_URL:-$(pg_url order_worker)}
 
 echo "==> building (release)"
+release_env
 cargo build --release --locked
 echo "==> migrating"
 ./target/release/order-worker migrate
