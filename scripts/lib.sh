@@ -150,10 +150,16 @@ image_tunables() {
 
 # The build environment of the image's release build: the Dockerfile's `ENV ...OPENSSL...`
 # lines (OpenSSL linked statically), exported, so every release build on a host makes the
-# image's binary and shares one set of fingerprints with scripts/check-deploy.sh.
+# image's binary and shares one set of fingerprints with scripts/check-deploy.sh. Fails when it
+# finds none: a host build would otherwise link OpenSSL dynamically without a word.
 release_env() {
-  local line
+  local line found=
   while read -r line; do
     export "${line?}"
+    found=1
   done < <(sed -n 's/^ENV \([A-Z0-9_]*OPENSSL[A-Z0-9_]*=[^ ]*\)$/\1/p' Dockerfile)
+  if [ -z "$found" ]; then
+    echo "release_env: no 'ENV ...OPENSSL...=...' line in ./Dockerfile" >&2
+    return 1
+  fi
 }
