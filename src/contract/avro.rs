@@ -65,7 +65,7 @@ pub(super) fn parse(writer: &Schema, datum: &[u8]) -> Result<WireEvent, Rejectio
             None
         },
         shipping: match event.optional("shipping").filter(|_| v2) {
-            Some(s) => Some(shipping(&Record::of("shipping", s)?)?),
+            Some(s) => Some(Box::new(shipping(&Record::of("shipping", s)?)?)),
             None => None,
         },
     })

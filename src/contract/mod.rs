@@ -126,7 +126,8 @@ pub struct OrderEvent {
     pub discount_minor: Option<i64>,
     /// v2: where and how the order ships.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shipping: Option<Shipping>,
+    /// Boxed: a batch holds thousands of events in flight and most have none.
+    pub shipping: Option<Box<Shipping>>,
 }
 
 impl OrderEvent {
@@ -222,7 +223,7 @@ struct WireEvent {
     discount_minor: Option<i64>,
     /// v2 only, like `discount_minor`.
     #[serde(default, deserialize_with = "object_only::optional_object")]
-    shipping: Option<Shipping>,
+    shipping: Option<Box<Shipping>>,
 }
 
 /// What the worker knows of a message's encoding besides its bytes.

@@ -61,7 +61,7 @@ pub(super) fn parse(bytes: &[u8]) -> Result<WireEvent, Rejection> {
         total_minor: event.total_minor,
         discount_minor: event.discount_minor.filter(|_| v2),
         shipping: match event.shipping.filter(|_| v2) {
-            Some(s) => Some(shipping(s)?),
+            Some(s) => Some(Box::new(shipping(s)?)),
             None => None,
         },
     })

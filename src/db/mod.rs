@@ -4,6 +4,7 @@
 //! embeds; and every database error is classified as either transient (retry, never skip) or a
 //! rejection of the data (the row is dead-lettered), never silently dropped.
 
+mod columns;
 pub mod dead_letters;
 mod store;
 

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool, Row};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
+use super::columns::{ItemsJson, JsonText, column};
 use crate::contract::{DeadLetterRecord, OrderEvent};
 
 /// The upsert of a batch of orders, as a literal for `concat!`. An order row only moves to a
@@ -135,9 +135,9 @@ impl OrderStore {
 
 /// The parameters of one batch write, encoded as PostgreSQL receives them.
 ///
-/// Built as arguments rather than with `Query::bind` so that values borrowed from this call
-/// (the items' JSON, in one buffer for the whole batch) can be encoded, and so that the encode
-/// buffer is sized once instead of grown by doubling.
+/// Built as arguments rather than with `Query::bind` so that values borrowed from this call can
+/// be encoded, each column straight from the rows (`columns`), and so that the encode buffer is
+/// sized once instead of grown by doubling.
 fn batch_arguments(
     topic: &str,
     orders: &[OrderRow<'_>],
@@ -170,104 +170,44 @@ type Encoded = Result<(), sqlx::error::BoxDynError>;
 
 /// The order arrays (`$2` to `$15`; `$1` is the topic).
 fn add_orders(args: &mut PgArguments, rows: &[OrderRow<'_>]) -> Encoded {
-    let n = rows.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut customers = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut currencies = Vec::with_capacity(n);
-    let mut totals = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
-    let mut event_ids: Vec<Uuid> = Vec::with_capacity(n);
-    let mut event_types = Vec::with_capacity(n);
-    let mut partitions = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n);
-    let mut discounts = Vec::with_capacity(n);
-    // Contract v2's shipping as JSON, built only for the rows that have one.
-    let mut shipping: Vec<Option<String>> = Vec::with_capacity(n);
-    // Every row's items as JSON, end to end in one buffer: one allocation per batch, not one
-    // (or more, as it grows) per row.
-    let mut json = Vec::with_capacity(n * ORDER_ROW_BYTES / 2);
-    let mut json_ends = Vec::with_capacity(n);
-    for r in rows {
-        let e = r.event;
-        ids.push(e.order_id);
-        versions.push(e.version);
-        customers.push(e.customer_id.as_str());
-        statuses.push(e.status.as_str());
-        currencies.push(e.currency.as_str());
-        totals.push(e.total_minor);
-        e.write_items_json(&mut json);
-        json_ends.push(json.len());
-        occurred.push(e.occurred_at);
-        event_ids.push(e.event_id);
-        event_types.push(e.event_type.as_str());
-        partitions.push(r.partition);
-        offsets.push(r.offset);
-        discounts.push(e.discount_minor);
-        shipping.push(e.shipping.as_ref().map(serde_json::to_string).transpose()?);
-    }
-    let json = std::str::from_utf8(&json)?;
-    let items: Vec<&str> = json_ends
-        .iter()
-        .scan(0, |start, &end| {
-            let item = &json[*start..end];
-            *start = end;
-            Some(item)
-        })
-        .collect();
-    args.add(ids)?;
-    args.add(versions)?;
-    args.add(customers)?;
-    args.add(statuses)?;
-    args.add(currencies)?;
-    args.add(totals)?;
-    args.add(items)?;
-    args.add(occurred)?;
-    args.add(event_ids)?;
-    args.add(event_types)?;
-    args.add(partitions)?;
-    args.add(offsets)?;
-    args.add(discounts)?;
-    args.add(shipping)
+    args.add(column(rows, |r| r.event.order_id))?;
+    args.add(column(rows, |r| r.event.version))?;
+    args.add(column(rows, |r| r.event.customer_id.as_str()))?;
+    args.add(column(rows, |r| r.event.status.as_str()))?;
+    args.add(column(rows, |r| r.event.currency.as_str()))?;
+    args.add(column(rows, |r| r.event.total_minor))?;
+    args.add(column(rows, |r| ItemsJson(r.event)))?;
+    args.add(column(rows, |r| r.event.occurred_at))?;
+    args.add(column(rows, |r| r.event.event_id))?;
+    args.add(column(rows, |r| r.event.event_type.as_str()))?;
+    args.add(column(rows, |r| r.partition))?;
+    args.add(column(rows, |r| r.offset))?;
+    args.add(column(rows, |r| r.event.discount_minor))?;
+    // Contract v2's shipping as JSON, NULL for the rows without one.
+    args.add(column(rows, |r| JsonText(r.event.shipping.as_deref())))
 }
 
 /// The dead-letter arrays (`$16` to `$25`), after the orders'.
 fn add_dead(args: &mut PgArguments, rows: &[DeadLetterRecord<'_>]) -> Encoded {
-    let n = rows.len();
-    let mut partitions = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut sizes = Vec::with_capacity(n);
-    let mut stages = Vec::with_capacity(n);
-    let mut reasons = Vec::with_capacity(n);
-    let mut errors: Vec<Cow<'_, str>> = Vec::with_capacity(n);
-    let mut timestamps = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    for r in rows {
-        partitions.push(r.partition);
-        offsets.push(r.offset);
-        keys.push(r.key);
-        payloads.push(r.payload);
-        sizes.push(i32::try_from(r.payload_size).unwrap_or(i32::MAX));
-        stages.push(r.reason.stage().as_str());
-        reasons.push(r.reason.as_str());
-        let timestamp = r.kafka_timestamp_ms.map(|ms| (ms, storable_timestamp(ms)));
-        errors.push(storable_error(r.error, timestamp));
-        timestamps.push(timestamp.and_then(|(_, t)| t));
-        headers.push(r.headers.to_json());
-    }
-    args.add(partitions)?;
-    args.add(offsets)?;
-    args.add(keys)?;
-    args.add(payloads)?;
-    args.add(sizes)?;
-    args.add(stages)?;
-    args.add(reasons)?;
-    args.add(errors)?;
-    args.add(timestamps)?;
-    args.add(headers)
+    args.add(column(rows, |r| r.partition))?;
+    args.add(column(rows, |r| r.offset))?;
+    args.add(column(rows, |r| r.key))?;
+    args.add(column(rows, |r| r.payload))?;
+    args.add(column(rows, |r| {
+        i32::try_from(r.payload_size).unwrap_or(i32::MAX)
+    }))?;
+    args.add(column(rows, |r| r.reason.stage().as_str()))?;
+    args.add(column(rows, |r| r.reason.as_str()))?;
+    args.add(column(rows, |r| {
+        storable_error(r.error, kafka_timestamp(r))
+    }))?;
+    args.add(column(rows, |r| kafka_timestamp(r).and_then(|(_, t)| t)))?;
+    args.add(column(rows, |r| r.headers.to_json()))
+}
+
+/// A dead letter's Kafka timestamp in milliseconds, with what `timestamptz` makes of it.
+fn kafka_timestamp(r: &DeadLetterRecord<'_>) -> Option<(i64, Option<OffsetDateTime>)> {
+    r.kafka_timestamp_ms.map(|ms| (ms, storable_timestamp(ms)))
 }
 
 /// The first instant `timestamptz` holds: 4714-11-24 BC (astronomical year -4713), midnight UTC.

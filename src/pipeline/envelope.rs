@@ -21,7 +21,7 @@ pub struct Envelope {
     /// pair contends on the allocator's locks (docs/performance.md).
     bytes: Box<[u8]>,
     /// Length of the key at the start of `bytes`; `None` for a message without a key.
-    key_len: Option<usize>,
+    key_len: Option<u32>,
     /// Where the headers start in `bytes` (after the value).
     headers_at: usize,
     /// Whether the message has a value (`false` for a tombstone).
@@ -89,7 +89,8 @@ impl Envelope {
             weight,
             dropped: false,
             bytes: bytes.into_boxed_slice(),
-            key_len: key.map(<[u8]>::len),
+            // Cut to `max_payload_bytes`, a u32.
+            key_len: key.map(|k| k.len() as u32),
             headers_at,
             has_payload: payload.is_some(),
             payload_size: payload.map_or(0, <[u8]>::len),
@@ -99,14 +100,14 @@ impl Envelope {
 
     /// The key; `None` without one, and after [`Envelope::drop_bytes`].
     pub fn key(&self) -> Option<&[u8]> {
-        self.key_len.map(|n| &self.bytes[..n])
+        self.key_len.map(|n| &self.bytes[..n as usize])
     }
 
     /// The value, cut to `max_payload_bytes`; `None` for a tombstone, and after
     /// [`Envelope::drop_bytes`].
     pub fn payload(&self) -> Option<&[u8]> {
         self.has_payload
-            .then(|| &self.bytes[self.key_len.unwrap_or(0)..self.headers_at])
+            .then(|| &self.bytes[self.key_len.unwrap_or(0) as usize..self.headers_at])
     }
 
     /// The headers kept; none after [`Envelope::drop_bytes`].

@@ -17,12 +17,12 @@ fn v2_event(order: Uuid, version: i64) -> OrderEvent {
     let discount = e.total_minor / 10;
     e.discount_minor = Some(discount);
     e.total_minor -= discount;
-    e.shipping = Some(Shipping {
+    e.shipping = Some(Box::new(Shipping {
         method: ShippingMethod::Express,
         country: "NL".into(),
         postal_code: Some(format!("{version}011 AB").into()),
         city: None,
-    });
+    }));
     e
 }
 

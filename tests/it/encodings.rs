@@ -33,12 +33,12 @@ fn events() -> Vec<OrderEvent> {
             let discount = latest.total_minor / 4;
             latest.discount_minor = Some(discount);
             latest.total_minor -= discount;
-            latest.shipping = Some(Shipping {
+            latest.shipping = Some(Box::new(Shipping {
                 method: ShippingMethod::Standard,
                 country: "SE".into(),
                 postal_code: Some("114 55".into()),
                 city: (i % 4 == 0).then(|| "Stockholm".into()),
-            });
+            }));
             versions.reverse();
         }
         out.extend(versions);
