@@ -10,9 +10,9 @@ mod store;
 
 use std::time::Duration;
 
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool};
 
 use crate::config::DbConfig;
 use crate::error::Error;
@@ -151,20 +151,6 @@ async fn applied_versions(pool: &PgPool) -> Result<Vec<i64>, Error> {
             .fetch_all(pool)
             .await?,
     )
-}
-
-/// Shrinks the buffers of the pool's idle connections back to their initial size: each grows to
-/// the largest batch it sent (about 1 MiB at 1,000 rows) and keeps that size otherwise. Connections
-/// in use are left alone. Must run inside the runtime (a connection returns through a task).
-pub fn shrink_idle_connections(pool: &PgPool) -> usize {
-    let mut idle = Vec::new();
-    while let Some(conn) = pool.try_acquire() {
-        idle.push(conn);
-    }
-    for conn in &mut idle {
-        conn.shrink_buffers();
-    }
-    idle.len()
 }
 
 /// Whether PostgreSQL answers a trivial query within `timeout`.

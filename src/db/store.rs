@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgPool, Row};
+use sqlx::{Arguments, Connection, PgPool, Row};
 use time::OffsetDateTime;
 
 use super::columns::{ItemsJson, JsonText, column};
@@ -122,9 +122,15 @@ impl OrderStore {
             return Ok(Written::default());
         }
         let args = batch_arguments(&self.topic, orders, dead)?;
-        let row = sqlx::query_with(WRITE_BATCH, args)
-            .fetch_one(&self.pool)
-            .await?;
+        let mut conn = self.pool.acquire().await?;
+        let result = sqlx::query_with(WRITE_BATCH, args)
+            .fetch_one(&mut *conn)
+            .await;
+        // The send buffer grew to this batch's statement (about 300 bytes a row); kept, every
+        // pooled connection would hold one as large as the largest batch it ever sent, through a
+        // backlog and after it.
+        conn.shrink_buffers();
+        let row = result?;
         let count = |column| Ok::<_, sqlx::Error>(row.try_get::<i64, _>(column)?.max(0) as u64);
         Ok(Written {
             applied: count(0)?,

@@ -19,12 +19,9 @@ use ::metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use sqlx::PgPool;
-use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::db;
 use crate::error::Error;
 use crate::health::Health;
 use crate::kafka::{WorkerContext, leave_group, pause_assignment};
@@ -45,21 +42,10 @@ const LEAVE_BEFORE_END: Duration = Duration::from_millis(200);
 /// How long a consumer that failed waits to leave its group: the worker's own stop follows.
 const LEAVE_ON_FAILURE: Duration = Duration::from_secs(2);
 
-/// What an idle worker gives back: the buffers a backlog grew (each pooled PostgreSQL connection
-/// keeps a batch-sized send buffer), the histograms' sample blocks, then the heap's free pages.
-pub(crate) struct IdleRelease {
-    pub pool: PgPool,
-    /// The runtime the pool's connections return through (a spawned task).
-    pub runtime: Handle,
-}
-
-impl IdleRelease {
-    fn run(&self) {
-        let _in_runtime = self.runtime.enter();
-        db::shrink_idle_connections(&self.pool);
-        metrics::fold_pending_samples();
-        memory::release_free_heap();
-    }
+/// What an idle worker gives back: the histograms' sample blocks, then the heap's free pages.
+fn release_idle() {
+    metrics::fold_pending_samples();
+    memory::release_free_heap();
 }
 
 #[derive(Debug, Clone)]
@@ -78,8 +64,6 @@ pub(crate) struct ConsumerLoop {
     pub metrics: Metrics,
     /// Depth gauge of each lane.
     pub lane_depths: Vec<Gauge>,
-    /// What is given back once the pipeline goes idle.
-    pub idle_release: IdleRelease,
     /// Keeps the lag monitor running while this loop lives.
     pub _lag_monitor: MonitorHandle,
     pub settings: ConsumerSettings,
@@ -189,7 +173,7 @@ impl ConsumerLoop {
         self.tracker.shrink();
         // A backlog grows this to thousands of slots (~200 KiB).
         pending.shrink_to_fit();
-        self.idle_release.run();
+        release_idle();
     }
 
     fn report_depths(&self, load: Load) {

@@ -21,8 +21,8 @@ use crate::kafka::WorkerContext;
 use crate::lag::{Monitor, Quiet};
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
-    ConsumerLoop, ConsumerSettings, Dispatcher, Envelope, IdleRelease, InFlight, Processor,
-    ProcessorSettings, lanes,
+    ConsumerLoop, ConsumerSettings, Dispatcher, Envelope, InFlight, Processor, ProcessorSettings,
+    lanes,
 };
 use crate::retry::Schedule;
 
@@ -69,10 +69,6 @@ impl Parts {
                 .metrics
                 .lanes(usize::from(p.processors), p.channel_capacity as usize),
             _lag_monitor: self.lag_monitor(lag_reader).spawn()?,
-            idle_release: IdleRelease {
-                pool: self.pool.clone(),
-                runtime: tokio::runtime::Handle::current(),
-            },
             settings: ConsumerSettings {
                 max_payload_bytes: p.max_payload_bytes as usize,
                 commit_interval: p.commit_interval,
