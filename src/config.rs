@@ -247,12 +247,12 @@ pub struct PipelineConfig {
     /// consumer pauses its partitions instead of buffering more. The channel holds what arrives
     /// while its processor writes a batch; in a backlog the next batch starts from it, so it
     /// should hold a good part of a batch (docs/performance.md#decisions).
-    #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 1_500,
+    #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub channel_capacity: u32,
     /// Largest batch written in one transaction. Larger batches drain a backlog faster
-    /// (PostgreSQL's cost per row falls as statements grow) but hold more memory, about 1.6 KiB
-    /// per row in flight; 4,000 with 3 processors keeps a drain near 40 MiB
+    /// (PostgreSQL's cost per row falls as statements grow) but hold more memory, up to about
+    /// 1 KiB per row in flight; 4,000 with 3 processors keeps a drain near 30 MiB
     /// (docs/performance.md#decisions). Below backlog rates batches stay small: the linger ends
     /// them.
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 4_000,
