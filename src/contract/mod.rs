@@ -124,9 +124,9 @@ pub struct OrderEvent {
     /// v2: subtracted from the items' sum to give `total_minor`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discount_minor: Option<i64>,
-    /// v2: where and how the order ships.
+    /// v2: where and how the order ships. Boxed: a backlog holds thousands of decoded events in
+    /// flight, and most have none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    /// Boxed: a batch holds thousands of events in flight and most have none.
     pub shipping: Option<Box<Shipping>>,
 }
 
