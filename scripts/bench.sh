@@ -73,8 +73,8 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "target/bench/$stamp"
 export BENCH_OUT="target/bench/$stamp.md"
 export BENCH_LOG_DIR="target/bench/$stamp"
-export BENCH_WORKER_BIN=${BENCH_WORKER_BIN:-target/release/order-worker}
+export BENCH_WORKER_BIN=${BENCH_WORKER_BIN:-$RELEASE_DIR/order-worker}
 
 echo "==> running the benchmark (several minutes; progress on stderr)" >&2
-./target/release/bench
+"$RELEASE_DIR/bench"
 echo "==> report: $BENCH_OUT; worker logs and drain timelines: $BENCH_LOG_DIR/" >&2

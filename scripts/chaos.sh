@@ -26,7 +26,7 @@ case $PROFILE in
     echo "==> cargo build --release"
     release_env
     cargo build --release --locked
-    export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/target/release/order-worker}
+    export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/$RELEASE_DIR/order-worker}
     ;;
   *) echo "usage: $0 [short|long]" >&2; exit 2 ;;
 esac

@@ -27,9 +27,9 @@
 #      scrape of the worker.)
 #   9. (unless --no-build) the image, built on the host: the Docker build context (.dockerignore
 #      applied) is copied to target/check-deploy/context, whose target/ is the repository's (so
-#      dependencies built by `cargo build --release` are reused); every builder RUN after
-#      `COPY . .` runs verbatim there (the first must be `cargo build --release --locked`);
-#      the root filesystem it assembles must be <= 22 MB and hold no shell or package manager;
+#      the release builds of scripts/run.sh and friends are reused); every builder RUN after
+#      `COPY . .` runs verbatim there (the first must be the release build, FIRST_RUN below);
+#      the root filesystem it assembles must be <= 20 MB and hold no shell or package manager;
 #      then the ENTRYPOINT runs from it under chroot, read-only, as the image's USER, with only
 #      the image's environment: --version, then `migrate` and a short `dev` run against
 #      PostgreSQL over TLS (TEST_DATABASE_URL, or the local default; skipped with a notice if
@@ -62,8 +62,8 @@ CRD_MODELS_PACKAGES="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus
 K8S_VERSIONS=(1.30.0 "")
 OVERLAYS=(base overlays/dev overlays/prod overlays/strimzi overlays/msk)
 CRD_KINDS="ScaledObject TriggerAuthentication ServiceMonitor PrometheusRule KafkaTopic KafkaUser"
-# What "<= 22 MB" means: the uncompressed size of the image's files (what `docker images` shows).
-IMAGE_LIMIT_BYTES=22000000
+# What "<= 20 MB" means: the uncompressed size of the image's files (what `docker images` shows).
+IMAGE_LIMIT_BYTES=20000000
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -452,6 +452,8 @@ image_build() {
   python3 - "$ROOT/Dockerfile" "$ctx" "$IMAGE_LIMIT_BYTES" "$TMP" <<'EOF'
 import gzip, json, os, shlex, subprocess, sys, tarfile, time, urllib.parse
 dockerfile, ctx, limit, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+# The build scripts/lib.sh's release_env reproduces on a host (same target, same flags).
+FIRST_RUN = 'cargo build --release --locked --target "$(uname -m)-unknown-linux-gnu"'
 
 def instructions(path):  # (KEYWORD, text), continuation lines joined, comments dropped
     out, buf = [], ""
@@ -495,8 +497,8 @@ for stage in chain("builder"):
             after_copy, runs = True, []
         elif kw == "RUN" and after_copy:
             runs.append(rest)
-if not runs or runs[0] != "cargo build --release --locked":
-    sys.exit(f"the first builder RUN after `COPY . .` must be `cargo build --release --locked`, not {runs[:1]}")
+if not runs or runs[0] != FIRST_RUN:
+    sys.exit(f"the first builder RUN after `COPY . .` must be `{FIRST_RUN}`, not {runs[:1]}")
 for run in runs:
     t = time.time()
     print(f"    RUN {run[:70]}{' ...' if len(run) > 70 else ''}", flush=True)
@@ -532,7 +534,7 @@ buf = tmp + "/rootfs.tar.gz"
 with tarfile.open(buf, "w:gz", compresslevel=6) as t:
     t.add(rootfs, arcname=".")
 print(f"    image: {total:,} bytes uncompressed ({total / 1e6:.1f} MB), {os.path.getsize(buf):,} gzip-6: "
-      f"binary {binary:,}, {len(libs)} libraries {sum(libs.values()):,} ({', '.join(sorted(os.path.basename(p) for p in libs))}), "
+      f"binary {binary:,}, {len(libs)} shared libraries {sum(libs.values()):,}{' (' + ', '.join(sorted(os.path.basename(p) for p in libs)) + ')' if libs else ''}, "
       f"other {total - binary - sum(libs.values()):,} ({len(files) - len(libs) - 1} files)")
 if total > limit:
     errors.append(f"the image would be {total:,} bytes, above {limit:,}")

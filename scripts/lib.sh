@@ -149,17 +149,20 @@ image_tunables() {
 }
 
 # The build environment of the image's release build: the Dockerfile's `ENV ...OPENSSL...`
-# lines (OpenSSL linked statically), exported, so every release build on a host makes the
-# image's binary and shares one set of fingerprints with scripts/check-deploy.sh. Fails when it
-# finds none: a host build would otherwise link OpenSSL dynamically without a word.
+# lines (OpenSSL linked statically) and `ENV ...RUSTFLAGS=` lines (glibc too), exported with the
+# target the Dockerfile names, so every release build on a host makes the image's binary, in
+# $RELEASE_DIR, and shares one set of fingerprints with scripts/check-deploy.sh. Fails when
+# either kind of line is missing: a host build would otherwise link dynamically without a word.
 release_env() {
-  local line found=
-  while read -r line; do
-    export "${line?}"
-    found=1
-  done < <(sed -n 's/^ENV \([A-Z0-9_]*OPENSSL[A-Z0-9_]*=[^ ]*\)$/\1/p' Dockerfile)
-  if [ -z "$found" ]; then
-    echo "release_env: no 'ENV ...OPENSSL...=...' line in ./Dockerfile" >&2
-    return 1
-  fi
+  local line kind
+  for kind in OPENSSL RUSTFLAGS; do
+    line=$(sed -n "s/^ENV \([A-Z0-9_]*${kind}[A-Z0-9_]*=[^ ]*\)\$/\1/p" Dockerfile)
+    if [ -z "$line" ]; then
+      echo "release_env: no 'ENV ...${kind}...=...' line in ./Dockerfile" >&2
+      return 1
+    fi
+    while read -r line; do export "${line?}"; done <<<"$line"
+  done
+  CARGO_BUILD_TARGET=$(uname -m)-unknown-linux-gnu
+  export CARGO_BUILD_TARGET RELEASE_DIR=target/$CARGO_BUILD_TARGET/release
 }

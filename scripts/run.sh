@@ -16,9 +16,9 @@ echo "==> building (release)"
 release_env
 cargo build --release --locked
 echo "==> migrating"
-./target/release/order-worker migrate
+"$RELEASE_DIR/order-worker" migrate
 echo "==> order-worker dev $*"
 # The image's allocator settings (the Dockerfile's ENV line), for the worker only.
 GLIBC_TUNABLES=${GLIBC_TUNABLES:-$(image_tunables)}
 export GLIBC_TUNABLES
-exec ./target/release/order-worker dev --http-addr 127.0.0.1:9090 "$@"
+exec "$RELEASE_DIR/order-worker" dev --http-addr 127.0.0.1:9090 "$@"
