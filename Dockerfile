@@ -33,11 +33,11 @@ ENV AARCH64_UNKNOWN_LINUX_GNU_OPENSSL_LIB_DIR=/usr/lib/aarch64-linux-gnu
 ENV AARCH64_UNKNOWN_LINUX_GNU_OPENSSL_INCLUDE_DIR=/usr/include
 # glibc, libgcc and zlib linked statically as well (crt-static, from libc6-dev's, libgcc's and
 # zlib1g-dev's archives), so the image holds no shared library: 2.1 MB smaller than the binary
-# plus the five libraries it would load, and ~1 MiB less RSS after a drain (no relocated copies
-# of the libraries' pages). glibc's own NSS modules for files and DNS are in libc.a, so name
-# lookups need nothing at run time. A proc macro cannot be linked statically, so every build
-# names its target (`--target $(uname -m)-unknown-linux-gnu`): these flags then reach the
-# worker and not the build scripts and proc macros the compiler loads.
+# plus the five libraries it would load, and ~1 MiB less RSS after a drain (only the parts of
+# libc the worker calls are mapped, among its own pages). glibc's own NSS modules for files and
+# DNS are in libc.a, so name lookups need nothing at run time. A proc macro cannot be linked
+# statically, so every build names its target (`--target $(uname -m)-unknown-linux-gnu`): these
+# flags then reach the worker and not the build scripts and proc macros the compiler loads.
 ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS=-Ctarget-feature=+crt-static
 ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS=-Ctarget-feature=+crt-static
 WORKDIR /app

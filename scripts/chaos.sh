@@ -24,9 +24,9 @@ case $PROFILE in
     NEXTEST_PROFILE=chaos-long
     ensure_cmake
     echo "==> cargo build --release"
-    release_env
-    cargo build --release --locked
-    export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/$RELEASE_DIR/order-worker}
+    # The image's build environment in a subshell only: the tests below build as usual.
+    dir=$(release_env && cargo build --release --locked >&2 && echo "$RELEASE_DIR")
+    export ORDER_WORKER_BIN=${ORDER_WORKER_BIN:-$PWD/$dir/order-worker}
     ;;
   *) echo "usage: $0 [short|long]" >&2; exit 2 ;;
 esac
