@@ -60,8 +60,9 @@ COPY . .
 # build.rs puts the revision into order_worker_build_info; the context has no .git. Declared
 # after the dependency layer, so a new revision only rebuilds the crate itself.
 ARG GIT_REVISION=unknown
-# The same command as scripts/run.sh: rdkafka's `ssl` feature (librdkafka with Debian's OpenSSL,
-# linked statically: TLS, SASL PLAIN/SCRAM/OAUTHBEARER); sqlx uses rustls with webpki roots built in.
+# The build scripts/run.sh makes (release_env names the same target and flags): rdkafka's `ssl`
+# feature (librdkafka with Debian's OpenSSL, linked statically: TLS, SASL PLAIN/SCRAM/
+# OAUTHBEARER); sqlx uses rustls with webpki roots built in.
 RUN cargo build --release --locked --target "$(uname -m)-unknown-linux-gnu"
 # The runtime root filesystem, nothing else: the binary, which must load no shared library;
 # CA certificates for Kafka TLS; a nonroot user; and, so image scanners (Trivy, Grype) see the
@@ -89,10 +90,9 @@ RUN set -eux; \
 
 # ---------------------------------------------------------------------------------------------
 # runtime: no shell, no package manager, no shared libraries. Scratch rather than distroless
-# cc-debian12 because the latter adds about 20 MB the worker never uses (libssl3, libstdc++,
-# libgomp, gconv modules, tzdata, ...) and would put the image at ~42 MB. Security updates of
-# glibc and OpenSSL (linked in from the builder's libc6-dev and libssl-dev) arrive by rebuilding
-# this image on a refreshed rust:*-bookworm, as with any base image.
+# static-debian12, which would add tzdata and netbase (~2 MB) the worker never reads. Security
+# updates of glibc and OpenSSL (linked in from the builder's libc6-dev and libssl-dev) arrive by
+# rebuilding this image on a refreshed rust:*-bookworm, as with any base image.
 FROM scratch AS runtime
 ARG VERSION=0.1.0
 ARG GIT_REVISION=unknown
