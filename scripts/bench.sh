@@ -6,6 +6,7 @@
 #
 # What it measures and how: docs/performance.md. Everything is configured by environment
 # variables, all optional (defaults in brackets):
+#   BENCH_WORKER_BIN [the image's build: target/<arch>-unknown-linux-gnu/release/order-worker]
 #   BENCH_EVENTS [1000000]       events in the backlog (the mock broker keeps 100k messages or
 #   BENCH_PARTITIONS [256]       5 MiB per partition: keep events/partitions well under that)
 #   BENCH_ORDERS [events/5]      distinct orders (several versions each)
