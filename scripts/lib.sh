@@ -155,8 +155,8 @@ image_tunables() {
 # either kind of line is missing: a host build would otherwise link dynamically without a word.
 release_env() {
   local line kind
-  for kind in OPENSSL RUSTFLAGS; do
-    line=$(sed -n "s/^ENV \([A-Z0-9_]*${kind}[A-Z0-9_]*=[^ ]*\)\$/\1/p" Dockerfile)
+  for kind in OPENSSL RUSTFLAGS CFLAGS; do
+    line=$(sed -n "s/^ENV \([A-Za-z0-9_]*${kind}[A-Za-z0-9_]*\)=\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1=\2/p" Dockerfile)
     if [ -z "$line" ]; then
       echo "release_env: no 'ENV ...${kind}...=...' line in ./Dockerfile" >&2
       return 1

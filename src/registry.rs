@@ -45,9 +45,6 @@ impl SchemaRegistry {
         let Some(url) = &cfg.schema_registry_url else {
             return Ok(None);
         };
-        // reqwest needs a process-wide rustls provider; ring is the one the tree has (sqlx, the
-        // AWS login). Another caller having installed one first is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let registry = Self {
             cfg: cfg.clone(),
             url: url.trim_end_matches('/').to_owned(),

@@ -19,13 +19,14 @@ use aws_sigv4::http_request::{
     SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
 };
 use aws_sigv4::sign::v4;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rdkafka::client::OAuthToken;
 use tracing::{info, warn};
 
 use crate::error::Error;
+
+mod sdk_http;
 
 /// How long a token is valid, as AWS's signers for MSK choose.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
@@ -144,12 +145,9 @@ static KEYS: OnceLock<Arc<Keys>> = OnceLock::new();
 /// client created afterwards logs in with MSK IAM tokens. Fails if none can be loaded.
 pub async fn install(region: &str) -> Result<(), Error> {
     let login = |e: String| Error::Config(format!("AWS MSK IAM: {e}"));
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(region.to_owned()))
-        .http_client(https)
+        .http_client(sdk_http::client())
         .load()
         .await;
     let provider = config

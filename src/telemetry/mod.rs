@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -38,7 +38,7 @@ impl Telemetry {
 /// Sets up logging, and span export when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it; the error is
 /// one line about the OTLP settings.
 pub fn init(format: Option<LogFormat>) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {
@@ -58,6 +58,14 @@ pub fn init(format: Option<LogFormat>) -> Result<Telemetry, String> {
         LogFormat::Pretty => registry.with(fmt.compact()).try_init(),
     };
     Ok(Telemetry { provider })
+}
+
+/// `RUST_LOG`'s levels per target (`info`, `order_worker=debug,librdkafka=warn`); `info` when
+/// it is unset, empty or cannot be read.
+fn log_filter(spec: Option<&str>) -> Targets {
+    spec.filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// Keeps a condition that repeats many times a second (a broker that is down, a write that
@@ -150,5 +158,27 @@ mod tests {
             assert_eq!(t.admit(&format!("line {i}")), Some(0));
         }
         assert!(t.seen.lock().unwrap().len() <= THROTTLE_KEYS);
+    }
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_anything_unreadable_means_info() {
+        use tracing::Level;
+        use tracing_subscriber::filter::LevelFilter;
+        let filter = log_filter(Some("order_worker=debug,librdkafka=warn"));
+        assert!(filter.would_enable("order_worker::pipeline", &Level::DEBUG));
+        assert!(!filter.would_enable("librdkafka", &Level::INFO));
+        assert!(
+            !filter.would_enable("sqlx::query", &Level::ERROR),
+            "no default: other targets off"
+        );
+        for unreadable in [None, Some(""), Some("  "), Some("order_worker=loud")] {
+            let filter = log_filter(unreadable);
+            assert_eq!(
+                filter.default_level(),
+                Some(LevelFilter::INFO),
+                "{unreadable:?}"
+            );
+            assert!(!filter.would_enable("sqlx::query", &Level::DEBUG));
+        }
     }
 }

@@ -38,8 +38,6 @@ pub fn provider() -> Result<Option<SdkTracerProvider>, String> {
     {
         return Ok(None);
     }
-    // reqwest (shared with the schema registry client) takes the process's rustls provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::blocking::Client::builder()
         .build()
         .map_err(|e| format!("OTLP exporter's HTTP client: {e}"))?;

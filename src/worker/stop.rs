@@ -2,7 +2,9 @@
 //!
 //! Invariant: the stop ends by its deadline. A failure that ended the run is the outcome
 //! whatever the drain does, and it aborts unfinished work first, so nothing that is not durable
-//! is committed; past the deadline the processors are aborted without reporting.
+//! is committed; past the deadline the processors are aborted without reporting. A panic ends
+//! the run here only where panics unwind (tests, debug builds): the release build aborts the
+//! process at the panic, which commits nothing either.
 
 use std::time::{Duration, Instant};
 

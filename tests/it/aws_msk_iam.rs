@@ -99,7 +99,9 @@ fn check_with_msk_iam(brokers: &str, aws: &[(&str, &str)]) -> std::process::Chil
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
         .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        .env_remove("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
     for var in [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -114,6 +116,70 @@ fn check_with_msk_iam(brokers: &str, aws: &[(&str, &str)]) -> std::process::Chil
         .stderr(Stdio::piped())
         .spawn()
         .expect("run order-worker check")
+}
+
+/// The presigned URL inside the first token `check` sent to the broker.
+fn presigned_url(mut check: std::process::Child, messages: &mpsc::Receiver<String>) -> String {
+    let message = messages.recv_timeout(Duration::from_secs(5));
+    let _ = check.kill();
+    let out = check.wait_with_output().unwrap();
+    let message = message.unwrap_or_else(|_| {
+        panic!(
+            "no SASL message reached the broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let token = message
+        .strip_prefix("n,,\u{1}auth=Bearer ")
+        .and_then(|rest| rest.strip_suffix("\u{1}\u{1}"))
+        .unwrap_or_else(|| panic!("an RFC 7628 client message: {message:?}"));
+    String::from_utf8(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .expect("base64url without padding"),
+    )
+    .unwrap()
+}
+
+/// A credentials endpoint as the EKS Pod Identity agent serves it (the SDK's container
+/// provider: `GET` with the `Authorization` token, a JSON answer); sends each request's
+/// `Authorization` header to the channel.
+fn pod_identity_agent(key: &'static str) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
+    let (seen, asked) = mpsc::channel();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut byte = [0; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
+            let authorization = request
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("authorization: ")
+                        .or(l.strip_prefix("Authorization: "))
+                })
+                .unwrap_or_default()
+                .to_owned();
+            let _ = seen.send(authorization);
+            let expires = time::OffsetDateTime::now_utc() + Duration::from_secs(3600);
+            let expires = expires
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            let body = format!(
+                r#"{{"AccessKeyId":"{key}","SecretAccessKey":"agent-secret","Token":"agent-session","AccountId":"123456789012","Expiration":"{expires}"}}"#
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, asked)
 }
 
 fn param(url: &str, name: &str) -> String {
@@ -133,7 +199,7 @@ fn the_worker_logs_in_to_msk_with_a_token_signed_by_the_pods_aws_credentials() {
     let (brokers, messages) = sasl_broker();
     let (key, secret, session) = ("AKIDMSKTEST", "msk/secret+key", "session-token/with+chars=");
     let started = SystemTime::now();
-    let mut check = check_with_msk_iam(
+    let check = check_with_msk_iam(
         &brokers,
         &[
             ("AWS_REGION", "eu-central-1"),
@@ -142,25 +208,7 @@ fn the_worker_logs_in_to_msk_with_a_token_signed_by_the_pods_aws_credentials() {
             ("AWS_SESSION_TOKEN", session),
         ],
     );
-    let message = messages.recv_timeout(Duration::from_secs(5));
-    let _ = check.kill();
-    let out = check.wait_with_output().unwrap();
-    let message = message.unwrap_or_else(|_| {
-        panic!(
-            "no SASL message reached the broker: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let token = message
-        .strip_prefix("n,,\u{1}auth=Bearer ")
-        .and_then(|rest| rest.strip_suffix("\u{1}\u{1}"))
-        .unwrap_or_else(|| panic!("an RFC 7628 client message: {message:?}"));
-    let url = String::from_utf8(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .expect("base64url without padding"),
-    )
-    .unwrap();
+    let url = presigned_url(check, &messages);
     assert!(
         url.starts_with(
             "https://kafka.eu-central-1.amazonaws.com/?Action=kafka-cluster%3AConnect&"
@@ -199,6 +247,30 @@ fn the_worker_logs_in_to_msk_with_a_token_signed_by_the_pods_aws_credentials() {
     )
     .unwrap();
     assert_eq!(url.split("&User-Agent=").next().unwrap(), again);
+}
+
+#[test]
+fn credentials_from_the_pod_identity_agent_sign_the_token() {
+    let (brokers, messages) = sasl_broker();
+    let (agent, asked) = pod_identity_agent("AKIDFROMAGENT");
+    let check = check_with_msk_iam(
+        &brokers,
+        &[
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &agent),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token"),
+        ],
+    );
+    let url = presigned_url(check, &messages);
+    assert_eq!(
+        asked.recv_timeout(Duration::from_secs(1)).as_deref(),
+        Ok("pod-identity-token")
+    );
+    assert_eq!(param(&url, "X-Amz-Security-Token"), "agent-session");
+    assert!(
+        param(&url, "X-Amz-Credential").starts_with("AKIDFROMAGENT/"),
+        "{url}"
+    );
 }
 
 #[test]

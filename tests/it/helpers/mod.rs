@@ -126,10 +126,8 @@ pub async fn start_worker(
         .expect("worker starts")
 }
 
-/// An HTTP GET of the worker's endpoints. reqwest (the worker's, for the schema registry) is
-/// built without a TLS provider of its own: the process installs ring, as the worker does.
+/// An HTTP GET of the worker's endpoints.
 async fn http_get(addr: SocketAddr, path: &str) -> reqwest::Result<reqwest::Response> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::get(format!("http://{addr}{path}")).await
 }
 
