@@ -2,7 +2,7 @@
 //! image build has no .git), else `git rev-parse`, else "unknown". Generates the Protobuf types
 //! of the contract from `schema/order_event.proto`, the file producers use, so the two cannot
 //! differ (compiled by protox, in Rust: no `protoc` to install). Links the binary with packed
-//! relative relocations where glibc can load them.
+//! relative relocations where glibc can load them, and (release) without unwind tables.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,6 +43,29 @@ fn main() {
     if native && host_glibc().is_some_and(|version| version >= (2, 36)) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    // The release profile aborts on a panic (Cargo.toml); build scripts are not told the
+    // strategy (`CARGO_CFG_PANIC` is the target's default), so the profile stands for it.
+    if var("PROFILE") == "release" && var("TARGET").ends_with("-linux-gnu") {
+        without_unwind_tables();
+    }
+}
+
+/// Where a panic aborts, nothing unwinds (the C libraries are C, not C++), yet the binary would
+/// carry 1.4 MB of unwind tables: the standard library ships compiled to unwind, and LTO keeps
+/// its tables for everything it inlines into. They are dropped at link, except the unwinder's
+/// own: libgcc's unwinder aborts if it cannot find its own frame, and a backtrace (anyhow
+/// captures one when `RUST_BACKTRACE` is set) then simply ends at it. A stripped binary names no
+/// frame anyway. GNU ld, because lld drops either every `.eh_frame` input or none.
+fn without_unwind_tables() {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let script = out.join("no-unwind-tables.ld");
+    std::fs::write(
+        &script,
+        "SECTIONS { /DISCARD/ : { EXCLUDE_FILE(*libgcc_eh.a:*) *(.eh_frame) } } INSERT AFTER .text;\n",
+    )
+    .expect("OUT_DIR is writable");
+    println!("cargo:rustc-link-arg-bins=-fuse-ld=bfd");
+    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
 }
 
 /// `$OUT_DIR/order_worker.contract.rs`, included by `src/contract/protobuf.rs`, and the compiled
