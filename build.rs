@@ -45,7 +45,11 @@ fn main() {
     }
     // The release profile aborts on a panic (Cargo.toml); build scripts are not told the
     // strategy (`CARGO_CFG_PANIC` is the target's default), so the profile stands for it.
-    if var("PROFILE") == "release" && var("TARGET").ends_with("-linux-gnu") {
+    // `ORDER_WORKER_UNWIND_TABLES=keep` keeps the tables, for profilers that walk stacks with
+    // them (`perf record --call-graph dwarf`, heaptrack).
+    println!("cargo:rerun-if-env-changed=ORDER_WORKER_UNWIND_TABLES");
+    let keep = var("ORDER_WORKER_UNWIND_TABLES") == "keep";
+    if var("PROFILE") == "release" && var("TARGET").ends_with("-linux-gnu") && !keep {
         without_unwind_tables();
     }
 }
