@@ -319,6 +319,7 @@ fn source_revision(bin: &Path) -> String {
         "--untracked-files=no",
         "--",
         "src",
+        "build.rs",
         "Cargo.toml",
         "Cargo.lock",
         "migrations",
@@ -338,7 +339,7 @@ fn source_revision(bin: &Path) -> String {
     format!(
         "source {head}{}, built {built}",
         if dirty {
-            " with uncommitted changes to src/"
+            " with uncommitted changes to the worker's sources"
         } else {
             ""
         }
