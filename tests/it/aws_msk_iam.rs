@@ -182,6 +182,36 @@ fn pod_identity_agent(key: &'static str) -> (String, mpsc::Receiver<String>) {
     (url, asked)
 }
 
+/// A credentials endpoint whose answer is far larger than any credential: 64 MiB of a JSON
+/// string, with no length announced, then silence until the client hangs up.
+fn oversized_agent() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut byte = [0; 1];
+                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    request.push(byte[0]);
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"AccessKeyId\":\""
+                );
+                let chunk = [b'A'; 64 * 1024];
+                for _ in 0..1024 {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.read(&mut byte);
+            });
+        }
+    });
+    url
+}
+
 fn param(url: &str, name: &str) -> String {
     let query = url.split_once('?').expect("a query").1;
     let value = query
@@ -287,6 +317,38 @@ fn msk_iam_without_aws_credentials_is_one_line_and_a_failed_exit() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(messages.try_recv().is_err(), "no client was started");
+}
+
+#[test]
+fn a_credentials_answer_larger_than_any_credential_is_refused_unread() {
+    let (brokers, messages) = sasl_broker();
+    let agent = oversized_agent();
+    let started = std::time::Instant::now();
+    let out = check_with_msk_iam(
+        &brokers,
+        &[
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &agent),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-identity-token"),
+        ],
+    )
+    .wait_with_output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("order-worker: ")
+            && last.contains("AWS MSK IAM: no AWS credentials")
+            && last.contains("answer exceeds 1 MiB"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at the limit, not after a read timeout: {:?}",
+        started.elapsed()
+    );
     assert!(messages.try_recv().is_err(), "no client was started");
 }
 

@@ -3,9 +3,10 @@
 //! The SDK's own client brings hyper's HTTP/2 and its own rustls setup, ~1 MB of binary for a
 //! request an hour.
 //!
-//! Invariant: each request is bounded by the connect and read timeouts the SDK asks for, and
-//! every failure reaches the SDK as a connector error of the right kind (timeout or I/O), which
-//! its retry and the renewal loop above act on.
+//! Invariant: each request is bounded by the connect and read timeouts the SDK asks for and its
+//! answer by `MAX_ANSWER`, and every failure reaches the SDK as a connector error of the right
+//! kind (timeout or I/O, which its retry and the renewal loop above act on; an oversized answer,
+//! which no retry mends).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -83,12 +84,34 @@ fn into_reqwest(request: HttpRequest) -> Result<reqwest::Request, String> {
     reqwest::Request::try_from(http::Request::from_parts(parts, body)).map_err(|e| e.to_string())
 }
 
-async fn from_reqwest(response: reqwest::Response) -> Result<HttpResponse, ConnectorError> {
+/// The largest answer read: credential answers are a few KiB, and an endpoint that sends more
+/// is not a credential endpoint; reading on would only grow memory until the first load times out.
+const MAX_ANSWER: usize = 1 << 20;
+
+async fn from_reqwest(mut response: reqwest::Response) -> Result<HttpResponse, ConnectorError> {
+    let too_large = || {
+        ConnectorError::other(
+            format!("the answer exceeds {} MiB", MAX_ANSWER >> 20).into(),
+            None,
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER as u64)
+    {
+        return Err(too_large());
+    }
     let mut head = http::Response::builder().status(response.status());
     if let Some(headers) = head.headers_mut() {
         headers.clone_from(response.headers());
     }
-    let body = response.bytes().await.map_err(connector_error)?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(connector_error)? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
     let response = head
         .body(SdkBody::from(body))
         .map_err(|e| ConnectorError::other(e.into(), None))?;
