@@ -28,6 +28,9 @@
 #                                table shows the round with the median p99/p50, and each ratio)
 #   BENCH_LATENCY_SLICE_MS [1000] slices of <run>-latency-*-seconds.tsv (e.g. 100 to see a
 #                                stall's shape)
+#   BENCH_PACED_BATCH [64]       messages per partition in each burst of the sustain and latency
+#                                phases (one send time, queued within linger.ms: the mock broker's
+#                                batches keep one size at every rate)
 #   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
 #   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
 #                                NAME=value words are environment variables of the worker and

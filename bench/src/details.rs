@@ -167,12 +167,15 @@ pub fn details(b: &Bench, r: &Results) -> String {
         );
         let _ = writeln!(
             d,
-            "- Partitions: the mock broker finds the batch holding a fetched offset by walking the \
-             partition's list of produced batches from the start (librdkafka's \
-             `rd_kafka_mock_msgset_find`, marked \"FIXME: Maintain an index\"). Paced publishing \
-             makes batches of one or a few messages, so on 256 partitions every Fetch walks \
-             hundreds of thousands of batches after a few seconds and the broker, not the worker, \
-             sets the latency. 16 partitions make batches of ~20 messages at this rate."
+            "- Partitions and bursts: the mock broker finds the batch holding a fetched offset by \
+             walking the partition's list of produced batches from the start (librdkafka's \
+             `rd_kafka_mock_msgset_find`, marked \"FIXME: Maintain an index\"), and it retains \
+             5 MiB a partition. So the sustain and latency phases publish on {} partitions, in \
+             bursts of {} messages a partition (`BENCH_PACED_BATCH`) stamped with the burst's \
+             send time and queued within the producer's 5 ms linger: one batch a partition a \
+             burst, of one size at every rate, so a Fetch walks a few hundred batches at most \
+             and the broker, not the worker, would otherwise set the latency.",
+            b.s.latency_partitions, b.s.paced_batch
         );
     }
     if start.is_some() {

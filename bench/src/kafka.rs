@@ -58,9 +58,25 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Publishes `messages` to `topic`, at `rate` per second (0: as fast as the broker takes them),
-/// each with its send time as Kafka timestamp. Blocks until every message is acknowledged.
-pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Placement {
+/// How a publisher sends: the whole backlog as fast as the broker takes it, or paced.
+#[derive(Clone, Copy)]
+pub enum Pace {
+    Backlog,
+    /// `rate` messages a second, queued `burst` at a time and stamped with the burst's send time.
+    /// A burst is queued well within the producer's `linger.ms`, so each partition gets one batch
+    /// per burst, of a size that does not shrink with the rate: the mock broker finds a fetched
+    /// offset by walking every batch a partition retains, and it retains 5 MiB a partition
+    /// whatever their size, so batches closed by the linger timer alone would get smaller and more
+    /// numerous as the rate falls, and a search over rates would measure the broker.
+    Paced {
+        rate: f64,
+        burst: usize,
+    },
+}
+
+/// Publishes `messages` to `topic` as `pace` says, each with its send time as Kafka timestamp.
+/// Blocks until every message is acknowledged.
+pub fn publish(brokers: &str, topic: &str, messages: &[Msg], pace: Pace) -> Placement {
     let producer: BaseProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         // What the project's own publisher uses: a realistic producer batches a little.
@@ -73,33 +89,27 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
         .expect("producer");
     let started = Instant::now();
     let mut sent_ms = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        if rate > 0.0 {
+    let burst = match pace {
+        Pace::Backlog => messages.len().max(1),
+        Pace::Paced { burst, .. } => burst.max(1),
+    };
+    for (b, chunk) in messages.chunks(burst).enumerate() {
+        let first = b * burst;
+        if let Pace::Paced { rate, .. } = pace {
             serve_until(
                 &producer,
-                started + Duration::from_secs_f64(i as f64 / rate),
+                started + Duration::from_secs_f64(first as f64 / rate),
             );
         }
-        let ts = now_ms();
-        sent_ms.push(ts);
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i).timestamp(ts);
-        if let Some(k) = &m.key {
-            record = record.key(k);
+        let burst_ms = now_ms();
+        for (j, m) in chunk.iter().enumerate() {
+            let ts = match pace {
+                Pace::Backlog => now_ms(),
+                Pace::Paced { .. } => burst_ms,
+            };
+            sent_ms.push(ts);
+            send(&producer, topic, first + j, m, ts);
         }
-        if let Some(p) = &m.payload {
-            record = record.payload(p);
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    serve_until(&producer, Instant::now() + Duration::from_millis(2));
-                }
-                Err((e, _)) => panic!("produce failed: {e}"),
-            }
-        }
-        producer.poll(Duration::ZERO);
     }
     producer
         .flush(Duration::from_secs(120))
@@ -113,6 +123,28 @@ pub fn publish(brokers: &str, topic: &str, messages: &[Msg], rate: f64) -> Place
         failed: ctx.failed.load(Ordering::Relaxed),
         elapsed,
     }
+}
+
+/// Queues message `index`, waiting for room while the producer's queue is full.
+fn send(producer: &BaseProducer<Deliveries>, topic: &str, index: usize, m: &Msg, ts: i64) {
+    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, index).timestamp(ts);
+    if let Some(k) = &m.key {
+        record = record.key(k);
+    }
+    if let Some(p) = &m.payload {
+        record = record.payload(p);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                serve_until(producer, Instant::now() + Duration::from_millis(2));
+            }
+            Err((e, _)) => panic!("produce failed: {e}"),
+        }
+    }
+    producer.poll(Duration::ZERO);
 }
 
 /// librdkafka's mock cluster, owned by a producer client created for it (librdkafka's

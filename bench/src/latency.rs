@@ -107,7 +107,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         "{label}: publishing {count} messages at {rate:.0}/s ({:.0}s)",
         b.s.latency_secs
     ));
-    let placement = kafka::publish(&b.brokers, &topic, &messages, rate);
+    let placement = kafka::publish(&b.brokers, &topic, &messages, b.s.paced(rate));
     let achieved = count as f64 / placement.elapsed.as_secs_f64().max(1e-9);
     let probe = Probe::new(&b.brokers, &group, &topic, b.s.latency_partitions);
     let deadline = Instant::now() + Duration::from_secs(120);

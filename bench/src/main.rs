@@ -68,6 +68,9 @@
 //!   but empty: none), `BENCH_LATENCY_ROUNDS` (3: the table shows the round with the median
 //!   p99 / p50, each on a fresh topic, database and worker), `BENCH_LATENCY_SLICE_MS` (1000:
 //!   the slices of the per-round `-seconds.tsv` files);
+//! - `BENCH_PACED_BATCH` (64): the sustain and latency phases publish in bursts of this many
+//!   messages per partition, each burst stamped with one send time and queued within the
+//!   producer's `linger.ms`, so the mock broker's batches keep one size at every rate;
 //! - `BENCH_STARTUP_RUNS` (7), `BENCH_STARTUP_COMPARE_TLS` (1: also with `sslmode=disable`),
 //!   `BENCH_IDLE_SECS` (5);
 //! - `BENCH_VARIANTS`: more end-to-end runs with other worker flags, `label=flags;label=flags`,

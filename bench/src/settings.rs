@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use order_worker::synth::SynthSpec;
 
+use crate::kafka::Pace;
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v
@@ -35,6 +37,8 @@ pub struct Settings {
     pub latency_partitions: i32,
     pub latency_warmup_secs: f64,
     pub latency_rounds: usize,
+    /// Messages a partition gets in one paced burst (on average: keys pick the partition).
+    pub paced_batch: usize,
     /// Steps of the sustainable-rate search, and each step's measured window, s.
     pub sustain_steps: usize,
     pub sustain_secs: f64,
@@ -119,6 +123,7 @@ impl Settings {
             latency_partitions: env_or("BENCH_LATENCY_PARTITIONS", 16),
             latency_warmup_secs: env_or("BENCH_LATENCY_WARMUP_SECS", 3.0),
             latency_rounds: env_or("BENCH_LATENCY_ROUNDS", 3).max(1),
+            paced_batch: env_or("BENCH_PACED_BATCH", 64).max(1),
             sustain_steps: env_or("BENCH_SUSTAIN_STEPS", 4).max(1),
             sustain_secs: env_or("BENCH_SUSTAIN_SECS", 60.0),
             sustain_start: (sustain_start > 0.0).then_some(sustain_start),
@@ -138,6 +143,15 @@ impl Settings {
 
     pub fn runs(&self, phase: &str) -> bool {
         self.phases.iter().any(|p| p == phase)
+    }
+
+    /// How the sustain and latency phases publish at `rate`: a burst every
+    /// `paced_batch × latency_partitions / rate` seconds.
+    pub fn paced(&self, rate: f64) -> Pace {
+        Pace::Paced {
+            rate,
+            burst: self.paced_batch * self.latency_partitions.max(1) as usize,
+        }
     }
 
     /// `BENCH_WORKER_ARGS` followed by `extra`: the flags of one worker run.

@@ -102,7 +102,7 @@ pub fn generate_in_segments(spec: &SynthSpec, events_per_order: f64, count: usiz
 /// Publishes the backlog to `TOPIC` as fast as the broker takes it and checks that the broker
 /// holds all of it from offset 0; the placement, and the most messages in one partition.
 pub fn publish_backlog(brokers: &str, s: &Settings, messages: &[Msg]) -> (Placement, i64) {
-    let placement = kafka::publish(brokers, TOPIC, messages, 0.0);
+    let placement = kafka::publish(brokers, TOPIC, messages, kafka::Pace::Backlog);
     assert_eq!(placement.failed, 0, "every message acknowledged");
     let marks = Probe::new(brokers, "bench-reader", TOPIC, s.partitions).watermarks();
     let published: i64 = marks.values().map(|(_, high)| high).sum();

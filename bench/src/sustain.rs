@@ -99,9 +99,11 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
     ));
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
     let brokers = b.brokers.clone();
+    let pace = b.s.paced(rate);
+    let spawned = Instant::now();
     let publisher = {
         let topic = topic.clone();
-        std::thread::spawn(move || kafka::publish(&brokers, &topic, &messages, rate))
+        std::thread::spawn(move || kafka::publish(&brokers, &topic, &messages, pace))
     };
     let probe = Probe::new(&b.brokers, &group, &topic, b.s.latency_partitions);
     let started = Instant::now();
@@ -113,7 +115,8 @@ fn run_step(b: &mut Bench, rate: f64, step: usize) -> SustainStep {
         }
     }
     let placement = publisher.join().expect("publisher");
-    let sent_at = Instant::now();
+    // The last acknowledgement, not this join: the loop above notices the end a second late.
+    let sent_at = spawned + placement.elapsed;
     let mut caught_up = None;
     while sent_at.elapsed() < CATCH_UP {
         if probe.caught_up() {
