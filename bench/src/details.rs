@@ -173,8 +173,8 @@ pub fn details(b: &Bench, r: &Results) -> String {
              5 MiB a partition. So the sustain and latency phases publish on {} partitions, in \
              bursts of {} messages a partition (`BENCH_PACED_BATCH`) stamped with the burst's \
              send time and queued within the producer's 5 ms linger: one batch a partition a \
-             burst, of one size at every rate, so a Fetch walks a few hundred batches at most \
-             and the broker, not the worker, would otherwise set the latency.",
+             burst, of one size at every rate, so a Fetch walks a few hundred batches at most; \
+             with smaller batches the broker, not the worker, would set the latency.",
             b.s.latency_partitions, b.s.paced_batch
         );
     }

@@ -141,6 +141,16 @@ fn presigned_url(mut check: std::process::Child, messages: &mpsc::Receiver<Strin
     .unwrap()
 }
 
+/// An HTTP request's head (request line and headers), read byte by byte up to the blank line.
+fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// A credentials endpoint as the EKS Pod Identity agent serves it (the SDK's container
 /// provider: `GET` with the `Authorization` token, a JSON answer); sends each request's
 /// `Authorization` header to the channel.
@@ -150,12 +160,7 @@ fn pod_identity_agent(key: &'static str) -> (String, mpsc::Receiver<String>) {
     let (seen, asked) = mpsc::channel();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
-            let mut request = Vec::new();
-            let mut byte = [0; 1];
-            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8_lossy(&request).into_owned();
+            let request = read_head(&mut stream);
             let authorization = request
                 .lines()
                 .find_map(|l| {
@@ -190,11 +195,7 @@ fn oversized_agent() -> String {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut byte = [0; 1];
-                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    request.push(byte[0]);
-                }
+                read_head(&mut stream);
                 let _ = write!(
                     stream,
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"AccessKeyId\":\""
@@ -205,7 +206,7 @@ fn oversized_agent() -> String {
                         return;
                     }
                 }
-                let _ = stream.read(&mut byte);
+                let _ = stream.read(&mut [0; 1]);
             });
         }
     });
