@@ -34,7 +34,8 @@
 #   BENCH_STARTUP_RUNS [7], BENCH_STARTUP_COMPARE_TLS [1], BENCH_IDLE_SECS [5]
 #   BENCH_WORKER_ARGS            extra flags for every worker run, e.g. "--processors 8";
 #                                NAME=value words are environment variables of the worker and
-#                                ?name=value words are added to its database URL
+#                                ?name=value words are added to its database URL; an @path
+#                                word runs that build of the worker instead
 #   BENCH_VARIANTS               more end-to-end runs: "label=flags;label=flags"
 #   BENCH_WORKER_RUST_LOG [info] the workers' RUST_LOG, e.g. "info,librdkafka=debug" together
 #                                with BENCH_WORKER_ARGS="--kafka-property debug=fetch"

@@ -56,7 +56,8 @@ impl WorkerProc {
     /// `extra_args` configure it, never a variable left in the caller's shell. `NAME=value` words
     /// of `extra_args` (upper case name) are environment variables, as in a shell:
     /// `MALLOC_ARENA_MAX=2 --processors 8`; `?name=value` words are added to the database URL's
-    /// query (`?sslmode=disable`).
+    /// query (`?sslmode=disable`); an `@path` word runs that build of the worker instead of
+    /// `bin` (two builds side by side in one run).
     pub fn spawn(spec: &WorkerSpec<'_>) -> Self {
         let is_env = |a: &String| {
             a.split_once('=').is_some_and(|(k, _)| {
@@ -68,8 +69,11 @@ impl WorkerProc {
         let (env, rest): (Vec<&String>, Vec<&String>) =
             spec.extra_args.iter().partition(|a| is_env(a));
         // `?sslmode=disable`-style words are appended to the database URL.
-        let (query, flags): (Vec<&String>, Vec<&String>) =
+        let (query, rest): (Vec<&String>, Vec<&String>) =
             rest.into_iter().partition(|a| a.starts_with('?'));
+        let (builds, flags): (Vec<&String>, Vec<&String>) =
+            rest.into_iter().partition(|a| a.starts_with('@'));
+        let bin = builds.last().map_or(spec.bin, |b| Path::new(&b[1..]));
         let mut database_url = spec.database_url.to_owned();
         for q in query {
             let sep = if database_url.contains('?') { '&' } else { '?' };
@@ -79,7 +83,7 @@ impl WorkerProc {
         let port = free_port();
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = fs::File::create(&spec.log).expect("worker log file");
-        let mut cmd = Command::new(spec.bin);
+        let mut cmd = Command::new(bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("GLIBC_TUNABLES", image_tunables())
