@@ -8,6 +8,7 @@
 //! buffer reads back exactly as it was written.
 
 use base64::Engine;
+use bytes::BufMut;
 use serde_json::{Value, json};
 
 /// Most headers kept per message; producers attach a handful (trace context, ids).
@@ -32,7 +33,7 @@ impl HeaderWriter {
     }
 
     /// Appends `name: value` to `out`, unless a bound says no (then it is counted as dropped).
-    pub fn push(&mut self, out: &mut Vec<u8>, name: &str, value: Option<&[u8]>) {
+    pub fn push(&mut self, out: &mut impl BufMut, name: &str, value: Option<&[u8]>) {
         let size = name.len() + value.map_or(0, <[u8]>::len);
         let fits = self.count < MAX_HEADERS
             && self.bytes + size <= MAX_HEADER_BYTES
@@ -43,14 +44,14 @@ impl HeaderWriter {
         }
         self.count += 1;
         self.bytes += size;
-        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
+        out.put_slice(&(name.len() as u16).to_be_bytes());
+        out.put_slice(name.as_bytes());
         match value {
             Some(v) => {
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(v);
+                out.put_slice(&(v.len() as u32).to_be_bytes());
+                out.put_slice(v);
             }
-            None => out.extend_from_slice(&NULL.to_be_bytes()),
+            None => out.put_slice(&NULL.to_be_bytes()),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! so both are read side by side and a producer moves to v2 without a flag day.
 
 mod avro;
+mod currency;
 pub mod headers;
 mod json;
 mod object_only;

@@ -4,9 +4,9 @@
 //! (lengths, ranges, no NUL characters PostgreSQL text refuses) and its total is consistent, so
 //! that a batch write can only fail for reasons of the database, not of the data.
 
-use iso_currency::Currency;
 use uuid::Uuid;
 
+use super::currency::is_iso_4217;
 use super::{EventType, LineItem, OrderEvent, OrderStatus, Reason, Rejection, WireEvent, shipping};
 
 pub const MAX_ITEMS: usize = 1_000;
@@ -21,7 +21,7 @@ pub(super) fn event(wire: WireEvent) -> Result<OrderEvent, Rejection> {
         return invalid(format!("version must be >= 1, got {}", wire.version));
     }
     text(&"customer_id", &wire.customer_id, MAX_CUSTOMER_ID_CHARS)?;
-    if Currency::from_code(&wire.currency).is_none() {
+    if !is_iso_4217(&wire.currency) {
         return invalid(format!(
             "currency {} is not an ISO 4217 code",
             excerpt(&wire.currency)
@@ -143,13 +143,19 @@ pub(super) fn text(
     value: &str,
     max_chars: usize,
 ) -> Result<(), Rejection> {
-    let chars = value.chars().count();
+    // Printable ASCII (what ids and SKUs are) is counted and checked in one pass over bytes.
+    let printable = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let chars = if printable {
+        value.len()
+    } else {
+        value.chars().count()
+    };
     if chars == 0 || chars > max_chars {
         return invalid(format!(
             "{field} must be 1 to {max_chars} characters, got {chars}"
         ));
     }
-    if value.chars().any(char::is_control) {
+    if !printable && value.chars().any(char::is_control) {
         return invalid(format!(
             "{field} {} contains control characters",
             excerpt(value)

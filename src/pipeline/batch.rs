@@ -58,6 +58,8 @@ pub fn decode_with(
     );
     if outcome.is_ok() {
         envelope.drop_bytes();
+    } else {
+        envelope.keep_bytes();
     }
     Decoded {
         envelope,

@@ -4,7 +4,13 @@
 //! larger one is cut, and the value's real size kept), nor more headers than
 //! `contract::headers` keeps, so one message cannot blow the memory bound. Its weight for the
 //! in-flight budget is fixed when it is made, so what is released is what was added even after
-//! its bytes are dropped.
+//! its bytes are dropped. Envelopes made by one [`Copier`] share its chunks: a chunk holds at
+//! most [`CHUNK_BYTES`] and is freed with the last envelope that reads it, and only a message
+//! waiting in a lane or for its batch can keep one alive (a decoded one drops its bytes, a
+//! rejected one moves them out), so chunks add at most `CHUNK_BYTES` per such message to the
+//! in-flight bytes; with messages spread evenly over the lanes, far less.
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::contract::Headers;
 use crate::contract::headers::{HeaderWriter, MAX_HEADER_BYTES};
@@ -12,14 +18,100 @@ use crate::offsets::Position;
 
 /// Fixed cost counted per message on top of its bytes (the struct, allocator slack).
 const OVERHEAD_BYTES: u64 = 128;
+/// Size of the chunks a [`Copier`] copies messages into: ~40 order events, so allocations are
+/// rare, and small, so what a message kept waiting can hold alive is small too. Under glibc's
+/// mmap threshold in the image (64 KiB), so a freed chunk goes back to the heap for the next.
+pub const CHUNK_BYTES: usize = 8 * 1024;
+/// A message this large gets an allocation of its own, so one chunk holds many messages.
+const OWN_ALLOCATION_BYTES: usize = CHUNK_BYTES / 4;
+
+/// Copies messages out of librdkafka's buffers into chunks shared by many envelopes: one
+/// allocation per chunk instead of one per message. The consumer thread allocates and a
+/// processor frees, and every such cross-thread pair contends on the allocator's locks
+/// (docs/performance.md); a chunk is freed by whichever thread drops its last envelope.
+#[derive(Debug)]
+pub struct Copier {
+    chunk: BytesMut,
+    /// Messages of at least this many bytes get an allocation of their own.
+    own_from: usize,
+}
+
+impl Default for Copier {
+    fn default() -> Self {
+        Self {
+            chunk: BytesMut::new(),
+            own_from: OWN_ALLOCATION_BYTES,
+        }
+    }
+}
+
+impl Copier {
+    /// An [`Envelope`] of the message; `headers` is read twice (sizing, then copying) rather
+    /// than collected.
+    pub fn envelope<'h>(
+        &mut self,
+        position: Position,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+        timestamp_ms: Option<i64>,
+        max_payload_bytes: usize,
+    ) -> Envelope {
+        fn cut(b: &[u8], max: usize) -> &[u8] {
+            &b[..b.len().min(max)]
+        }
+        let key = key.map(|k| cut(k, max_payload_bytes));
+        let value = payload.map_or(&[][..], |v| cut(v, max_payload_bytes));
+        let header_bytes: usize = headers
+            .clone()
+            .map(|(n, v)| HeaderWriter::encoded_len(n, v))
+            .sum();
+        // At least what is written: the writer keeps fewer headers than it is given, never more.
+        let most =
+            key.map_or(0, <[u8]>::len) + value.len() + header_bytes.min(2 * MAX_HEADER_BYTES);
+        let mut own = BytesMut::new();
+        let in_chunk = most < self.own_from;
+        let out = if !in_chunk {
+            own.reserve(most);
+            &mut own
+        } else {
+            if self.chunk.capacity() - self.chunk.len() < most {
+                // The full chunk stays alive through the envelopes that read it.
+                self.chunk = BytesMut::with_capacity(CHUNK_BYTES);
+            }
+            &mut self.chunk
+        };
+        out.put_slice(key.unwrap_or_default());
+        out.put_slice(value);
+        let headers_at = out.len();
+        let mut writer = HeaderWriter::default();
+        for (name, value) in headers {
+            writer.push(out, name, value);
+        }
+        let bytes = out.split().freeze();
+        let weight = u32::try_from(OVERHEAD_BYTES + bytes.len() as u64).unwrap_or(u32::MAX);
+        Envelope {
+            position,
+            weight,
+            dropped: false,
+            in_chunk,
+            bytes,
+            // Cut to `max_payload_bytes`, a u32.
+            key_len: key.map(|k| k.len() as u32),
+            headers_at,
+            has_payload: payload.is_some(),
+            payload_size: payload.map_or(0, <[u8]>::len),
+            timestamp_ms,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub position: Position,
-    /// The key, the value (each cut to `max_payload_bytes`) and the headers, in one allocation:
-    /// the consumer thread allocates it and a processor frees it, and every such cross-thread
-    /// pair contends on the allocator's locks (docs/performance.md).
-    bytes: Box<[u8]>,
+    /// The key, the value (each cut to `max_payload_bytes`) and the headers, in one slice of a
+    /// [`Copier`]'s chunk.
+    bytes: Bytes,
     /// Length of the key at the start of `bytes`; `None` for a message without a key.
     key_len: Option<u32>,
     /// Where the headers start in `bytes` (after the value).
@@ -33,9 +125,13 @@ pub struct Envelope {
     weight: u32,
     /// Whether the key and value were dropped ([`Envelope::drop_bytes`]).
     dropped: bool,
+    /// Whether `bytes` is a slice of a [`Copier`]'s chunk (else an allocation of its own).
+    in_chunk: bool,
 }
 
 impl Envelope {
+    /// A message without headers, in an allocation of its own; the consumer thread copies
+    /// through a [`Copier`].
     pub fn new(
         position: Position,
         key: Option<&[u8]>,
@@ -43,59 +139,19 @@ impl Envelope {
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Self {
-        Self::with_headers(
+        let no_headers = std::iter::empty();
+        let mut alone = Copier {
+            chunk: BytesMut::new(),
+            own_from: 0,
+        };
+        alone.envelope(
             position,
             key,
             payload,
-            std::iter::empty(),
+            no_headers,
             timestamp_ms,
             max_payload_bytes,
         )
-    }
-
-    /// [`Envelope::new`] keeping the message's headers too (as many as `contract::headers`
-    /// keeps). `headers` is read twice (sizing, then copying) rather than collected: a message
-    /// costs the consumer thread one allocation, headers or not.
-    pub fn with_headers<'h>(
-        position: Position,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
-        timestamp_ms: Option<i64>,
-        max_payload_bytes: usize,
-    ) -> Self {
-        fn cut(b: &[u8], max: usize) -> &[u8] {
-            &b[..b.len().min(max)]
-        }
-        let key = key.map(|k| cut(k, max_payload_bytes));
-        let value = payload.map_or(&[][..], |v| cut(v, max_payload_bytes));
-        let header_bytes: usize = headers
-            .clone()
-            .map(|(n, v)| HeaderWriter::encoded_len(n, v))
-            .sum();
-        let mut bytes = Vec::with_capacity(
-            key.map_or(0, <[u8]>::len) + value.len() + header_bytes.min(2 * MAX_HEADER_BYTES),
-        );
-        bytes.extend_from_slice(key.unwrap_or_default());
-        bytes.extend_from_slice(value);
-        let headers_at = bytes.len();
-        let mut writer = HeaderWriter::default();
-        for (name, value) in headers {
-            writer.push(&mut bytes, name, value);
-        }
-        let weight = u32::try_from(OVERHEAD_BYTES + bytes.len() as u64).unwrap_or(u32::MAX);
-        Self {
-            position,
-            weight,
-            dropped: false,
-            bytes: bytes.into_boxed_slice(),
-            // Cut to `max_payload_bytes`, a u32.
-            key_len: key.map(|k| k.len() as u32),
-            headers_at,
-            has_payload: payload.is_some(),
-            payload_size: payload.map_or(0, <[u8]>::len),
-            timestamp_ms,
-        }
     }
 
     /// The key; `None` without one, and after [`Envelope::drop_bytes`].
@@ -123,11 +179,22 @@ impl Envelope {
     /// Frees the key and value once they are no longer needed (a valid message, decoded). The
     /// coordinates stay, so the bytes can be read back from Kafka (`kafka::originals`).
     pub fn drop_bytes(&mut self) {
-        self.bytes = Box::default();
+        self.bytes = Bytes::new();
+        self.in_chunk = false;
         self.key_len = None;
         self.headers_at = 0;
         self.has_payload = false;
         self.dropped = true;
+    }
+
+    /// Moves the bytes out of the chunk they share with other messages into an allocation of
+    /// their own: a rejected message is kept until its dead letter is written, and it would
+    /// keep its whole chunk alive with it.
+    pub fn keep_bytes(&mut self) {
+        if self.in_chunk {
+            self.bytes = Bytes::copy_from_slice(&self.bytes);
+            self.in_chunk = false;
+        }
     }
 
     /// Whether [`Envelope::drop_bytes`] was called.
@@ -144,7 +211,8 @@ mod tests {
     fn headers_are_kept_after_the_value_and_dropped_with_the_bytes() {
         let headers: [(&str, Option<&[u8]>); 2] =
             [("traceparent", Some(b"00-1-2-01")), ("x", None)];
-        let mut e = Envelope::with_headers(
+        let mut copier = Copier::default();
+        let mut e = copier.envelope(
             at(7),
             Some(b"k"),
             Some(b"value"),
@@ -160,12 +228,78 @@ mod tests {
         assert!(e.weight() > OVERHEAD_BYTES + 6 + 11);
         e.drop_bytes();
         assert!(e.headers().is_empty());
-        let tombstone = Envelope::with_headers(at(8), None, None, headers.into_iter(), None, 100);
+        let tombstone = copier.envelope(at(8), None, None, headers.into_iter(), None, 100);
         assert_eq!(tombstone.payload(), None);
         assert_eq!(
             tombstone.headers().get("traceparent"),
             Some(&b"00-1-2-01"[..])
         );
+    }
+
+    #[test]
+    fn envelopes_copied_into_shared_chunks_each_read_back_their_own_bytes() {
+        let mut copier = Copier::default();
+        let made: Vec<(String, String, Envelope)> = (0..2_000)
+            .map(|i| {
+                let (key, value) = (
+                    format!("key-{i}"),
+                    format!("{{\"n\":{}}}", "9".repeat(i % 300)),
+                );
+                let trace = format!("00-{i}-01");
+                let headers = [("traceparent", Some(trace.as_bytes()))];
+                let e = copier.envelope(
+                    at(i as i64),
+                    Some(key.as_bytes()),
+                    Some(value.as_bytes()),
+                    headers.into_iter(),
+                    None,
+                    1 << 20,
+                );
+                (key, trace, e)
+            })
+            .collect();
+        for (i, (key, trace, e)) in made.iter().enumerate() {
+            assert_eq!(e.key(), Some(key.as_bytes()));
+            assert_eq!(e.payload().map(<[u8]>::len), Some(6 + i % 300));
+            assert_eq!(e.headers().get("traceparent"), Some(trace.as_bytes()));
+        }
+        let chunks: std::collections::HashSet<usize> = made
+            .iter()
+            .map(|(_, _, e)| e.bytes.as_ptr() as usize / CHUNK_BYTES)
+            .collect();
+        assert!(chunks.len() < made.len() / 10, "{} chunks", chunks.len());
+    }
+
+    #[test]
+    fn a_message_kept_for_its_dead_letter_moves_out_of_the_shared_chunk() {
+        let mut copier = Copier::default();
+        let mut kept = copier.envelope(at(0), Some(b"k"), Some(b"{"), std::iter::empty(), None, 64);
+        let other = copier.envelope(at(1), None, Some(b"[]"), std::iter::empty(), None, 64);
+        let chunk = kept.bytes.as_ptr() as usize..other.bytes.as_ptr() as usize + 2;
+        kept.keep_bytes();
+        assert!(!chunk.contains(&(kept.bytes.as_ptr() as usize)));
+        assert_eq!(
+            (kept.key(), kept.payload()),
+            (Some(&b"k"[..]), Some(&b"{"[..]))
+        );
+        let moved = kept.bytes.as_ptr();
+        kept.keep_bytes();
+        assert_eq!(kept.bytes.as_ptr(), moved, "copied once");
+    }
+
+    #[test]
+    fn a_large_message_gets_its_own_allocation_and_leaves_the_chunk_to_the_small_ones() {
+        let mut copier = Copier::default();
+        let mut envelope = |value: &[u8]| {
+            copier.envelope(at(0), None, Some(value), std::iter::empty(), None, 1 << 20)
+        };
+        let small = envelope(b"small");
+        let large = envelope(&[b'x'; OWN_ALLOCATION_BYTES]);
+        let next = envelope(b"next");
+        assert_eq!(large.payload().map(<[u8]>::len), Some(OWN_ALLOCATION_BYTES));
+        let after_small = small.bytes.as_ptr().wrapping_add(small.bytes.len());
+        assert_eq!(after_small, next.bytes.as_ptr());
+        assert_eq!(next.payload(), Some(&b"next"[..]));
     }
 
     fn at(offset: i64) -> Position {

@@ -30,7 +30,7 @@ use crate::memory;
 use crate::metrics::{self, Metrics};
 use crate::offsets::{OffsetTracker, Position};
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
-use crate::pipeline::{Dispatcher, Envelope, InFlight};
+use crate::pipeline::{Copier, Dispatcher, Envelope, InFlight};
 
 /// Longest one attempt to hand a message over waits for room in its lane.
 const OFFER_SLICE: Duration = Duration::from_millis(10);
@@ -94,13 +94,14 @@ impl ConsumerLoop {
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
         let mut pacing = Pacing::new(Instant::now(), self.settings.commit_interval);
+        let mut copier = Copier::default();
         while !self.stop.is_cancelled() {
             // One clock reading per turn (a turn takes at most one message from librdkafka):
             // `clock_gettime` is a visible share of this thread's time in a backlog.
             let mut now = Instant::now();
             self.health.consumer_polled(now);
             while let Some(envelope) = pending.pop_front() {
-                if let Some(back) = self.offer(envelope)? {
+                if let Some(back) = self.offer(envelope, now)? {
                     pending.push_front(back);
                     break;
                 }
@@ -113,7 +114,7 @@ impl ConsumerLoop {
             if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
                 // An empty poll may have waited POLL_TIMEOUT, and the tick below must not wait
                 // one more turn for it. Only when idle, so it costs nothing in a backlog.
-                if self.poll_one(timeout, now, &mut pacing, pending)? {
+                if self.poll_one(timeout, now, &mut pacing, pending, &mut copier)? {
                     now = Instant::now();
                 }
             }
@@ -132,6 +133,8 @@ impl ConsumerLoop {
                 pacing.on_idle_commit(now);
             }
             if chores.release_memory {
+                // The copier's chunk too, before the heap is trimmed.
+                copier = Copier::default();
                 self.release_memory(pending);
             }
         }
@@ -146,6 +149,7 @@ impl ConsumerLoop {
         now: Instant,
         pacing: &mut Pacing,
         pending: &mut VecDeque<Envelope>,
+        copier: &mut Copier,
     ) -> Result<bool, Error> {
         match self.consumer.poll(timeout) {
             None => return Ok(!timeout.is_zero()),
@@ -153,7 +157,7 @@ impl ConsumerLoop {
                 self.metrics.consumed.increment(1);
                 self.health.consumer_fetched();
                 pacing.on_message(now);
-                if let Some(envelope) = self.envelope(&message) {
+                if let Some(envelope) = self.envelope(&message, copier) {
                     pending.push_back(envelope);
                 }
             }
@@ -185,7 +189,7 @@ impl ConsumerLoop {
     }
 
     /// Owns a polled message: its coordinates, generation and (bounded) bytes.
-    fn envelope(&self, m: &BorrowedMessage<'_>) -> Option<Envelope> {
+    fn envelope(&self, m: &BorrowedMessage<'_>, copier: &mut Copier) -> Option<Envelope> {
         let Some(generation) = self.tracker.generation(m.partition()) else {
             // Not assigned (any more): it was never registered, so it is redelivered.
             debug!(
@@ -204,7 +208,7 @@ impl ConsumerLoop {
         let headers = (0..headers.map_or(0, Headers::count))
             .filter_map(move |i| headers?.try_get(i))
             .map(|h| (h.key, h.value));
-        Some(Envelope::with_headers(
+        Some(copier.envelope(
             position,
             m.key(),
             m.payload(),
@@ -215,9 +219,9 @@ impl ConsumerLoop {
     }
 
     /// Hands a message to its lane, waiting up to OFFER_SLICE for room in the byte budget and
-    /// in the lane. Gives it back if there is none.
-    fn offer(&self, envelope: Envelope) -> Result<Option<Envelope>, Error> {
-        let deadline = Instant::now() + OFFER_SLICE;
+    /// in the lane. Gives it back if there is none. `now` is the turn's clock reading.
+    fn offer(&self, envelope: Envelope, now: Instant) -> Result<Option<Envelope>, Error> {
+        let deadline = now + OFFER_SLICE;
         if !self.in_flight.wait_for_room(envelope.weight(), deadline) {
             return Ok(Some(envelope));
         }

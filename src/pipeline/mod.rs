@@ -19,6 +19,6 @@ mod write;
 pub use batch::{Decoded, Plan, decode, decode_with, plan};
 pub(crate) use batch::{named, offset_ranges, versions_by_order};
 pub(crate) use dispatch::{Dispatcher, InFlight, lanes};
-pub use envelope::Envelope;
+pub use envelope::{Copier, Envelope};
 pub(crate) use intake::{ConsumerLoop, ConsumerSettings};
 pub(crate) use processor::{Processor, ProcessorSettings};
