@@ -101,12 +101,22 @@ impl Dispatcher {
     /// The lane of a message: by key (the order id), so an order always meets the same
     /// processor; by partition for keyless messages (they are dead-lettered anyway).
     pub fn route(&self, envelope: &Envelope) -> usize {
+        self.lane_of(envelope.position.partition, envelope.key())
+    }
+
+    /// [`Dispatcher::route`] of a message with this partition and (cut) key.
+    pub fn lane_of(&self, partition: i32, key: Option<&[u8]>) -> usize {
         let n = self.senders.len() as u64;
-        let hash = match envelope.key() {
+        let hash = match key {
             Some(key) => BuildHasherDefault::<DefaultHasher>::default().hash_one(key),
-            None => envelope.position.partition as u64,
+            None => partition as u64,
         };
         (hash % n) as usize
+    }
+
+    /// How many lanes there are.
+    pub fn lanes(&self) -> usize {
+        self.senders.len()
     }
 
     /// Sends a message to its lane, waiting until `deadline` for room there; gives it back if
@@ -180,6 +190,22 @@ mod tests {
             used[d.route(&envelope(&format!("order-{i}"), 0))] += 1;
         }
         assert!(used.iter().all(|&n| n > 50), "{used:?}");
+    }
+
+    #[test]
+    fn a_message_s_lane_is_known_from_its_partition_and_key_before_it_is_copied() {
+        let (tx, _rx) = lanes(4, 8);
+        let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
+        for i in 0..100 {
+            let key = format!("order-{i}");
+            assert_eq!(
+                d.lane_of(3, Some(key.as_bytes())),
+                d.route(&envelope(&key, 3))
+            );
+            let mut keyless = envelope("", i);
+            keyless.drop_bytes();
+            assert_eq!(d.lane_of(i, None), d.route(&keyless));
+        }
     }
 
     fn soon() -> Instant {

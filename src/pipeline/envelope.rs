@@ -5,10 +5,10 @@
 //! `contract::headers` keeps, so one message cannot blow the memory bound. Its weight for the
 //! in-flight budget is fixed when it is made, so what is released is what was added even after
 //! its bytes are dropped. Envelopes made by one [`Copier`] share its chunks: a chunk holds at
-//! most [`CHUNK_BYTES`] and is freed with the last envelope that reads it, and only a message
-//! waiting in a lane or for its batch can keep one alive (a decoded one drops its bytes, a
-//! rejected one moves them out), so chunks add at most `CHUNK_BYTES` per such message to the
-//! in-flight bytes; with messages spread evenly over the lanes, far less.
+//! most [`CHUNK_BYTES`] and is freed with the last envelope that reads it. Only a message not
+//! yet decoded keeps its chunk alive (a decoded one drops its bytes, a rejected one moves them
+//! out), and the consumer keeps a copier per lane, whose processor decodes in order: so beyond
+//! the bytes the in-flight budget counts, chunks hold at most about one chunk per lane.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -18,17 +18,18 @@ use crate::offsets::Position;
 
 /// Fixed cost counted per message on top of its bytes (the struct, allocator slack).
 const OVERHEAD_BYTES: u64 = 128;
-/// Size of the chunks a [`Copier`] copies messages into: ~40 order events, so allocations are
-/// rare, and small, so what a message kept waiting can hold alive is small too. Under glibc's
+/// Size of the chunks a [`Copier`] copies messages into: tens of order events, so allocations
+/// are rare, and small, so what a message kept waiting can hold alive is small too. Under glibc's
 /// mmap threshold in the image (64 KiB), so a freed chunk goes back to the heap for the next.
 pub const CHUNK_BYTES: usize = 8 * 1024;
 /// A message this large gets an allocation of its own, so one chunk holds many messages.
 const OWN_ALLOCATION_BYTES: usize = CHUNK_BYTES / 4;
 
-/// Copies messages out of librdkafka's buffers into chunks shared by many envelopes: one
-/// allocation per chunk instead of one per message. The consumer thread allocates and a
-/// processor frees, and every such cross-thread pair contends on the allocator's locks
-/// (docs/performance.md); a chunk is freed by whichever thread drops its last envelope.
+/// Copies messages out of librdkafka's buffers into chunks shared by many envelopes (of one
+/// lane, in the consumer): one allocation per chunk instead of one per message. The consumer
+/// thread allocates and a processor frees, and every such cross-thread pair contends on the
+/// allocator's locks (docs/performance.md); a chunk is freed by whichever thread drops its last
+/// envelope.
 #[derive(Debug)]
 pub struct Copier {
     chunk: BytesMut,

@@ -94,7 +94,7 @@ impl ConsumerLoop {
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
         let mut pacing = Pacing::new(Instant::now(), self.settings.commit_interval);
-        let mut copier = Copier::default();
+        let mut copiers = self.copiers();
         while !self.stop.is_cancelled() {
             // One clock reading per turn (a turn takes at most one message from librdkafka):
             // `clock_gettime` is a visible share of this thread's time in a backlog.
@@ -114,7 +114,7 @@ impl ConsumerLoop {
             if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
                 // An empty poll may have waited POLL_TIMEOUT, and the tick below must not wait
                 // one more turn for it. Only when idle, so it costs nothing in a backlog.
-                if self.poll_one(timeout, now, &mut pacing, pending, &mut copier)? {
+                if self.poll_one(timeout, now, &mut pacing, pending, &mut copiers)? {
                     now = Instant::now();
                 }
             }
@@ -133,8 +133,8 @@ impl ConsumerLoop {
                 pacing.on_idle_commit(now);
             }
             if chores.release_memory {
-                // The copier's chunk too, before the heap is trimmed.
-                copier = Copier::default();
+                // The copiers' chunks too, before the heap is trimmed.
+                copiers = self.copiers();
                 self.release_memory(pending);
             }
         }
@@ -149,7 +149,7 @@ impl ConsumerLoop {
         now: Instant,
         pacing: &mut Pacing,
         pending: &mut VecDeque<Envelope>,
-        copier: &mut Copier,
+        copiers: &mut [Copier],
     ) -> Result<bool, Error> {
         match self.consumer.poll(timeout) {
             None => return Ok(!timeout.is_zero()),
@@ -157,7 +157,7 @@ impl ConsumerLoop {
                 self.metrics.consumed.increment(1);
                 self.health.consumer_fetched();
                 pacing.on_message(now);
-                if let Some(envelope) = self.envelope(&message, copier) {
+                if let Some(envelope) = self.envelope(&message, copiers) {
                     pending.push_back(envelope);
                 }
             }
@@ -170,6 +170,13 @@ impl ConsumerLoop {
             Some(Err(e)) => self.consumer.context().report_error(&e, None),
         }
         Ok(false)
+    }
+
+    /// One copier per lane.
+    fn copiers(&self) -> Vec<Copier> {
+        (0..self.dispatcher.lanes())
+            .map(|_| Copier::default())
+            .collect()
     }
 
     /// Hands back what a backlog grew, once the pipeline is idle.
@@ -189,7 +196,7 @@ impl ConsumerLoop {
     }
 
     /// Owns a polled message: its coordinates, generation and (bounded) bytes.
-    fn envelope(&self, m: &BorrowedMessage<'_>, copier: &mut Copier) -> Option<Envelope> {
+    fn envelope(&self, m: &BorrowedMessage<'_>, copiers: &mut [Copier]) -> Option<Envelope> {
         let Some(generation) = self.tracker.generation(m.partition()) else {
             // Not assigned (any more): it was never registered, so it is redelivered.
             debug!(
@@ -208,13 +215,19 @@ impl ConsumerLoop {
         let headers = (0..headers.map_or(0, Headers::count))
             .filter_map(move |i| headers?.try_get(i))
             .map(|h| (h.key, h.value));
-        Some(copier.envelope(
+        // Into its lane's chunk: a chunk read by one processor in order is freed as soon as that
+        // processor has taken its last message, never held by a slower lane.
+        let max = self.settings.max_payload_bytes;
+        let lane = self
+            .dispatcher
+            .lane_of(m.partition(), m.key().map(|k| &k[..k.len().min(max)]));
+        Some(copiers[lane].envelope(
             position,
             m.key(),
             m.payload(),
             headers,
             m.timestamp().to_millis(),
-            self.settings.max_payload_bytes,
+            max,
         ))
     }
 
