@@ -98,13 +98,10 @@ impl Dispatcher {
         Self { senders, in_flight }
     }
 
-    /// The lane of a message: by key (the order id), so an order always meets the same
-    /// processor; by partition for keyless messages (they are dead-lettered anyway).
-    pub fn route(&self, envelope: &Envelope) -> usize {
-        self.lane_of(envelope.position.partition, envelope.key())
-    }
-
-    /// [`Dispatcher::route`] of a message with this partition and (cut) key.
+    /// The lane of a message, from its partition and (cut) key: by key (the order id), so an
+    /// order always meets the same processor; by partition for keyless messages (they are
+    /// dead-lettered anyway). Known before the message is copied, so its bytes go into its
+    /// lane's chunk.
     pub fn lane_of(&self, partition: i32, key: Option<&[u8]>) -> usize {
         let n = self.senders.len() as u64;
         let hash = match key {
@@ -119,15 +116,15 @@ impl Dispatcher {
         self.senders.len()
     }
 
-    /// Sends a message to its lane, waiting until `deadline` for room there; gives it back if
-    /// there is none by then. Fails only when the lane's processor is gone, which the worker
-    /// treats as fatal.
-    pub fn send_by(
+    /// Sends a message to `lane` (its [`Dispatcher::lane_of`]), waiting until `deadline` for
+    /// room there; gives it back if there is none by then. Fails only when the lane's processor
+    /// is gone, which the worker treats as fatal.
+    pub fn send_to(
         &self,
+        lane: usize,
         envelope: Envelope,
         deadline: Instant,
     ) -> Result<Option<Envelope>, Error> {
-        let lane = self.route(&envelope);
         let weight = envelope.weight();
         self.in_flight.add(weight);
         match self.senders[lane].send_deadline(envelope, deadline) {
@@ -176,7 +173,7 @@ mod tests {
         let (tx, _rx) = lanes(4, 8);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
         for key in ["a", "order-17", "6f1c2a4e-7a43-4a39-9f7e-2b1d7c1e0a11"] {
-            let lanes: Vec<usize> = (0..5).map(|p| d.route(&envelope(key, p))).collect();
+            let lanes: Vec<usize> = (0..5).map(|p| d.lane_of(p, Some(key.as_bytes()))).collect();
             assert!(lanes.windows(2).all(|w| w[0] == w[1]), "{key}: {lanes:?}");
         }
     }
@@ -187,25 +184,17 @@ mod tests {
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
         let mut used = [0usize; 4];
         for i in 0..400 {
-            used[d.route(&envelope(&format!("order-{i}"), 0))] += 1;
+            used[d.lane_of(0, Some(format!("order-{i}").as_bytes()))] += 1;
         }
         assert!(used.iter().all(|&n| n > 50), "{used:?}");
     }
 
     #[test]
-    fn a_message_s_lane_is_known_from_its_partition_and_key_before_it_is_copied() {
+    fn keyless_messages_take_their_partition_s_lane() {
         let (tx, _rx) = lanes(4, 8);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        for i in 0..100 {
-            let key = format!("order-{i}");
-            assert_eq!(
-                d.lane_of(3, Some(key.as_bytes())),
-                d.route(&envelope(&key, 3))
-            );
-            let mut keyless = envelope("", i);
-            keyless.drop_bytes();
-            assert_eq!(d.lane_of(i, None), d.route(&keyless));
-        }
+        let lanes: Vec<usize> = (0..8).map(|p| d.lane_of(p, None)).collect();
+        assert_eq!(lanes, [0, 1, 2, 3, 0, 1, 2, 3]);
     }
 
     fn soon() -> Instant {
@@ -217,10 +206,10 @@ mod tests {
         let budget = Arc::new(InFlight::new(1 << 20));
         let (tx, _rx) = lanes(1, 2);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
-        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
         let held = budget.bytes();
-        let back = d.send_by(envelope("a", 0), soon()).unwrap();
+        let back = d.send_to(0, envelope("a", 0), soon()).unwrap();
         assert!(back.is_some());
         assert_eq!(budget.bytes(), held);
     }
@@ -229,7 +218,7 @@ mod tests {
     fn a_send_waiting_on_a_full_lane_goes_through_as_soon_as_its_processor_takes_a_message() {
         let (tx, rx) = lanes(1, 1);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
         let taker = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             rx[0].recv().unwrap();
@@ -237,7 +226,7 @@ mod tests {
         });
         let started = Instant::now();
         let far = started + Duration::from_secs(10);
-        assert!(d.send_by(envelope("a", 0), far).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), far).unwrap().is_none());
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(taker.join());
     }
@@ -252,8 +241,8 @@ mod tests {
             budget.wait_for_room(w, soon()),
             "an empty pipeline admits anything"
         );
-        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
-        assert!(d.send_by(envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
+        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
         assert!(!budget.wait_for_room(w, soon()));
         let releaser = {
             let budget = budget.clone();
@@ -277,7 +266,7 @@ mod tests {
         let (tx, rx) = lanes(1, 2);
         drop(rx);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send_by(envelope("a", 0), soon()).is_err());
+        assert!(d.send_to(0, envelope("a", 0), soon()).is_err());
         assert_eq!(budget.bytes(), 0);
     }
 }

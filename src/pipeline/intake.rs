@@ -42,6 +42,9 @@ const LEAVE_BEFORE_END: Duration = Duration::from_millis(200);
 /// How long a consumer that failed waits to leave its group: the worker's own stop follows.
 const LEAVE_ON_FAILURE: Duration = Duration::from_secs(2);
 
+/// A message waiting for room, with the lane it was copied for (its key is hashed once).
+type Routed = (usize, Envelope);
+
 /// What an idle worker gives back: the histograms' sample blocks, then the heap's free pages.
 fn release_idle() {
     metrics::fold_pending_samples();
@@ -77,7 +80,7 @@ impl ConsumerLoop {
     /// Polls until `stop` fires, then drains. Returns whether every dispatched message became
     /// durable (and so was committed) before the deadline.
     pub fn run(self) -> Result<bool, Error> {
-        let mut pending: VecDeque<Envelope> = VecDeque::new();
+        let mut pending: VecDeque<Routed> = VecDeque::new();
         let polled = self.poll_until_stopped(&mut pending);
         if let Err(e) = polled {
             // A lane's processor is gone, or librdkafka gave up: leave without waiting for work
@@ -92,7 +95,7 @@ impl ConsumerLoop {
         Ok(self.finish(pending))
     }
 
-    fn poll_until_stopped(&self, pending: &mut VecDeque<Envelope>) -> Result<(), Error> {
+    fn poll_until_stopped(&self, pending: &mut VecDeque<Routed>) -> Result<(), Error> {
         let mut pacing = Pacing::new(Instant::now(), self.settings.commit_interval);
         let mut copiers = self.copiers();
         while !self.stop.is_cancelled() {
@@ -100,9 +103,9 @@ impl ConsumerLoop {
             // `clock_gettime` is a visible share of this thread's time in a backlog.
             let mut now = Instant::now();
             self.health.consumer_polled(now);
-            while let Some(envelope) = pending.pop_front() {
-                if let Some(back) = self.offer(envelope, now)? {
-                    pending.push_front(back);
+            while let Some((lane, envelope)) = pending.pop_front() {
+                if let Some(back) = self.offer(lane, envelope, now)? {
+                    pending.push_front((lane, back));
                     break;
                 }
             }
@@ -148,7 +151,7 @@ impl ConsumerLoop {
         timeout: Duration,
         now: Instant,
         pacing: &mut Pacing,
-        pending: &mut VecDeque<Envelope>,
+        pending: &mut VecDeque<Routed>,
         copiers: &mut [Copier],
     ) -> Result<bool, Error> {
         match self.consumer.poll(timeout) {
@@ -157,8 +160,8 @@ impl ConsumerLoop {
                 self.metrics.consumed.increment(1);
                 self.health.consumer_fetched();
                 pacing.on_message(now);
-                if let Some(envelope) = self.envelope(&message, copiers) {
-                    pending.push_back(envelope);
+                if let Some(routed) = self.envelope(&message, copiers) {
+                    pending.push_back(routed);
                 }
             }
             // librdkafka gives up on a fatal error (a fenced static member): so does the worker,
@@ -180,7 +183,7 @@ impl ConsumerLoop {
     }
 
     /// Hands back what a backlog grew, once the pipeline is idle.
-    fn release_memory(&self, pending: &mut VecDeque<Envelope>) {
+    fn release_memory(&self, pending: &mut VecDeque<Routed>) {
         self.tracker.shrink();
         // A backlog grows this to thousands of slots (~200 KiB).
         pending.shrink_to_fit();
@@ -195,8 +198,8 @@ impl ConsumerLoop {
         }
     }
 
-    /// Owns a polled message: its coordinates, generation and (bounded) bytes.
-    fn envelope(&self, m: &BorrowedMessage<'_>, copiers: &mut [Copier]) -> Option<Envelope> {
+    /// Owns a polled message: its lane, coordinates, generation and (bounded) bytes.
+    fn envelope(&self, m: &BorrowedMessage<'_>, copiers: &mut [Copier]) -> Option<Routed> {
         let Some(generation) = self.tracker.generation(m.partition()) else {
             // Not assigned (any more): it was never registered, so it is redelivered.
             debug!(
@@ -221,19 +224,25 @@ impl ConsumerLoop {
         let lane = self
             .dispatcher
             .lane_of(m.partition(), m.key().map(|k| &k[..k.len().min(max)]));
-        Some(copiers[lane].envelope(
+        let envelope = copiers[lane].envelope(
             position,
             m.key(),
             m.payload(),
             headers,
             m.timestamp().to_millis(),
             max,
-        ))
+        );
+        Some((lane, envelope))
     }
 
     /// Hands a message to its lane, waiting up to OFFER_SLICE for room in the byte budget and
     /// in the lane. Gives it back if there is none. `now` is the turn's clock reading.
-    fn offer(&self, envelope: Envelope, now: Instant) -> Result<Option<Envelope>, Error> {
+    fn offer(
+        &self,
+        lane: usize,
+        envelope: Envelope,
+        now: Instant,
+    ) -> Result<Option<Envelope>, Error> {
         let deadline = now + OFFER_SLICE;
         if !self.in_flight.wait_for_room(envelope.weight(), deadline) {
             return Ok(Some(envelope));
@@ -246,7 +255,7 @@ impl ConsumerLoop {
         else {
             return Ok(None);
         };
-        let back = self.dispatcher.send_by(envelope, deadline)?;
+        let back = self.dispatcher.send_to(lane, envelope, deadline)?;
         if back.is_some() {
             self.tracker.withdraw(registered);
         }
@@ -298,7 +307,7 @@ impl ConsumerLoop {
 
     /// The graceful stop: stop fetching, let the processors drain the lanes, commit what is
     /// durable, leave the group; all by the stop's deadline.
-    fn finish(self, pending: VecDeque<Envelope>) -> bool {
+    fn finish(self, pending: VecDeque<Routed>) -> bool {
         let ctx = self.consumer.context();
         let end = ctx
             .stop_deadline()
