@@ -84,6 +84,17 @@ pub fn lanes(
     (0..n).map(|_| flume::bounded(capacity)).unzip()
 }
 
+/// A lane as [`Dispatcher::lane_of`] picks it, the only way to name one: a message is sent
+/// to the lane of its key (or partition) and no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lane(usize);
+
+impl Lane {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// The consumer thread's side of the lanes. Dropping it closes every lane, which is how the
 /// processors learn that no more messages will come.
 #[derive(Debug)]
@@ -102,13 +113,13 @@ impl Dispatcher {
     /// order always meets the same processor; by partition for keyless messages (they are
     /// dead-lettered anyway). Known before the message is copied, so its bytes go into its
     /// lane's chunk.
-    pub fn lane_of(&self, partition: i32, key: Option<&[u8]>) -> usize {
+    pub fn lane_of(&self, partition: i32, key: Option<&[u8]>) -> Lane {
         let n = self.senders.len() as u64;
         let hash = match key {
             Some(key) => BuildHasherDefault::<DefaultHasher>::default().hash_one(key),
             None => partition as u64,
         };
-        (hash % n) as usize
+        Lane((hash % n) as usize)
     }
 
     /// How many lanes there are.
@@ -121,13 +132,13 @@ impl Dispatcher {
     /// is gone, which the worker treats as fatal.
     pub fn send_to(
         &self,
-        lane: usize,
+        lane: Lane,
         envelope: Envelope,
         deadline: Instant,
     ) -> Result<Option<Envelope>, Error> {
         let weight = envelope.weight();
         self.in_flight.add(weight);
-        match self.senders[lane].send_deadline(envelope, deadline) {
+        match self.senders[lane.0].send_deadline(envelope, deadline) {
             Ok(()) => Ok(None),
             Err(SendTimeoutError::Timeout(back)) => {
                 self.in_flight.release(weight);
@@ -136,7 +147,8 @@ impl Dispatcher {
             Err(SendTimeoutError::Disconnected(_)) => {
                 self.in_flight.release(weight);
                 Err(Error::TaskFailed(format!(
-                    "processor {lane} stopped taking messages"
+                    "processor {} stopped taking messages",
+                    lane.0
                 )))
             }
         }
@@ -173,7 +185,9 @@ mod tests {
         let (tx, _rx) = lanes(4, 8);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
         for key in ["a", "order-17", "6f1c2a4e-7a43-4a39-9f7e-2b1d7c1e0a11"] {
-            let lanes: Vec<usize> = (0..5).map(|p| d.lane_of(p, Some(key.as_bytes()))).collect();
+            let lanes: Vec<usize> = (0..5)
+                .map(|p| d.lane_of(p, Some(key.as_bytes())).index())
+                .collect();
             assert!(lanes.windows(2).all(|w| w[0] == w[1]), "{key}: {lanes:?}");
         }
     }
@@ -184,7 +198,7 @@ mod tests {
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
         let mut used = [0usize; 4];
         for i in 0..400 {
-            used[d.lane_of(0, Some(format!("order-{i}").as_bytes()))] += 1;
+            used[d.lane_of(0, Some(format!("order-{i}").as_bytes())).index()] += 1;
         }
         assert!(used.iter().all(|&n| n > 50), "{used:?}");
     }
@@ -193,7 +207,7 @@ mod tests {
     fn keyless_messages_take_their_partition_s_lane() {
         let (tx, _rx) = lanes(4, 8);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        let lanes: Vec<usize> = (0..8).map(|p| d.lane_of(p, None)).collect();
+        let lanes: Vec<usize> = (0..8).map(|p| d.lane_of(p, None).index()).collect();
         assert_eq!(lanes, [0, 1, 2, 3, 0, 1, 2, 3]);
     }
 
@@ -206,10 +220,18 @@ mod tests {
         let budget = Arc::new(InFlight::new(1 << 20));
         let (tx, _rx) = lanes(1, 2);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
-        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
+        assert!(
+            d.send_to(Lane(0), envelope("a", 0), soon())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            d.send_to(Lane(0), envelope("a", 0), soon())
+                .unwrap()
+                .is_none()
+        );
         let held = budget.bytes();
-        let back = d.send_to(0, envelope("a", 0), soon()).unwrap();
+        let back = d.send_to(Lane(0), envelope("a", 0), soon()).unwrap();
         assert!(back.is_some());
         assert_eq!(budget.bytes(), held);
     }
@@ -218,7 +240,11 @@ mod tests {
     fn a_send_waiting_on_a_full_lane_goes_through_as_soon_as_its_processor_takes_a_message() {
         let (tx, rx) = lanes(1, 1);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
+        assert!(
+            d.send_to(Lane(0), envelope("a", 0), soon())
+                .unwrap()
+                .is_none()
+        );
         let taker = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             rx[0].recv().unwrap();
@@ -226,7 +252,7 @@ mod tests {
         });
         let started = Instant::now();
         let far = started + Duration::from_secs(10);
-        assert!(d.send_to(0, envelope("a", 0), far).unwrap().is_none());
+        assert!(d.send_to(Lane(0), envelope("a", 0), far).unwrap().is_none());
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(taker.join());
     }
@@ -241,8 +267,16 @@ mod tests {
             budget.wait_for_room(w, soon()),
             "an empty pipeline admits anything"
         );
-        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
-        assert!(d.send_to(0, envelope("a", 0), soon()).unwrap().is_none());
+        assert!(
+            d.send_to(Lane(0), envelope("a", 0), soon())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            d.send_to(Lane(0), envelope("a", 0), soon())
+                .unwrap()
+                .is_none()
+        );
         assert!(!budget.wait_for_room(w, soon()));
         let releaser = {
             let budget = budget.clone();
@@ -266,7 +300,7 @@ mod tests {
         let (tx, rx) = lanes(1, 2);
         drop(rx);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send_to(0, envelope("a", 0), soon()).is_err());
+        assert!(d.send_to(Lane(0), envelope("a", 0), soon()).is_err());
         assert_eq!(budget.bytes(), 0);
     }
 }

@@ -30,7 +30,7 @@ use crate::memory;
 use crate::metrics::{self, Metrics};
 use crate::offsets::{OffsetTracker, Position};
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
-use crate::pipeline::{Copier, Dispatcher, Envelope, InFlight};
+use crate::pipeline::{Copier, Dispatcher, Envelope, InFlight, Lane};
 
 /// Longest one attempt to hand a message over waits for room in its lane.
 const OFFER_SLICE: Duration = Duration::from_millis(10);
@@ -43,7 +43,7 @@ const LEAVE_BEFORE_END: Duration = Duration::from_millis(200);
 const LEAVE_ON_FAILURE: Duration = Duration::from_secs(2);
 
 /// A message waiting for room, with the lane it was copied for (its key is hashed once).
-type Routed = (usize, Envelope);
+type Routed = (Lane, Envelope);
 
 /// What an idle worker gives back: the histograms' sample blocks, then the heap's free pages.
 fn release_idle() {
@@ -224,7 +224,7 @@ impl ConsumerLoop {
         let lane = self
             .dispatcher
             .lane_of(m.partition(), m.key().map(|k| &k[..k.len().min(max)]));
-        let envelope = copiers[lane].envelope(
+        let envelope = copiers[lane.index()].envelope(
             position,
             m.key(),
             m.payload(),
@@ -239,7 +239,7 @@ impl ConsumerLoop {
     /// in the lane. Gives it back if there is none. `now` is the turn's clock reading.
     fn offer(
         &self,
-        lane: usize,
+        lane: Lane,
         envelope: Envelope,
         now: Instant,
     ) -> Result<Option<Envelope>, Error> {

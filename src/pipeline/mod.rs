@@ -18,7 +18,7 @@ mod write;
 
 pub use batch::{Decoded, Plan, decode, decode_with, plan};
 pub(crate) use batch::{named, offset_ranges, versions_by_order};
-pub(crate) use dispatch::{Dispatcher, InFlight, lanes};
+pub(crate) use dispatch::{Dispatcher, InFlight, Lane, lanes};
 pub use envelope::{Copier, Envelope};
 pub(crate) use intake::{ConsumerLoop, ConsumerSettings};
 pub(crate) use processor::{Processor, ProcessorSettings};
