@@ -382,6 +382,7 @@ pub use commands::{
     ProduceConfig, SynthConfig, TopicSample, ValidateConfig, ValidateSource,
 };
 
+pub use checks::{RUNTIME_THREADS_ENV, runtime_threads};
 pub use kafka::{KAFKA_PROPERTY_PREFIX, KafkaArgs, KafkaProperty};
 pub(crate) use kafka::{REVOKE_COMMIT_WAIT, check_overrides};
 #[cfg(test)]

@@ -20,11 +20,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let prepared = utf8_env().and_then(|env| cli.command.prepare(env).map_err(|e| e.to_string()));
-    if let Err(e) = prepared {
-        eprintln!("order-worker: {e} (see --help)");
-        return ExitCode::from(2);
-    }
+    // TOKIO_WORKER_THREADS is checked with the other settings and handed to the runtime, which
+    // would panic on a wrong value if it read the variable itself.
+    let prepared = utf8_env()
+        .and_then(|env| cli.command.prepare(env).map_err(|e| e.to_string()))
+        .and_then(|()| {
+            let threads = std::env::var_os(config::RUNTIME_THREADS_ENV);
+            config::runtime_threads(threads.as_deref()).map_err(|e| e.to_string())
+        });
+    let threads = match prepared {
+        Ok(threads) => threads,
+        Err(e) => {
+            eprintln!("order-worker: {e} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let telemetry = match telemetry::init(cli.log.log_format) {
         Ok(telemetry) => telemetry,
         Err(e) => {
@@ -32,7 +42,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.get())
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("order-worker: cannot start the async runtime: {e}");

@@ -5,6 +5,8 @@
 //! subscribe to a pattern, or wait inside a rebalance longer than the group, the stop or the
 //! liveness probe allow; each refusal names the setting in one line.
 
+use std::ffi::OsStr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use super::REVOKE_COMMIT_WAIT;
@@ -165,4 +167,25 @@ pub(super) fn check_topic(setting: &str, topic: &str) -> Result<(), Error> {
     Err(Error::Config(format!(
         "{setting} must be a topic name of 1 to 249 letters, digits, '.', '_' or '-'{hint}"
     )))
+}
+
+/// The variable that sets the async runtime's threads.
+pub const RUNTIME_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// The async runtime's threads: [`RUNTIME_THREADS_ENV`]'s value, or when it is unset or empty
+/// tokio's default, one per core the process may use. Always resolved here and passed to the
+/// runtime's builder, since tokio reading the variable itself panics on anything but a
+/// positive number (an empty value included).
+pub fn runtime_threads(value: Option<&OsStr>) -> Result<NonZeroUsize, Error> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN));
+    };
+    value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{RUNTIME_THREADS_ENV} must be a whole number of threads, at least 1"
+            ))
+        })
 }

@@ -135,3 +135,17 @@ fn a_run_command_is_assumed_when_none_is_named() {
     let cli = Cli::parse_with_default(["order-worker", "lag", "--brokers", "b:9092"]).unwrap();
     assert!(matches!(cli.command, Command::Lag(_)));
 }
+
+#[test]
+fn the_runtime_thread_count_is_one_per_core_unless_a_positive_number_is_set() {
+    use std::ffi::OsStr;
+    let threads = |v: Option<&str>| runtime_threads(v.map(OsStr::new)).map(|n| n.get());
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(threads(None).unwrap(), cores);
+    assert_eq!(threads(Some("")).unwrap(), cores);
+    assert_eq!(threads(Some("3")).unwrap(), 3);
+    for wrong in ["0", "-1", "two", "1.5"] {
+        let e = threads(Some(wrong)).unwrap_err().to_string();
+        assert!(e.contains(RUNTIME_THREADS_ENV), "{wrong}: {e}");
+    }
+}

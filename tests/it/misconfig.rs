@@ -187,6 +187,32 @@ fn settings_that_would_overflow_or_contradict_each_other_are_refused_in_one_line
     }
 }
 
+#[test]
+fn a_runtime_thread_count_that_is_not_a_positive_number_is_refused_in_one_line() {
+    for value in ["two", "0", "-1"] {
+        let (code, stderr) = exits_within(
+            &["migrate", "--database-url", "postgres://u:p@127.0.0.1:9/db"],
+            &[("TOKIO_WORKER_THREADS", value)],
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("TOKIO_WORKER_THREADS={value} was accepted"));
+        assert_eq!(code, 2, "{value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{value}: {stderr}");
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+    }
+    // Empty is unset: the default, and on to the next mistake (no database there).
+    let (code, stderr) = exits_within(
+        &["migrate", "--database-url", "postgres://u:p@127.0.0.1:9/db"],
+        &[("TOKIO_WORKER_THREADS", "")],
+        Duration::from_secs(30),
+    )
+    .expect("migrate without a database ends");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_postgres_password_exits_non_zero_with_one_line() {
     let mock = Mock::with_topic(&unique("orders"), 1);
