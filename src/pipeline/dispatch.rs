@@ -211,6 +211,11 @@ mod tests {
         assert_eq!(lanes, [0, 1, 2, 3, 0, 1, 2, 3]);
     }
 
+    /// A message to the only lane of a one-lane dispatcher.
+    fn send_one(d: &Dispatcher, deadline: Instant) -> Result<Option<Envelope>, Error> {
+        d.send_to(Lane(0), envelope("a", 0), deadline)
+    }
+
     fn soon() -> Instant {
         Instant::now() + Duration::from_millis(20)
     }
@@ -220,18 +225,10 @@ mod tests {
         let budget = Arc::new(InFlight::new(1 << 20));
         let (tx, _rx) = lanes(1, 2);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(
-            d.send_to(Lane(0), envelope("a", 0), soon())
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            d.send_to(Lane(0), envelope("a", 0), soon())
-                .unwrap()
-                .is_none()
-        );
+        assert!(send_one(&d, soon()).unwrap().is_none());
+        assert!(send_one(&d, soon()).unwrap().is_none());
         let held = budget.bytes();
-        let back = d.send_to(Lane(0), envelope("a", 0), soon()).unwrap();
+        let back = send_one(&d, soon()).unwrap();
         assert!(back.is_some());
         assert_eq!(budget.bytes(), held);
     }
@@ -240,11 +237,7 @@ mod tests {
     fn a_send_waiting_on_a_full_lane_goes_through_as_soon_as_its_processor_takes_a_message() {
         let (tx, rx) = lanes(1, 1);
         let d = Dispatcher::new(tx, Arc::new(InFlight::new(1 << 20)));
-        assert!(
-            d.send_to(Lane(0), envelope("a", 0), soon())
-                .unwrap()
-                .is_none()
-        );
+        assert!(send_one(&d, soon()).unwrap().is_none());
         let taker = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             rx[0].recv().unwrap();
@@ -252,7 +245,7 @@ mod tests {
         });
         let started = Instant::now();
         let far = started + Duration::from_secs(10);
-        assert!(d.send_to(Lane(0), envelope("a", 0), far).unwrap().is_none());
+        assert!(send_one(&d, far).unwrap().is_none());
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(taker.join());
     }
@@ -267,16 +260,8 @@ mod tests {
             budget.wait_for_room(w, soon()),
             "an empty pipeline admits anything"
         );
-        assert!(
-            d.send_to(Lane(0), envelope("a", 0), soon())
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            d.send_to(Lane(0), envelope("a", 0), soon())
-                .unwrap()
-                .is_none()
-        );
+        assert!(send_one(&d, soon()).unwrap().is_none());
+        assert!(send_one(&d, soon()).unwrap().is_none());
         assert!(!budget.wait_for_room(w, soon()));
         let releaser = {
             let budget = budget.clone();
@@ -300,7 +285,7 @@ mod tests {
         let (tx, rx) = lanes(1, 2);
         drop(rx);
         let d = Dispatcher::new(tx, budget.clone());
-        assert!(d.send_to(Lane(0), envelope("a", 0), soon()).is_err());
+        assert!(send_one(&d, soon()).is_err());
         assert_eq!(budget.bytes(), 0);
     }
 }

@@ -25,6 +25,11 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 /// A message this large gets an allocation of its own, so one chunk holds many messages.
 const OWN_ALLOCATION_BYTES: usize = CHUNK_BYTES / 4;
 
+/// A key or value as an envelope keeps it: its first `max` bytes.
+pub(crate) fn cut(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[..bytes.len().min(max)]
+}
+
 /// Copies messages out of librdkafka's buffers into chunks shared by many envelopes (of one
 /// lane, in the consumer): one allocation per chunk instead of one per message. The consumer
 /// thread allocates and a processor frees, and every such cross-thread pair contends on the
@@ -58,9 +63,6 @@ impl Copier {
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Envelope {
-        fn cut(b: &[u8], max: usize) -> &[u8] {
-            &b[..b.len().min(max)]
-        }
         let key = key.map(|k| cut(k, max_payload_bytes));
         let value = payload.map_or(&[][..], |v| cut(v, max_payload_bytes));
         let header_bytes: usize = headers

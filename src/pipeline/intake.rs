@@ -29,6 +29,7 @@ use crate::lag::MonitorHandle;
 use crate::memory;
 use crate::metrics::{self, Metrics};
 use crate::offsets::{OffsetTracker, Position};
+use crate::pipeline::envelope;
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
 use crate::pipeline::{Copier, Dispatcher, Envelope, InFlight, Lane};
 
@@ -223,7 +224,7 @@ impl ConsumerLoop {
         let max = self.settings.max_payload_bytes;
         let lane = self
             .dispatcher
-            .lane_of(m.partition(), m.key().map(|k| &k[..k.len().min(max)]));
+            .lane_of(m.partition(), m.key().map(|k| envelope::cut(k, max)));
         let envelope = copiers[lane.index()].envelope(
             position,
             m.key(),
