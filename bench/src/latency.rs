@@ -145,12 +145,17 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let times = b.rt.block_on(pg::write_times(&url));
     b.drop_db(&label);
     let to_commit = times.iter().all(|t| t.3.is_some());
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<f64>> = Default::default();
     let timed: Vec<(i64, f64, f64)> = times
         .into_iter()
         .filter_map(|(p, o, start, commit)| {
             let sent = placement.sent_ms[*index.get(&(p, o))?];
             let ms = |at: f64| at * 1000.0 - sent as f64;
-            (sent >= first_ms + warmup_ms).then(|| (sent, ms(commit.unwrap_or(start)), ms(start)))
+            let end = ms(commit.unwrap_or(start));
+            (sent >= first_ms + warmup_ms).then(|| {
+                by_partition.entry(p).or_default().push(end);
+                (sent, end, ms(start))
+            })
         })
         .collect();
     write_slices(
@@ -159,6 +164,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         b.s.latency_slice_ms,
         &timed,
     );
+    write_partitions(&b.log_file(&format!("{label}-partitions.tsv")), by_partition);
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
@@ -193,6 +199,26 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         r.max()
     ));
     r
+}
+
+/// Writes the latencies by source partition: count, p50, p99 and max to the commit (else the
+/// transaction start). It shows whether a tail is spread over the partitions or is one
+/// partition's messages arriving late.
+fn write_partitions(path: &std::path::Path, partitions: std::collections::BTreeMap<i32, Vec<f64>>) {
+    let mut out = String::from("partition\tcount\tp50_ms\tp99_ms\tmax_ms\n");
+    for (partition, mut ms) in partitions {
+        ms.sort_by(f64::total_cmp);
+        out.push_str(&format!(
+            "{partition}\t{}\t{:.1}\t{:.1}\t{:.1}\n",
+            ms.len(),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            ms.last().copied().unwrap_or(f64::NAN),
+        ));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        log(format!("latency: cannot write {}: {e}", path.display()));
+    }
 }
 
 /// Writes the latencies by the slice of `slice_ms` they were sent in: count, p50, p99 and max to
