@@ -164,7 +164,10 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         b.s.latency_slice_ms,
         &timed,
     );
-    write_partitions(&b.log_file(&format!("{label}-partitions.tsv")), by_partition);
+    write_partitions(
+        &b.log_file(&format!("{label}-partitions.tsv")),
+        by_partition,
+    );
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
