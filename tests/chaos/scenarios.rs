@@ -206,8 +206,8 @@ async fn a_large_backlog_drains_with_flat_memory() {
     let worker = s.worker(&mock.brokers, &[]);
     let probe = s.probe(&mock.brokers);
     let deadline = started + Duration::from_secs(900);
-    // Idle for a second, the worker hands freed heap back (src/memory.rs); glibc alone would
-    // keep nearly all of it (91.7 of a 94.1 MiB peak in docs/performance.md's before run).
+    // Idle for a second, the worker hands freed heap back (src/memory.rs); glibc alone keeps
+    // freed memory, so without that the heap would stay near its peak.
     let heap_mib = |w: &Binary| w.anon_rss_bytes().expect("worker still running") / (1 << 20);
     let mut busy_heap = 0;
     while !probe.caught_up() {
