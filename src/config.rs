@@ -246,8 +246,8 @@ pub struct PipelineConfig {
     /// Capacity (messages) of each processor's bounded channel. When a channel stays full the
     /// consumer pauses its partitions instead of buffering more. The channel holds what arrives
     /// while its processor writes a batch; in a backlog the next batch starts from it, so it
-    /// sets how large a backlog's batches grow, and with them the peak memory
-    /// (docs/performance.md#decisions).
+    /// (with the write time) sets how large a backlog's batches grow, and with them the peak
+    /// memory (docs/performance.md#decisions).
     #[arg(long, env = "WORKER_CHANNEL_CAPACITY", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub channel_capacity: u32,

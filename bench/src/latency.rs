@@ -211,17 +211,9 @@ fn write_partitions(path: &std::path::Path, partitions: std::collections::BTreeM
     let mut out = String::from("partition\tcount\tp50_ms\tp99_ms\tmax_ms\n");
     for (partition, mut ms) in partitions {
         ms.sort_by(f64::total_cmp);
-        out.push_str(&format!(
-            "{partition}\t{}\t{:.1}\t{:.1}\t{:.1}\n",
-            ms.len(),
-            percentile(&ms, 0.5),
-            percentile(&ms, 0.99),
-            ms.last().copied().unwrap_or(f64::NAN),
-        ));
+        out.push_str(&format!("{partition}\t{}\n", spread(&ms)));
     }
-    if let Err(e) = std::fs::write(path, out) {
-        log(format!("latency: cannot write {}: {e}", path.display()));
-    }
+    write_tsv(path, out);
 }
 
 /// Writes the latencies by the slice of `slice_ms` they were sent in: count, p50, p99 and max to
@@ -245,17 +237,30 @@ fn write_slices(path: &std::path::Path, first_ms: i64, slice_ms: i64, timed: &[(
         to_start.sort_by(f64::total_cmp);
         let at_ms = n * slice_ms;
         out.push_str(&format!(
-            "{:.1}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{}\n",
+            "{:.1}\t{}\t{:.1}\t{:.1}\t{}\n",
             at_ms as f64 / 1000.0,
-            to_end.len(),
-            percentile(&to_end, 0.5),
-            percentile(&to_end, 0.99),
-            to_end.last().copied().unwrap_or(f64::NAN),
+            spread(&to_end),
             percentile(&to_start, 0.5),
             percentile(&to_start, 0.99),
             first_ms + at_ms
         ));
     }
+    write_tsv(path, out);
+}
+
+/// `count, p50, p99, max` of sorted latencies (ms), tab-separated.
+fn spread(sorted: &[f64]) -> String {
+    format!(
+        "{}\t{:.1}\t{:.1}\t{:.1}",
+        sorted.len(),
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// A diagnostic file: failing to write it is logged, never fatal to the run.
+fn write_tsv(path: &std::path::Path, out: String) {
     if let Err(e) = std::fs::write(path, out) {
         log(format!("latency: cannot write {}: {e}", path.display()));
     }
