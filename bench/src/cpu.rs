@@ -14,12 +14,18 @@ fn clock_ticks() -> f64 {
 
 /// utime + stime of a process or thread, in clock ticks, from a `stat` file.
 fn stat_ticks(path: &str) -> Option<u64> {
+    stat_fields(path).map(|(ticks, _)| ticks)
+}
+
+/// utime + stime (clock ticks) and minor page faults of a process or thread, from a `stat` file.
+fn stat_fields(path: &str) -> Option<(u64, u64)> {
     let stat = fs::read_to_string(path).ok()?;
     // The command name may hold spaces or parentheses: fields count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // After ")": state is field 3, so minflt (10), utime (14) and stime (15) are at 7, 11, 12.
+    Some((field(11)? + field(12)?, field(7)?))
 }
 
 /// The entries of a `/proc` directory named by a number (processes, or a process's threads).
@@ -83,10 +89,60 @@ impl Party {
     }
 }
 
+/// What a worker's thread does, told by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkerThread {
+    /// tokio's workers: the processors (decode, validate, batch writes) and the HTTP server.
+    Runtime,
+    /// The consumer thread: polls librdkafka, copies messages out, hands them to the lanes.
+    Consumer,
+    /// librdkafka's own threads (`rdk:*`): fetching, parsing record batches, commits.
+    Librdkafka,
+    /// Everything else (the lag monitor, metrics upkeep, ...).
+    Other,
+}
+
+impl WorkerThread {
+    pub const ALL: [WorkerThread; 4] = [
+        WorkerThread::Runtime,
+        WorkerThread::Consumer,
+        WorkerThread::Librdkafka,
+        WorkerThread::Other,
+    ];
+
+    fn of(comm: &str) -> Self {
+        match comm {
+            "tokio-rt-worker" => Self::Runtime,
+            "kafka-consumer" => Self::Consumer,
+            c if c.starts_with("rdk:") => Self::Librdkafka,
+            _ => Self::Other,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime (decode, write)",
+            Self::Consumer => "consumer thread",
+            Self::Librdkafka => "librdkafka",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A worker thread's CPU ticks, voluntary context switches and minor page faults.
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadUse {
+    ticks: u64,
+    switches: u64,
+    faults: u64,
+}
+
 /// CPU ticks per process/thread at one moment, and the machine's busy ticks.
 pub struct CpuSnapshot {
     at: Instant,
     ticks: HashMap<(u32, u32), (Party, u64)>,
+    /// The worker processes' live threads, by thread id.
+    threads: HashMap<(u32, u32), (WorkerThread, ThreadUse)>,
     machine_busy: u64,
 }
 
@@ -96,6 +152,20 @@ pub struct CpuUse {
     pub wall: f64,
     pub by: Vec<(Party, f64)>,
     pub machine: f64,
+    /// The workers' threads by kind (threads alive at the second snapshot; one that ended in
+    /// between is in [`Party::Worker`] only).
+    pub threads: Vec<ThreadCpu>,
+}
+
+/// What one kind of worker thread used between two snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadCpu {
+    pub kind: WorkerThread,
+    pub seconds: f64,
+    /// Voluntary context switches: sleeps that a wake-up ended.
+    pub switches: u64,
+    /// Minor page faults: mostly memory touched for the first time since it was mapped.
+    pub faults: u64,
 }
 
 impl CpuUse {
@@ -120,6 +190,37 @@ impl CpuUse {
             .map(|(_, s)| s)
             .sum();
         (self.machine - ours).max(0.0)
+    }
+
+    /// The CPU per event of one kind of worker thread, µs.
+    pub fn thread_us_per_event(&self, kind: WorkerThread, events: usize) -> f64 {
+        let seconds: f64 = self
+            .threads
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.seconds)
+            .sum();
+        seconds / events.max(1) as f64 * 1e6
+    }
+
+    /// "runtime (decode, write) 2.01 µs, ...; per 1,000 events, voluntary context switches:
+    /// ...; minor page faults: ..."
+    pub fn threads_per_event(&self, events: usize) -> String {
+        let per = |x: f64| x / events.max(1) as f64;
+        let each = |value: &dyn Fn(&ThreadCpu) -> String| {
+            let parts: Vec<String> = self
+                .threads
+                .iter()
+                .map(|t| format!("{} {}", t.kind.label(), value(t)))
+                .collect();
+            parts.join(", ")
+        };
+        format!(
+            "{}; per 1,000 events, voluntary context switches: {}; minor page faults: {}",
+            each(&|t| format!("{:.2} µs", per(t.seconds) * 1e6)),
+            each(&|t| format!("{:.1}", per(t.switches as f64) * 1e3)),
+            each(&|t| format!("{:.0}", per(t.faults as f64) * 1e3)),
+        )
     }
 
     /// "worker 0.93, postgres ... " in cores (CPU seconds per wall second).
@@ -158,9 +259,23 @@ impl CpuSnapshot {
                 ticks.insert((me, tid), (party, t));
             }
         }
+        let mut threads = HashMap::new();
         for &pid in workers {
             if let Some(t) = process_ticks(pid) {
                 ticks.insert((pid, 0), (Party::Worker, t));
+            }
+            for (tid, path) in numbered(&format!("/proc/{pid}/task")) {
+                let stat = stat_fields(&format!("/proc/{pid}/task/{tid}/stat"));
+                let switches = voluntary_switches(&path);
+                if let (Some((ticks, faults)), Some(switches)) = (stat, switches) {
+                    let kind = WorkerThread::of(&comm(&path));
+                    let used = ThreadUse {
+                        ticks,
+                        switches,
+                        faults,
+                    };
+                    threads.insert((pid, tid), (kind, used));
+                }
             }
         }
         for (pid, path) in numbered("/proc") {
@@ -185,6 +300,7 @@ impl CpuSnapshot {
         Self {
             at: Instant::now(),
             ticks,
+            threads,
             machine_busy: machine_busy_ticks(),
         }
     }
@@ -199,12 +315,44 @@ impl CpuSnapshot {
         }
         let mut by: Vec<(Party, f64)> = sums.into_iter().map(|(p, t)| (p, t as f64 / hz)).collect();
         by.sort_by_key(|(p, _)| *p);
+        let mut threads: HashMap<WorkerThread, ThreadUse> = HashMap::new();
+        for (key, (kind, now)) in &self.threads {
+            let before = start.threads.get(key).map(|(_, b)| *b).unwrap_or_default();
+            let sum = threads.entry(*kind).or_default();
+            sum.ticks += now.ticks.saturating_sub(before.ticks);
+            sum.switches += now.switches.saturating_sub(before.switches);
+            sum.faults += now.faults.saturating_sub(before.faults);
+        }
+        let threads = WorkerThread::ALL
+            .iter()
+            .filter_map(|k| {
+                let u = threads.get(k)?;
+                Some(ThreadCpu {
+                    kind: *k,
+                    seconds: u.ticks as f64 / hz,
+                    switches: u.switches,
+                    faults: u.faults,
+                })
+            })
+            .collect();
         CpuUse {
             wall: self.at.duration_since(start.at).as_secs_f64(),
             by,
             machine: self.machine_busy.saturating_sub(start.machine_busy) as f64 / hz,
+            threads,
         }
     }
+}
+
+/// `voluntary_ctxt_switches` of a thread, from its `status` file.
+fn voluntary_switches(task: &Path) -> Option<u64> {
+    fs::read_to_string(task.join("status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Busy ticks of all CPUs (everything but idle and iowait), from `/proc/stat`.

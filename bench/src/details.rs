@@ -286,6 +286,11 @@ fn e2e_details(d: &mut String, e: &E2eResult, ev: usize) {
         "  - CPU from start to all committed: {}.",
         e.cpu.summary()
     );
+    let _ = writeln!(
+        d,
+        "  - Worker CPU per event by thread: {}.",
+        e.cpu.threads_per_event(ev)
+    );
 }
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -424,5 +429,10 @@ fn latency_lines(d: &mut String, b: &Bench, l: &LatencyRun) {
         l.batches.pauses.map_or("-".into(), |p| format!("{p:.0}")),
         l.cpu.summary(),
         l.checkpoints.map_or("-".into(), |n| n.to_string())
+    );
+    let _ = writeln!(
+        d,
+        "- Worker CPU per event by thread: {}.",
+        l.cpu.threads_per_event(l.sent)
     );
 }

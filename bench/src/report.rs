@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::Bench;
 use crate::ceiling::{CeilingRun, RoundResult};
+use crate::cpu::WorkerThread;
 use crate::details::details;
 use crate::e2e::E2eResult;
 use crate::latency::{LatencyRun, median_round};
@@ -187,6 +188,25 @@ fn table(b: &Bench, r: &Results) -> String {
             "| 2 | Worker CPU per event while draining (worker CPU seconds / events{of_rounds}; each: {}) | {med:.2} µs | ≤ 3 µs | {} |",
             each.join(", "),
             status(us.iter().all(|u| *u <= 3.0))
+        );
+        let split: Vec<String> = mains
+            .iter()
+            .map(|e| {
+                let parts: Vec<String> = [
+                    WorkerThread::Runtime,
+                    WorkerThread::Consumer,
+                    WorkerThread::Librdkafka,
+                ]
+                .iter()
+                .map(|k| format!("{:.2}", e.cpu.thread_us_per_event(*k, ev)))
+                .collect();
+                parts.join(" / ")
+            })
+            .collect();
+        let _ = writeln!(
+            t,
+            "| | (of it, by thread, each round: runtime (decode, write) / consumer thread / librdkafka) | {} µs | (info) | |",
+            split.join("; ")
         );
     }
     let drain = per_round(rounds, |e, c| Some(e.drain_rate(ev)? / c.rate()));
