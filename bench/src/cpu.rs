@@ -90,7 +90,7 @@ impl Party {
 }
 
 /// What a worker's thread does, told by its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkerThread {
     /// tokio's workers: the processors (decode, validate, batch writes) and the HTTP server.
     Runtime,
@@ -178,7 +178,7 @@ impl CpuUse {
 
     /// The worker's CPU per event, µs (all worker processes together).
     pub fn worker_us_per_event(&self, events: usize) -> f64 {
-        self.of(Party::Worker) / events.max(1) as f64 * 1e6
+        us_per_event(self.of(Party::Worker), events)
     }
 
     /// Busy CPU seconds not accounted for by any party: other processes on the machine.
@@ -194,19 +194,18 @@ impl CpuUse {
 
     /// The CPU per event of one kind of worker thread, µs.
     pub fn thread_us_per_event(&self, kind: WorkerThread, events: usize) -> f64 {
-        let seconds: f64 = self
+        let seconds = self
             .threads
             .iter()
-            .filter(|t| t.kind == kind)
-            .map(|t| t.seconds)
-            .sum();
-        seconds / events.max(1) as f64 * 1e6
+            .find(|t| t.kind == kind)
+            .map_or(0.0, |t| t.seconds);
+        us_per_event(seconds, events)
     }
 
     /// "runtime (decode, write) 2.01 µs, ...; per 1,000 events, voluntary context switches:
     /// ...; minor page faults: ..."
     pub fn threads_per_event(&self, events: usize) -> String {
-        let per = |x: f64| x / events.max(1) as f64;
+        let per_thousand = |n: u64| n as f64 / events.max(1) as f64 * 1e3;
         let each = |value: &dyn Fn(&ThreadCpu) -> String| {
             let parts: Vec<String> = self
                 .threads
@@ -217,9 +216,9 @@ impl CpuUse {
         };
         format!(
             "{}; per 1,000 events, voluntary context switches: {}; minor page faults: {}",
-            each(&|t| format!("{:.2} µs", per(t.seconds) * 1e6)),
-            each(&|t| format!("{:.1}", per(t.switches as f64) * 1e3)),
-            each(&|t| format!("{:.0}", per(t.faults as f64) * 1e3)),
+            each(&|t| format!("{:.2} µs", us_per_event(t.seconds, events))),
+            each(&|t| format!("{:.1}", per_thousand(t.switches))),
+            each(&|t| format!("{:.0}", per_thousand(t.faults))),
         )
     }
 
@@ -342,6 +341,11 @@ impl CpuSnapshot {
             threads,
         }
     }
+}
+
+/// CPU seconds spread over `events`, in µs per event.
+fn us_per_event(seconds: f64, events: usize) -> f64 {
+    seconds / events.max(1) as f64 * 1e6
 }
 
 /// `voluntary_ctxt_switches` of a thread, from its `status` file.

@@ -189,23 +189,26 @@ fn table(b: &Bench, r: &Results) -> String {
             each.join(", "),
             status(us.iter().all(|u| *u <= 3.0))
         );
+        let kinds = [
+            WorkerThread::Runtime,
+            WorkerThread::Consumer,
+            WorkerThread::Librdkafka,
+        ];
         let split: Vec<String> = mains
             .iter()
             .map(|e| {
-                let parts: Vec<String> = [
-                    WorkerThread::Runtime,
-                    WorkerThread::Consumer,
-                    WorkerThread::Librdkafka,
-                ]
-                .iter()
-                .map(|k| format!("{:.2}", e.cpu.thread_us_per_event(*k, ev)))
-                .collect();
+                let parts: Vec<String> = kinds
+                    .iter()
+                    .map(|k| format!("{:.2}", e.cpu.thread_us_per_event(*k, ev)))
+                    .collect();
                 parts.join(" / ")
             })
             .collect();
+        let names: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
         let _ = writeln!(
             t,
-            "| | (of it, by thread, each round: runtime (decode, write) / consumer thread / librdkafka) | {} µs | (info) | |",
+            "| | (of it, by thread, each round: {}) | {} µs | (info) | |",
+            names.join(" / "),
             split.join("; ")
         );
     }
