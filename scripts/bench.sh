@@ -43,6 +43,8 @@
 #                                and quix are the peers (bench/peers/), run with a venv this
 #                                script builds from PyPI (BENCH_PEERS_PYTHON to use another Python)
 #   BENCH_REPLICAS [1,2,3]       worker counts of the replicas phase (one group, same backlog)
+#   BENCH_REPLICA_ROUNDS [3]     times the counts run in turn (each compared with 1 replica of
+#                                its own round)
 #   BENCH_PEERS_TIMEOUT_SECS [600] how long a peer may take to drain the backlog
 #   BENCH_DATABASE_URL [postgres://postgres:postgres@127.0.0.1:5432/postgres]: the benchmark
 #                                creates and drops databases named ow_bench_* there. Unset,

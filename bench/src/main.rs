@@ -30,7 +30,8 @@
 //!   transaction's start, `applied_at` / `created_at`).
 //! - 5, **Startup**: process start to the first `/readyz` 200, PostgreSQL and the broker up.
 //! - 6, **Peers** (`python`, `quix`): the consumers a team would run instead, on the same backlog.
-//! - 7, **Replicas** (`replicas`): 1, 2 and 3 workers in one group on the same backlog.
+//! - 7, **Replicas** (`replicas`): 1, 2 and 3 workers in one group on the same backlog, in turn,
+//!   3 rounds.
 //!
 //! The broker is librdkafka's mock cluster, inside this process: its CPU is measured separately
 //! (threads named `rdk:mock`), like the worker's, PostgreSQL's and everything else on the machine.
@@ -49,7 +50,8 @@
 //!   `python` and `quix` are the peers of `peers.rs`, run with `BENCH_PEERS_PYTHON` and
 //!   `BENCH_PEERS_TIMEOUT_SECS` (600) each): a subset runs only those (latency without e2e needs
 //!   `BENCH_LATENCY_RATE`);
-//! - `BENCH_REPLICAS` (1,2,3): the worker counts of the replicas phase;
+//! - `BENCH_REPLICAS` (1,2,3): the worker counts of the replicas phase; `BENCH_REPLICA_ROUNDS`
+//!   (3): how many times they run in turn (each count is compared with one replica of its round);
 //! - `BENCH_ROUNDS` (3): how many times the ceiling and the end-to-end run alternate (the table
 //!   shows medians; each round's ratio is taken against its own ceiling);
 //! - `BENCH_CEILING_CONNS` (2,4), `BENCH_CEILING_BATCH` (1000,16000: rows per UNNEST statement;

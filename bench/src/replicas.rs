@@ -4,6 +4,10 @@
 //! faster either, since every replica and PostgreSQL share the same cores; what it measures is
 //! the cost of the group's rebalances and of N sets of connections and batches.
 //!
+//! The counts run in turn, `BENCH_REPLICA_ROUNDS` times (1, 2, 3, 1, 2, 3, ...), and each count
+//! is compared with one replica of its own round: a single drain moves by ±15% with the
+//! machine's other load, more than the difference measured.
+//!
 //! The clock runs from the first process start until the group has committed every partition's
 //! end offset; the final state is checked against the oracle as in the end-to-end phase.
 //!
@@ -24,6 +28,8 @@ use crate::pg;
 use crate::worker::mib;
 
 pub struct ReplicaRun {
+    /// 1-based: the counts of one round run one after the other.
+    pub round: usize,
     pub replicas: usize,
     /// First start → every offset committed; `None` when it did not finish in time.
     pub committed: Option<Duration>,
@@ -46,17 +52,22 @@ impl ReplicaRun {
 /// Kafka's default `group.initial.rebalance.delay.ms`.
 pub const GROUP_DELAY_MS: i32 = 3000;
 
-/// One run per count in `BENCH_REPLICAS`; the broker's group delay is restored after.
+/// Every count in `BENCH_REPLICAS`, once per round; the broker's group delay is restored after.
 pub fn replicas(b: &mut Bench, broker: &Broker, digest: Option<&str>) -> Vec<ReplicaRun> {
     broker.set_group_delay(GROUP_DELAY_MS);
     let counts = b.s.replicas.clone();
-    let runs = counts.into_iter().map(|n| run(b, n, digest)).collect();
+    let mut runs = Vec::new();
+    for round in 1..=b.s.replica_rounds {
+        for &n in &counts {
+            runs.push(run(b, n, round, digest));
+        }
+    }
     broker.set_group_delay(b.s.group_delay_ms);
     runs
 }
 
-fn run(b: &mut Bench, n: usize, digest: Option<&str>) -> ReplicaRun {
-    let label = format!("replicas_{n}");
+fn run(b: &mut Bench, n: usize, round: usize, digest: Option<&str>) -> ReplicaRun {
+    let label = format!("replicas_{n}_r{round}");
     let url = b.fresh_db(&label);
     b.checkpoint();
     let group = format!("bench-{label}-{}", b.run_id);
@@ -103,6 +114,7 @@ fn run(b: &mut Bench, n: usize, digest: Option<&str>) -> ReplicaRun {
     });
     b.drop_db(&label);
     let r = ReplicaRun {
+        round,
         replicas: n,
         committed,
         drain,
@@ -123,23 +135,45 @@ fn run(b: &mut Bench, n: usize, digest: Option<&str>) -> ReplicaRun {
     r
 }
 
-/// The summary table's row: each count's rate against one replica's.
+/// The drain rate of one replica in `run`'s round, which `run`'s rate is compared with.
+fn one_replica_rate(runs: &[ReplicaRun], run: &ReplicaRun, events: usize) -> Option<f64> {
+    runs.iter()
+        .find(|r| r.round == run.round && r.replicas == 1)
+        .and_then(|r| r.rate(events))
+}
+
+/// `run`'s drain rate over one replica's of the same round.
+fn ratio(runs: &[ReplicaRun], run: &ReplicaRun, events: usize) -> Option<f64> {
+    Some(run.rate(events)? / one_replica_rate(runs, run, events)?)
+}
+
+/// The summary table's row: each count's rate against one replica's, round by round.
 pub fn summary_row(runs: &[ReplicaRun], events: usize) -> String {
-    let one = runs
+    let mut counts: Vec<usize> = runs.iter().map(|r| r.replicas).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let cells: Vec<String> = counts
         .iter()
-        .find(|r| r.replicas == 1)
-        .and_then(|r| r.rate(events));
-    let cells: Vec<String> = runs
-        .iter()
-        .map(|r| match (r.rate(events), one) {
-            (Some(x), Some(o)) if r.replicas != 1 => format!("{}: {:.2}×", r.replicas, x / o),
-            (Some(x), _) => format!("{}: {}/s", r.replicas, rate_str(x)),
-            (None, _) => format!("{}: did not finish", r.replicas),
+        .map(|&n| {
+            let of_n = runs.iter().filter(|r| r.replicas == n);
+            let each: Vec<String> = if n == 1 {
+                of_n.map(|r| r.rate(events).map_or("-".to_owned(), rate_str))
+                    .collect()
+            } else {
+                of_n.map(|r| match ratio(runs, r, events) {
+                    Some(x) if x < 1.0 => format!("**{x:.2}**"),
+                    Some(x) => format!("{x:.2}"),
+                    None => "-".to_owned(),
+                })
+                .collect()
+            };
+            let unit = if n == 1 { "/s" } else { "×" };
+            format!("{n}: {}{unit}", each.join(" / "))
         })
         .collect();
     let all_ok = runs.iter().all(|r| r.state.is_ok());
     format!(
-        "| 7 | Replicas in one group on the same backlog, drain events/s (first row → all committed) against 1 replica | {}{} | (reference: not slower) | |",
+        "| 7 | Replicas in one group on the same backlog, drain events/s (first row → all committed) against 1 replica of the same round, each round | {}{} | (reference: not slower) | |",
         cells.join("; "),
         if all_ok {
             ""
@@ -149,34 +183,28 @@ pub fn summary_row(runs: &[ReplicaRun], events: usize) -> String {
     )
 }
 
-/// The report's section: one row per replica count, with the ratio to one replica.
+/// The report's section: one row per run, with the ratio to one replica of its round.
 pub fn section(runs: &[ReplicaRun], events: usize) -> String {
     let mut d = String::from("\n## 7. Replicas (one group, the same backlog)\n\n");
     let _ = writeln!(
         d,
-        "Every count includes the group's initial rebalance delay, {GROUP_DELAY_MS} ms (Kafka's default), in which the replicas join together.\n"
+        "Every count includes the group's initial rebalance delay, {GROUP_DELAY_MS} ms (Kafka's default), in which the replicas join together. The counts run in turn, round after round; each is compared with one replica of its own round.\n"
     );
     let _ = writeln!(
         d,
-        "| Replicas | First start → all committed | First row → all committed | Events/s (of that) | vs 1 replica | Worker CPU µs/event (all replicas) | Peak RSS (largest replica) | Final state | CPU (cores) |"
+        "| Round | Replicas | First start → all committed | First row → all committed | Events/s (of that) | vs 1 replica | Worker CPU µs/event (all replicas) | Peak RSS (largest replica) | Final state | CPU (cores) |"
     );
-    let _ = writeln!(d, "|---|---|---|---|---|---|---|---|---|");
-    let one = runs
-        .iter()
-        .find(|r| r.replicas == 1)
-        .and_then(|r| r.rate(events));
+    let _ = writeln!(d, "|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
-        let ratio = match (r.rate(events), one) {
-            (Some(x), Some(o)) => format!("{:.2}x", x / o),
-            _ => "-".to_owned(),
-        };
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {} | {ratio} | {:.2} | {:.1} MiB | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.1} MiB | {} | {} |",
+            r.round,
             r.replicas,
             secs_or(r.committed, "did not finish"),
             secs_or(r.drain, "-"),
             r.rate(events).map_or("-".to_owned(), rate_str),
+            ratio(runs, r, events).map_or("-".to_owned(), |x| format!("{x:.2}x")),
             r.cpu.worker_us_per_event(events),
             mib(r.peak_rss),
             r.state

@@ -47,8 +47,9 @@ pub struct Settings {
     /// The Python the peers run with, and how long each may take.
     pub peers_python: String,
     pub peers_timeout_secs: u64,
-    /// The worker counts of the replicas phase.
+    /// The worker counts of the replicas phase, and how many times they all run in turn.
     pub replicas: Vec<usize>,
+    pub replica_rounds: usize,
     /// Width of the slices of `<run>-latency-*-seconds.tsv`, ms.
     pub latency_slice_ms: i64,
     pub startup_runs: usize,
@@ -130,6 +131,7 @@ impl Settings {
             peers_python: env_or("BENCH_PEERS_PYTHON", "python3".to_owned()),
             peers_timeout_secs: env_or("BENCH_PEERS_TIMEOUT_SECS", 600),
             replicas: counts("BENCH_REPLICAS", "1,2,3"),
+            replica_rounds: env_or("BENCH_REPLICA_ROUNDS", 3).max(1),
             latency_slice_ms: env_or("BENCH_LATENCY_SLICE_MS", 1000).max(1),
             startup_runs: env_or("BENCH_STARTUP_RUNS", 7).max(1),
             startup_compare_tls: env_or("BENCH_STARTUP_COMPARE_TLS", 1u8) == 1,
