@@ -156,17 +156,15 @@ pub fn summary_row(runs: &[ReplicaRun], events: usize) -> String {
         .iter()
         .map(|&n| {
             let of_n = runs.iter().filter(|r| r.replicas == n);
-            let each: Vec<String> = if n == 1 {
-                of_n.map(|r| r.rate(events).map_or("-".to_owned(), rate_str))
-                    .collect()
-            } else {
-                of_n.map(|r| match ratio(runs, r, events) {
-                    Some(x) if x < 1.0 => format!("**{x:.2}**"),
-                    Some(x) => format!("{x:.2}"),
-                    None => "-".to_owned(),
+            let each: Vec<String> = of_n
+                .map(|r| match (r.rate(events), ratio(runs, r, events)) {
+                    (None, _) => "did not finish".to_owned(),
+                    (Some(x), _) if n == 1 => rate_str(x),
+                    (Some(_), Some(x)) if x < 1.0 => format!("**{x:.2}**"),
+                    (Some(_), Some(x)) => format!("{x:.2}"),
+                    (Some(_), None) => "-".to_owned(),
                 })
-                .collect()
-            };
+                .collect();
             let unit = if n == 1 { "/s" } else { "×" };
             format!("{n}: {}{unit}", each.join(" / "))
         })
