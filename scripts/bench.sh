@@ -52,7 +52,8 @@
 #                                configure_bench_postgres: track_commit_timestamp, so latency
 #                                ends at each row's commit, else at its transaction's start and
 #                                the report says so; max_wal_size, checkpoint_timeout and
-#                                shared_buffers sized for the write rate)
+#                                shared_buffers sized for the write rate; statements over
+#                                100 ms and autovacuums logged)
 #   BENCH_KEEP_DBS [0]           1 keeps them
 # Example: BENCH_EVENTS=200000 BENCH_VARIANTS="p8=--processors 8" ./scripts/bench.sh
 set -euo pipefail

@@ -178,6 +178,7 @@ fn main() {
         "max_wal_size",
         "checkpoint_timeout",
         "track_commit_timestamp",
+        "log_min_duration_statement",
     ]
     .iter()
     .map(|n| format!("{n}={}", rt.block_on(server.setting(n))))
