@@ -58,3 +58,32 @@ pub fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
     v.sort();
     v.get(v.len() / 2).copied()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_rounded_and_grouped_by_thousands() {
+        assert_eq!(rate_str(999.4), "999");
+        assert_eq!(rate_str(1_000.0), "1,000");
+        assert_eq!(rate_str(1_234_567.5), "1,234,568");
+    }
+
+    #[test]
+    fn medians_skip_what_is_not_a_number_and_split_even_counts_as_documented() {
+        let values = [4.0, f64::NAN, 1.0, 3.0, f64::INFINITY, 2.0];
+        assert_eq!(median_f64(values.into_iter()), Some(2.5));
+        assert_eq!(median_f64([5.0, 1.0, 3.0].into_iter()), Some(3.0));
+        assert_eq!(median_f64(std::iter::empty()), None);
+        assert_eq!(median(&[4, 1, 3, 2]), Some(3));
+        assert_eq!(median::<u32>(&[]), None);
+    }
+
+    #[test]
+    fn a_run_without_a_duration_shows_what_it_was_given() {
+        assert_eq!(secs_or(Some(Duration::from_millis(6_340)), "-"), "6.3 s");
+        assert_eq!(secs_or(None, "did not finish"), "did not finish");
+        assert_eq!(flags(&[]), "(defaults)");
+    }
+}

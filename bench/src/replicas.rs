@@ -52,6 +52,9 @@ impl ReplicaRun {
 /// Kafka's default `group.initial.rebalance.delay.ms`.
 pub const GROUP_DELAY_MS: i32 = 3000;
 
+/// What a run that did not finish shows instead of its times and rate.
+const NOT_FINISHED: &str = "did not finish";
+
 /// Every count in `BENCH_REPLICAS`, once per round; the broker's group delay is restored after.
 pub fn replicas(b: &mut Bench, broker: &Broker, digest: Option<&str>) -> Vec<ReplicaRun> {
     broker.set_group_delay(GROUP_DELAY_MS);
@@ -124,7 +127,7 @@ fn run(b: &mut Bench, n: usize, round: usize, digest: Option<&str>) -> ReplicaRu
     };
     log(format!(
         "{label}: {}, {} events/s, peak RSS {:.1} MiB per replica, {}",
-        secs_or(r.committed, "did not finish"),
+        secs_or(r.committed, NOT_FINISHED),
         r.rate(b.s.events).map_or("-".to_owned(), rate_str),
         mib(r.peak_rss),
         r.state
@@ -155,17 +158,30 @@ pub fn summary_row(runs: &[ReplicaRun], events: usize) -> String {
     let cells: Vec<String> = counts
         .iter()
         .map(|&n| {
-            let of_n = runs.iter().filter(|r| r.replicas == n);
+            let of_n: Vec<&ReplicaRun> = runs.iter().filter(|r| r.replicas == n).collect();
+            // Rates where no round has one replica to compare with (a count of 1, or
+            // `BENCH_REPLICAS` without 1).
+            let compared = n != 1
+                && of_n
+                    .iter()
+                    .any(|r| one_replica_rate(runs, r, events).is_some());
             let each: Vec<String> = of_n
+                .iter()
                 .map(|r| match (r.rate(events), ratio(runs, r, events)) {
-                    (None, _) => "did not finish".to_owned(),
-                    (Some(x), _) if n == 1 => rate_str(x),
+                    (None, _) => NOT_FINISHED.to_owned(),
+                    (Some(x), _) if !compared => rate_str(x),
                     (Some(_), Some(x)) if x < 1.0 => format!("**{x:.2}**"),
                     (Some(_), Some(x)) => format!("{x:.2}"),
                     (Some(_), None) => "-".to_owned(),
                 })
                 .collect();
-            let unit = if n == 1 { "/s" } else { "×" };
+            let unit = if each.iter().all(|c| c == NOT_FINISHED) {
+                ""
+            } else if compared {
+                "×"
+            } else {
+                "/s"
+            };
             format!("{n}: {}{unit}", each.join(" / "))
         })
         .collect();
@@ -199,10 +215,10 @@ pub fn section(runs: &[ReplicaRun], events: usize) -> String {
             "| {} | {} | {} | {} | {} | {} | {:.2} | {:.1} MiB | {} | {} |",
             r.round,
             r.replicas,
-            secs_or(r.committed, "did not finish"),
+            secs_or(r.committed, NOT_FINISHED),
             secs_or(r.drain, "-"),
             r.rate(events).map_or("-".to_owned(), rate_str),
-            ratio(runs, r, events).map_or("-".to_owned(), |x| format!("{x:.2}x")),
+            ratio(runs, r, events).map_or("-".to_owned(), |x| format!("{x:.2}×")),
             r.cpu.worker_us_per_event(events),
             mib(r.peak_rss),
             r.state
@@ -213,4 +229,67 @@ pub fn section(runs: &[ReplicaRun], events: usize) -> String {
         );
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENTS: usize = 1_000_000;
+
+    fn drained(round: usize, replicas: usize, secs: Option<f64>) -> ReplicaRun {
+        ReplicaRun {
+            round,
+            replicas,
+            committed: secs.map(|s| Duration::from_secs_f64(s + 4.0)),
+            drain: secs.map(Duration::from_secs_f64),
+            cpu: CpuUse {
+                wall: 0.0,
+                by: Vec::new(),
+                machine: 0.0,
+                threads: Vec::new(),
+            },
+            peak_rss: 0,
+            state: Ok(()),
+        }
+    }
+
+    #[test]
+    fn each_count_is_compared_with_one_replica_of_its_own_round() {
+        let runs = [
+            drained(1, 1, Some(10.0)),
+            drained(1, 2, Some(8.0)),
+            drained(2, 1, Some(5.0)),
+            drained(2, 2, Some(6.4)),
+        ];
+        let row = summary_row(&runs, EVENTS);
+        assert!(row.contains("1: 100,000 / 200,000/s;"), "{row}");
+        assert!(row.contains("2: 1.25 / **0.78**×"), "{row}");
+        assert!(section(&runs, EVENTS).contains("| 2 | 2 | 10.4 s | 6.4 s | 156,250 | 0.78× |"));
+    }
+
+    #[test]
+    fn a_count_without_one_replica_to_compare_with_shows_its_rates() {
+        let row = summary_row(
+            &[drained(1, 2, Some(8.0)), drained(2, 2, Some(10.0))],
+            EVENTS,
+        );
+        assert!(row.contains("| 2: 125,000 / 100,000/s |"), "{row}");
+    }
+
+    #[test]
+    fn a_drain_that_did_not_finish_says_so_and_is_compared_with_nothing() {
+        let runs = [drained(1, 1, None), drained(1, 3, Some(8.0))];
+        let row = summary_row(&runs, EVENTS);
+        assert!(row.contains("1: did not finish; 3: 125,000/s"), "{row}");
+        assert!(section(&runs, EVENTS).contains("| 1 | 1 | did not finish | - | - | - |"));
+    }
+
+    #[test]
+    fn a_wrong_final_state_is_called_out_in_the_row() {
+        let mut wrong = drained(1, 2, Some(8.0));
+        wrong.state = Err("rows differ".to_owned());
+        let row = summary_row(&[drained(1, 1, Some(10.0)), wrong], EVENTS);
+        assert!(row.contains("2: 1.25×; **final state wrong** |"), "{row}");
+    }
 }

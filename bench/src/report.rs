@@ -262,7 +262,7 @@ fn table(b: &Bench, r: &Results) -> String {
             }
         );
     }
-    if replicas.len() > 1 {
+    if !replicas.is_empty() {
         let _ = writeln!(t, "{}", crate::replicas::summary_row(replicas, ev));
     }
     if !mains.is_empty() {
