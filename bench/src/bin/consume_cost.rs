@@ -2,19 +2,20 @@
 //! worker's consumer thread does) against in batches (`rd_kafka_consume_batch_queue`), and what
 //! its own fetch threads cost either way (docs/performance.md, open questions).
 //!
-//! Run: `cargo run --release -p order-worker-bench --bin consume_cost` (about a minute).
+//! Run: `cargo run --release -p order-worker-bench --bin consume_cost` (under a minute).
 //! Environment: `CONSUME_COST_MESSAGES` (1,000,000), `CONSUME_COST_PARTITIONS` (256),
 //! `CONSUME_COST_ROUNDS` (3), `CONSUME_COST_BATCH` (1000: messages per batch call).
 //!
-//! One mock broker in this process; the messages are the benchmark stream's first N (seed 1),
-//! keyed by order, published in large batches (the mock walks every batch of a partition to find
-//! a fetched offset); what the mock's retention (5 MiB a partition) drops of the stream's
-//! oversized payloads and the batches before them is not counted. Each round creates a fresh consumer with the worker's fetch settings, assigns
-//! every partition from the beginning (no group: only the taking is measured) and reads every
-//! message's key and payload once, first with `poll`, then in batches from one queue that every
-//! partition's queue forwards to (the worker would need this on each assignment: a batch call
-//! on the consumer's own queue would answer a rebalance by unassigning). CPU is each thread's
-//! `schedstat`: the taking thread, and the consumer's own librdkafka threads (fetching).
+//! One mock broker in this process; the messages are the benchmark stream's first N (seed 1), keyed
+//! by order, published in large batches (the mock walks every batch of a partition to find a
+//! fetched offset); what the mock's retention (5 MiB a partition) drops from the front of the
+//! busiest partition (~800 messages) is not counted. Each round creates a fresh consumer with the
+//! worker's fetch settings, assigns every partition from the beginning (no group: only the taking
+//! is measured) and reads every message's key and payload once, first with `poll`, then in batches
+//! from one queue that every partition's queue forwards to (the worker would need this on each
+//! assignment: a batch call on the consumer's own queue would answer a rebalance by unassigning).
+//! CPU is each thread's `schedstat`: the taking thread, and the consumer's own librdkafka threads
+//! (fetching).
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -23,8 +24,10 @@ use order_worker::synth::{Generator, SynthSpec};
 use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "orders";
@@ -234,15 +237,16 @@ fn main() {
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((_, back)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     producer.poll(Duration::from_millis(5));
                     record = back;
                 }
+                Err((e, _)) => panic!("produce failed: {e}"),
             }
         }
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
-    // Count what the broker holds: its retention may have dropped a partition's first batches.
+    // Count what the broker holds: its retention drops the busiest partition's first batches.
     let reader = consumer(&brokers);
     let n: usize = (0..partitions)
         .map(|p| {
