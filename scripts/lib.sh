@@ -52,10 +52,12 @@ wait_for_postgres() {
 # - shared_buffers=2GB (the stock 128MB is sized for a machine with little memory; PostgreSQL's
 #   documentation suggests a quarter of a dedicated server's). The latency phase writes ~1.4M
 #   new rows; once 128MB were full, every write also had to evict a dirty page first;
-# - log_min_duration_statement=100ms and log_autovacuum_min_duration=0, so that a write which
-#   holds up a latency round (a statement over 100 ms, an autovacuum beside it) is named in the
-#   server's log (/var/log/postgresql/); a latency round's statements take ~10 ms. Without their
-#   parameters (log_parameter_max_length=0): a batch's arrays would fill the log.
+# - log_min_duration_statement=100ms and log_autovacuum_min_duration=0, so that a statement
+#   which holds up a latency round (over 100 ms, or an autovacuum beside it) is named in the
+#   server's log (/var/log/postgresql/); a latency round's statements take ~10 ms. The logged
+#   time ends before the commit, so a late commit does not show there (the worker's per-batch
+#   debug log times both). Without their parameters (log_parameter_max_length=0): a batch's
+#   arrays would fill the log.
 configure_bench_postgres() {
   local want="track_commit_timestamp=on max_wal_size=4GB checkpoint_timeout=15min shared_buffers=2GB"
   want+=" log_min_duration_statement=100ms log_autovacuum_min_duration=0 log_parameter_max_length=0"
