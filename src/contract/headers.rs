@@ -28,12 +28,15 @@ pub struct HeaderWriter {
 
 impl HeaderWriter {
     /// The encoded size of one header, to size a buffer before writing.
-    pub fn encoded_len(name: &str, value: Option<&[u8]>) -> usize {
-        2 + name.len() + 4 + value.map_or(0, <[u8]>::len)
+    pub fn encoded_len(name: &[u8], value: Option<&[u8]>) -> usize {
+        2 + String::from_utf8_lossy(name).len() + 4 + value.map_or(0, <[u8]>::len)
     }
 
     /// Appends `name: value` to `out`, unless a bound says no (then it is counted as dropped).
-    pub fn push(&mut self, out: &mut impl BufMut, name: &str, value: Option<&[u8]>) {
+    /// A name that is not UTF-8 is kept with U+FFFD in place of each bad sequence: Kafka allows
+    /// any bytes there, and a dead letter stores names as text.
+    pub fn push(&mut self, out: &mut impl BufMut, name: &[u8], value: Option<&[u8]>) {
+        let name = String::from_utf8_lossy(name);
         let size = name.len() + value.map_or(0, <[u8]>::len);
         let fits = self.count < MAX_HEADERS
             && self.bytes + size <= MAX_HEADER_BYTES
@@ -155,7 +158,7 @@ mod tests {
     fn written(headers: &[(&str, Option<&[u8]>)]) -> (Vec<u8>, HeaderWriter) {
         let (mut out, mut w) = (Vec::new(), HeaderWriter::default());
         for (name, value) in headers {
-            w.push(&mut out, name, *value);
+            w.push(&mut out, name.as_bytes(), *value);
         }
         (out, w)
     }
@@ -175,7 +178,7 @@ mod tests {
         assert_eq!(Headers::new(&bytes).get("id"), Some(&b"\x00\xff"[..]));
         let bytes_len: usize = given
             .iter()
-            .map(|(n, v)| HeaderWriter::encoded_len(n, *v))
+            .map(|(n, v)| HeaderWriter::encoded_len(n.as_bytes(), *v))
             .sum();
         assert_eq!(bytes.len(), bytes_len);
     }
@@ -213,6 +216,18 @@ mod tests {
         let big = vec![b'x'; MAX_HEADER_BYTES];
         let (bytes, w) = written(&[("small", Some(b"1")), ("big", Some(&big))]);
         assert_eq!((Headers::new(&bytes).iter().count(), w.dropped), (1, 1));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_reads_back_with_replacement_characters() {
+        let (mut bytes, mut w) = (Vec::new(), HeaderWriter::default());
+        w.push(&mut bytes, b"tag\xff\xfe", Some(b"v"));
+        let back: Vec<_> = Headers::new(&bytes).iter().collect();
+        assert_eq!(back, [("tag\u{FFFD}\u{FFFD}", Some(&b"v"[..]))]);
+        assert_eq!(
+            bytes.len(),
+            HeaderWriter::encoded_len(b"tag\xff\xfe", Some(b"v"))
+        );
     }
 
     #[test]

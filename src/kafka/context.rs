@@ -6,7 +6,8 @@
 //! (their generation is gone), so the next owner reprocesses them and the idempotent write makes
 //! that harmless. Once the stop has begun, no wait here outlasts the stop's deadline. A partition
 //! assigned while the pipeline has room is fetched: it never inherits a pause from an earlier
-//! assignment.
+//! assignment. Each assigned partition forwards its messages to the fetch queue before its fetch
+//! starts, and the fetch queue is closed before the consumer is destroyed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::REVOKE_COMMIT_WAIT;
 use crate::health::{Health, KAFKA_UNREACHABLE};
 use crate::kafka::commit;
+use crate::kafka::fetched::{FetchQueue, FetchSlot};
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
 use crate::telemetry::Throttle;
@@ -56,6 +58,7 @@ pub(crate) struct WorkerContext {
     pub backpressured: AtomicBool,
     /// Set once the graceful stop has drained: revokes from then on commit without waiting.
     pub closing: AtomicBool,
+    fetch_queue: FetchSlot,
     throttle: Throttle,
 }
 
@@ -77,6 +80,7 @@ impl WorkerContext {
             release,
             backpressured: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            fetch_queue: FetchSlot::default(),
             throttle: Throttle::new(LOG_WINDOW),
         }
     }
@@ -95,6 +99,27 @@ impl WorkerContext {
     pub fn drain_deadline(&self) -> Option<Instant> {
         self.stop_deadline()
             .map(|end| end.checked_sub(FINAL_COMMIT_MARGIN).unwrap_or(end))
+    }
+
+    /// The queue the consumer takes messages from in batches (see [`FetchSlot::open`]).
+    pub fn fetch_queue(&self, consumer: &BaseConsumer<Self>) -> Option<Arc<FetchQueue>> {
+        self.fetch_queue.open(consumer.client())
+    }
+
+    /// Lets go of the fetch queue, before the consumer is destroyed.
+    pub fn close_fetch_queue(&self) {
+        self.fetch_queue.close();
+    }
+
+    /// Sends newly assigned partitions' messages to the fetch queue, before their fetch starts.
+    fn forward(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+        let Some(queue) = self.fetch_queue(consumer) else {
+            return;
+        };
+        let missed = queue.forward(consumer.client(), &self.topic, partitions);
+        if !missed.is_empty() {
+            warn!(partitions = ?missed, "partitions not forwarded to the fetch queue: their messages are taken one at a time");
+        }
     }
 
     fn partitions_of(&self, tpl: &TopicPartitionList) -> Vec<i32> {
@@ -300,6 +325,7 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = self.partitions_of(tpl);
+                self.forward(consumer, &partitions);
                 self.tracker.assign(&partitions);
                 self.metrics.rebalance_assign.increment(1);
                 info!(?partitions, "partitions assigned");

@@ -392,8 +392,8 @@ mod tests {
         use crate::contract::Headers;
         use crate::contract::headers::HeaderWriter;
         let (mut small, mut large) = (Vec::new(), Vec::new());
-        HeaderWriter::default().push(&mut small, "traceparent", Some(b"00-1-2-01"));
-        HeaderWriter::default().push(&mut large, "blob", Some(&[b'x'; 5_000]));
+        HeaderWriter::default().push(&mut small, b"traceparent", Some(b"00-1-2-01"));
+        HeaderWriter::default().push(&mut large, b"blob", Some(&[b'x'; 5_000]));
         let payload = vec![b'v'; 5_000];
         let with = |h: &'static [u8]| DeadLetterRecord {
             headers: Headers::new(h),

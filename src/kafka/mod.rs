@@ -14,6 +14,7 @@ pub mod aws_msk_iam;
 mod commit;
 mod context;
 pub mod dead_letter_topic;
+mod fetched;
 mod group;
 mod login;
 pub mod originals;
@@ -26,6 +27,7 @@ use rdkafka::ClientConfig;
 use crate::config::{ConsumerConfig, KafkaProperty};
 
 pub(crate) use context::{Release, WorkerContext};
+pub(crate) use fetched::{Batch, FetchQueue, Fetched};
 pub(crate) use group::{leave_group, pause_assignment};
 pub(crate) use login::answer_token_requests;
 pub use login::{Login, admin, prime};

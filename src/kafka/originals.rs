@@ -19,13 +19,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaProperty;
 use crate::contract::headers::HeaderWriter;
-use crate::kafka::{FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Login, client_config, prime};
+use crate::kafka::{
+    FETCH_QUEUE_BACKOFF_MS, FETCH_WAIT_MAX_MS, Fetched, Login, client_config, prime,
+};
 
 /// Most a broker returns of one partition per fetch. A single larger message still comes whole
 /// (KIP-74), so this bounds the bytes read past what is wanted, never what can be read.
@@ -58,10 +60,9 @@ impl Original {
     fn of(m: &BorrowedMessage<'_>) -> Self {
         let mut headers = Vec::new();
         let mut writer = HeaderWriter::default();
-        if let Some(all) = m.headers() {
-            for h in all.iter() {
-                writer.push(&mut headers, h.key, h.value);
-            }
+        // Read by their bytes: rdkafka's header reader panics on a name that is not UTF-8.
+        for (name, value) in Fetched::of(m).headers() {
+            writer.push(&mut headers, name, value);
         }
         Original::Found {
             key: m.key().map(<[u8]>::to_vec),

@@ -59,7 +59,7 @@ impl Copier {
         position: Position,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)> + Clone,
+        headers: impl Iterator<Item = (&'h [u8], Option<&'h [u8]>)> + Clone,
         timestamp_ms: Option<i64>,
         max_payload_bytes: usize,
     ) -> Envelope {
@@ -219,7 +219,7 @@ mod tests {
             at(7),
             Some(b"k"),
             Some(b"value"),
-            headers.into_iter(),
+            headers.iter().map(|&(n, v)| (n.as_bytes(), v)),
             None,
             100,
         );
@@ -231,7 +231,8 @@ mod tests {
         assert!(e.weight() > OVERHEAD_BYTES + 6 + 11);
         e.drop_bytes();
         assert!(e.headers().is_empty());
-        let tombstone = copier.envelope(at(8), None, None, headers.into_iter(), None, 100);
+        let named = headers.iter().map(|&(n, v)| (n.as_bytes(), v));
+        let tombstone = copier.envelope(at(8), None, None, named, None, 100);
         assert_eq!(tombstone.payload(), None);
         assert_eq!(
             tombstone.headers().get("traceparent"),
@@ -249,7 +250,7 @@ mod tests {
                     format!("{{\"n\":{}}}", "9".repeat(i % 300)),
                 );
                 let trace = format!("00-{i}-01");
-                let headers = [("traceparent", Some(trace.as_bytes()))];
+                let headers = [(&b"traceparent"[..], Some(trace.as_bytes()))];
                 let e = copier.envelope(
                     at(i as i64),
                     Some(key.as_bytes()),

@@ -153,3 +153,85 @@ async fn a_dead_letter_keeps_its_headers_through_the_table_the_topic_and_replay(
         assert_eq!(headers.len(), 5);
     }
 }
+
+/// Headers holding a name that is not UTF-8: rdkafka's API takes names as `&str`, Kafka and
+/// librdkafka carry them as bytes, and any producer library can write them.
+fn headers_named(name: &[u8], value: &[u8]) -> OwnedHeaders {
+    use rdkafka::bindings as rdsys;
+    use rdkafka::message::BorrowedHeaders;
+    let headers = OwnedHeaders::new();
+    // SAFETY: a `BorrowedHeaders` reference is rdkafka's view of the same native list (its
+    // address is the list's); librdkafka copies the name and the value.
+    unsafe {
+        let list = std::ptr::from_ref::<BorrowedHeaders>(headers.as_borrowed())
+            .cast_mut()
+            .cast::<rdsys::rd_kafka_headers_t>();
+        let err = rdsys::rd_kafka_header_add(
+            list,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            value.as_ptr().cast(),
+            value.len() as isize,
+        );
+        assert_eq!(err, rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_kept_readably_and_stops_nothing() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    let db = TestDb::create().await;
+    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (customer_id <> 'blocked')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (applied, refused) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut blocked = event(refused, 1, 1);
+    blocked.customer_id = "blocked".into();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &mock.brokers)
+        .create()
+        .expect("producer");
+    let messages = [
+        (applied.to_string(), event(applied, 1, 1).to_json()),
+        ("not-json".to_owned(), b"{oops".to_vec()),
+        (refused.to_string(), blocked.to_json()),
+    ];
+    for (key, value) in &messages {
+        let record = FutureRecord::to(&topic)
+            .key(key.as_bytes())
+            .payload(value)
+            .headers(headers_named(b"tag\xff", b"v"));
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .expect("published");
+    }
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
+    OffsetProbe::new(&mock.brokers, &group, &topic, 1)
+        .wait_caught_up("applied, dead-lettered and committed")
+        .await;
+
+    let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT order_id FROM orders")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [(applied,)]);
+    let stored: Vec<(String, Option<Value>)> =
+        sqlx::query_as("SELECT reason, headers FROM dead_letters ORDER BY source_offset")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let kept = json!([{"key": "tag\u{FFFD}", "value": "v"}]);
+    assert_eq!(
+        stored,
+        [
+            ("invalid_json".to_owned(), Some(kept.clone())),
+            ("db_rejected".to_owned(), Some(kept)),
+        ]
+    );
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}

@@ -6,9 +6,12 @@
 //! that waits for room in a full lane holds it no longer than that), so librdkafka's rebalance
 //! and commit callbacks run promptly and the member is never evicted for not polling. When the
 //! lanes stay full it pauses all its partitions (librdkafka then purges what it prefetched and
-//! resumes from the first message not handed over), so at most the messages already returned by
-//! `poll` wait here, never a backlog. The stop ends by its deadline whatever the brokers do: the
-//! final commit and leaving the group wait for them only until then.
+//! resumes from the first message not taken), so at most one batch taken from librdkafka waits
+//! here, never a backlog: a batch is taken only once the last one was handed over. The stop ends
+//! by its deadline whatever the brokers do: the final commit and leaving the group wait for them
+//! only until then.
+
+mod take;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use ::metrics::Gauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -28,10 +29,9 @@ use crate::kafka::{WorkerContext, leave_group, pause_assignment};
 use crate::lag::MonitorHandle;
 use crate::memory;
 use crate::metrics::{self, Metrics};
-use crate::offsets::{OffsetTracker, Position};
-use crate::pipeline::envelope;
+use crate::offsets::OffsetTracker;
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
-use crate::pipeline::{Copier, Dispatcher, Envelope, InFlight, Lane};
+use crate::pipeline::{Dispatcher, Envelope, InFlight, Lane};
 
 /// Longest one attempt to hand a message over waits for room in its lane.
 const OFFER_SLICE: Duration = Duration::from_millis(10);
@@ -50,6 +50,16 @@ type Routed = (Lane, Envelope);
 fn release_idle() {
     metrics::fold_pending_samples();
     memory::release_free_heap();
+}
+
+/// Closes the fetch queue if the thread ends by unwinding (a bug, in a build that unwinds), so
+/// that it goes before the consumer does; leaving the group closes it on every other path.
+struct CloseFetchQueue(Arc<WorkerContext>);
+
+impl Drop for CloseFetchQueue {
+    fn drop(&mut self) {
+        self.0.close_fetch_queue();
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +91,7 @@ impl ConsumerLoop {
     /// Polls until `stop` fires, then drains. Returns whether every dispatched message became
     /// durable (and so was committed) before the deadline.
     pub fn run(self) -> Result<bool, Error> {
+        let _closes = CloseFetchQueue(self.consumer.context().clone());
         let mut pending: VecDeque<Routed> = VecDeque::new();
         let polled = self.poll_until_stopped(&mut pending);
         if let Err(e) = polled {
@@ -98,10 +109,10 @@ impl ConsumerLoop {
 
     fn poll_until_stopped(&self, pending: &mut VecDeque<Routed>) -> Result<(), Error> {
         let mut pacing = Pacing::new(Instant::now(), self.settings.commit_interval);
-        let mut copiers = self.copiers();
+        let mut intake = self.intake();
         while !self.stop.is_cancelled() {
-            // One clock reading per turn (a turn takes at most one message from librdkafka):
-            // `clock_gettime` is a visible share of this thread's time in a backlog.
+            // One clock reading per turn: `clock_gettime` is a visible share of this thread's
+            // time in a backlog.
             let mut now = Instant::now();
             self.health.consumer_polled(now);
             while let Some((lane, envelope)) = pending.pop_front() {
@@ -116,9 +127,9 @@ impl ConsumerLoop {
                 Flow::Resume => self.set_paused(false),
             }
             if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
-                // An empty poll may have waited POLL_TIMEOUT, and the tick below must not wait
+                // An empty take may have waited POLL_TIMEOUT, and the tick below must not wait
                 // one more turn for it. Only when idle, so it costs nothing in a backlog.
-                if self.poll_one(timeout, now, &mut pacing, pending, &mut copiers)? {
+                if self.take(&mut intake, timeout, now, &mut pacing, pending)? {
                     now = Instant::now();
                 }
             }
@@ -138,49 +149,11 @@ impl ConsumerLoop {
             }
             if chores.release_memory {
                 // The copiers' chunks too, before the heap is trimmed.
-                copiers = self.copiers();
+                intake.copiers = self.copiers();
                 self.release_memory(pending);
             }
         }
         Ok(())
-    }
-
-    /// Takes at most one message from librdkafka, waiting up to `timeout`. True when the poll
-    /// came back empty after waiting, so `now` is stale.
-    fn poll_one(
-        &self,
-        timeout: Duration,
-        now: Instant,
-        pacing: &mut Pacing,
-        pending: &mut VecDeque<Routed>,
-        copiers: &mut [Copier],
-    ) -> Result<bool, Error> {
-        match self.consumer.poll(timeout) {
-            None => return Ok(!timeout.is_zero()),
-            Some(Ok(message)) => {
-                self.metrics.consumed.increment(1);
-                self.health.consumer_fetched();
-                pacing.on_message(now);
-                if let Some(routed) = self.envelope(&message, copiers) {
-                    pending.push_back(routed);
-                }
-            }
-            // librdkafka gives up on a fatal error (a fenced static member): so does the worker,
-            // with the error, instead of polling a dead consumer.
-            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
-                self.metrics.consumer_errors.increment(1);
-                return Err(Error::Kafka(e));
-            }
-            Some(Err(e)) => self.consumer.context().report_error(&e, None),
-        }
-        Ok(false)
-    }
-
-    /// One copier per lane.
-    fn copiers(&self) -> Vec<Copier> {
-        (0..self.dispatcher.lanes())
-            .map(|_| Copier::default())
-            .collect()
     }
 
     /// Hands back what a backlog grew, once the pipeline is idle.
@@ -197,43 +170,6 @@ impl ConsumerLoop {
         for (gauge, depth) in self.lane_depths.iter().zip(self.dispatcher.depths()) {
             gauge.set(depth as f64);
         }
-    }
-
-    /// Owns a polled message: its lane, coordinates, generation and (bounded) bytes.
-    fn envelope(&self, m: &BorrowedMessage<'_>, copiers: &mut [Copier]) -> Option<Routed> {
-        let Some(generation) = self.tracker.generation(m.partition()) else {
-            // Not assigned (any more): it was never registered, so it is redelivered.
-            debug!(
-                partition = m.partition(),
-                offset = m.offset(),
-                "message of an unassigned partition"
-            );
-            return None;
-        };
-        let position = Position {
-            partition: m.partition(),
-            generation,
-            offset: m.offset(),
-        };
-        let headers = m.headers();
-        let headers = (0..headers.map_or(0, Headers::count))
-            .filter_map(move |i| headers?.try_get(i))
-            .map(|h| (h.key, h.value));
-        // Into its lane's chunk: a chunk read by one processor in order is freed as soon as that
-        // processor has taken its last message, never held by a slower lane.
-        let max = self.settings.max_payload_bytes;
-        let lane = self
-            .dispatcher
-            .lane_of(m.partition(), m.key().map(|k| envelope::cut(k, max)));
-        let envelope = copiers[lane.index()].envelope(
-            position,
-            m.key(),
-            m.payload(),
-            headers,
-            m.timestamp().to_millis(),
-            max,
-        );
-        Some((lane, envelope))
     }
 
     /// Hands a message to its lane, waiting up to OFFER_SLICE for room in the byte budget and
