@@ -62,21 +62,34 @@ impl FetchQueue {
         missed
     }
 
-    /// Moves up to `batch`'s capacity of messages into it, waiting up to `timeout` for the
-    /// first. Returns how many it took.
+    /// Moves up to `batch`'s capacity of messages into it: those already queued, or, if there
+    /// are none, the first to arrive within `timeout` and those that came with it. (A batch
+    /// call alone waits until the batch is full or the whole timeout has passed: at a slow rate
+    /// every message would wait out the timeout.) Returns how many it took.
     pub fn take(&self, timeout: Duration, batch: &mut Batch) -> usize {
         batch.clear();
+        let capacity = batch.messages.capacity();
+        if capacity == 0 {
+            return 0;
+        }
+        let queue = self.0.as_ptr();
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: the buffer has room for `capacity` pointers; librdkafka writes `n` of them,
         // each a message this batch now owns.
         unsafe {
-            let n = rdsys::rd_kafka_consume_batch_queue(
-                self.0.as_ptr(),
-                timeout_ms,
-                batch.messages.as_mut_ptr(),
-                batch.messages.capacity(),
-            );
-            let n = usize::try_from(n).unwrap_or(0);
+            let at = batch.messages.as_mut_ptr();
+            let queued = |at: *mut *mut rdsys::rd_kafka_message_t, room: usize| {
+                usize::try_from(rdsys::rd_kafka_consume_batch_queue(queue, 0, at, room))
+                    .unwrap_or(0)
+            };
+            let mut n = queued(at, capacity);
+            if n == 0 && timeout_ms > 0 {
+                let first = rdsys::rd_kafka_consume_queue(queue, timeout_ms);
+                if !first.is_null() {
+                    *at = first;
+                    n = 1 + queued(at.add(1), capacity - 1);
+                }
+            }
             batch.messages.set_len(n);
             n
         }
@@ -267,5 +280,91 @@ impl<'a> Iterator for HeaderBytes<'a> {
             return Some((name, value));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::*;
+    use crate::kafka::client_config;
+
+    #[test]
+    fn a_take_hands_over_what_arrived_without_waiting_out_its_timeout() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 2, 1).expect("topic");
+        let brokers = mock.bootstrap_servers();
+        let producer: BaseProducer = client_config(&brokers, &[]).create().expect("producer");
+        for i in 0..3 {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some("x"),
+            });
+            let (key, value) = (format!("k{i}"), format!("v{i}"));
+            let record = BaseRecord::to("t")
+                .partition(0)
+                .key(&key)
+                .payload(&value)
+                .timestamp(1_700_000_000_000 + i)
+                .headers(headers);
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(Duration::from_secs(5)).expect("flush");
+
+        let mut config = client_config(&brokers, &[]);
+        config.set("group.id", "g");
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        let slot = FetchSlot::default();
+        let queue = slot.open(consumer.client()).expect("a fetch queue");
+        assert_eq!(
+            queue.forward(consumer.client(), "t", &[0, 1]),
+            Vec::<i32>::new()
+        );
+        let mut tpl = TopicPartitionList::new();
+        for p in [0, 1] {
+            tpl.add_partition_offset("t", p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
+
+        let (started, mut batch, mut seen) = (Instant::now(), Batch::with_capacity(500), vec![]);
+        while seen.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+            queue.take(Duration::from_secs(5), &mut batch);
+            seen.extend(batch.iter().map(|m| {
+                assert!(m.error().is_none());
+                let headers: Vec<_> = m.headers().collect();
+                assert_eq!(headers, [(&b"trace"[..], Some(&b"x"[..]))]);
+                let owned = |b: Option<&[u8]>| b.map(<[u8]>::to_vec);
+                let at = (m.partition(), m.offset(), m.timestamp_ms());
+                (at, owned(m.key()), owned(m.payload()))
+            }));
+        }
+        // A batch call alone waits its whole timeout for a batch that never fills.
+        assert!(
+            started.elapsed() < Duration::from_millis(2_500),
+            "{:?}",
+            started.elapsed()
+        );
+        let expected: Vec<_> = (0..3)
+            .map(|i| {
+                let (key, value) = (format!("k{i}"), format!("v{i}"));
+                let at = (0, i, Some(1_700_000_000_000 + i));
+                (at, Some(key.into_bytes()), Some(value.into_bytes()))
+            })
+            .collect();
+        assert_eq!(seen, expected);
+        assert!(
+            consumer.poll(Duration::from_millis(200)).is_none(),
+            "forwarded messages never reach the consumer's own queue"
+        );
+        drop(batch);
+        slot.close();
+        drop(queue);
     }
 }

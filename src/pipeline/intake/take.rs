@@ -36,7 +36,7 @@ pub(super) struct Intake {
 
 impl ConsumerLoop {
     /// Serves the consumer's own queue (rebalances, commit results, errors) without waiting,
-    /// then, with nothing waiting for room, takes a batch of messages, waiting up to `timeout`
+    /// then, unless messages wait for room, takes a batch of messages, waiting up to `timeout`
     /// for the first. True when it came back empty after waiting, so `now` is stale.
     pub(super) fn take(
         &self,
@@ -52,13 +52,18 @@ impl ConsumerLoop {
             copiers,
         } = intake;
         let Some(queue) = queue else {
-            return self.poll_consumer(copiers, timeout, now, pacing, pending);
+            let polled = self.poll_consumer(copiers, timeout, now, pacing, pending)?;
+            return Ok(!polled && !timeout.is_zero());
         };
-        self.poll_consumer(copiers, Duration::ZERO, now, pacing, pending)?;
-        if !pending.is_empty() {
-            // Paused and still waiting for room: events only.
+        // Paused and still waiting for room: events only.
+        let waiting = !pending.is_empty();
+        let polled = self.poll_consumer(copiers, Duration::ZERO, now, pacing, pending)?;
+        if waiting {
             return Ok(false);
         }
+        // A message on the consumer's own queue (a partition not forwarded) may have more
+        // behind it: the fetch queue is not waited on then.
+        let timeout = if polled { Duration::ZERO } else { timeout };
         if queue.take(timeout, batch) == 0 {
             return Ok(!timeout.is_zero());
         }
@@ -73,7 +78,7 @@ impl ConsumerLoop {
     }
 
     /// One poll of the consumer's own queue: an event, or a message of a partition that is not
-    /// forwarded to the fetch queue.
+    /// forwarded to the fetch queue. True when it returned a message or an error.
     fn poll_consumer(
         &self,
         copiers: &mut [Copier],
@@ -83,14 +88,14 @@ impl ConsumerLoop {
         pending: &mut VecDeque<Routed>,
     ) -> Result<bool, Error> {
         match self.consumer.poll(timeout) {
-            None => return Ok(!timeout.is_zero()),
+            None => return Ok(false),
             Some(Ok(message)) => {
                 let taken = self.accept(Fetched::of(&message), copiers, pending)?;
                 self.took(taken, now, pacing);
             }
             Some(Err(e)) => self.consumer_error(e)?,
         }
-        Ok(false)
+        Ok(true)
     }
 
     /// A message into `pending` (unless its partition is no longer assigned), or the error
