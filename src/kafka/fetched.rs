@@ -20,17 +20,48 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::{IsError, KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 
-/// A queue of the consumer's own that assigned partitions forward their messages to.
-pub(crate) struct FetchQueue(NonNull<rdsys::rd_kafka_queue_t>);
+/// A queue of the consumer's own that assigned partitions forward their messages to. A wait
+/// for messages here ends as soon as anything arrives on the consumer's own queue too (a
+/// rebalance, a commit result, an error), so that those are served without delay.
+pub(crate) struct FetchQueue {
+    queue: NonNull<rdsys::rd_kafka_queue_t>,
+    /// The consumer's own queue, which wakes this one.
+    events: Option<NonNull<rdsys::rd_kafka_queue_t>>,
+}
 
 // SAFETY: librdkafka's queues are locked internally and may be used from any thread.
 unsafe impl Send for FetchQueue {}
 unsafe impl Sync for FetchQueue {}
 
+/// Called by librdkafka, on any of its threads and with the consumer's queue locked, when that
+/// queue stops being empty: it only wakes the fetch queue's waiter.
+unsafe extern "C" fn wake(_: *mut rdsys::rd_kafka_t, fetch_queue: *mut std::ffi::c_void) {
+    // SAFETY: the opaque is the fetch queue, which turns this callback off before it goes.
+    unsafe { rdsys::rd_kafka_queue_yield(fetch_queue.cast()) }
+}
+
 impl FetchQueue {
     fn new<C: ClientContext>(client: &Client<C>) -> Option<Self> {
-        // SAFETY: the client is alive; the queue is destroyed by Drop.
-        NonNull::new(unsafe { rdsys::rd_kafka_queue_new(client.native_ptr()) }).map(Self)
+        let rk = client.native_ptr();
+        // SAFETY: the client is alive; both handles are destroyed by Drop, the callback turned
+        // off first.
+        unsafe {
+            let queue = NonNull::new(rdsys::rd_kafka_queue_new(rk))?;
+            let events = NonNull::new(rdsys::rd_kafka_queue_get_consumer(rk));
+            if let Some(events) = events {
+                let opaque = queue.as_ptr().cast();
+                rdsys::rd_kafka_queue_cb_event_enable(events.as_ptr(), Some(wake), opaque);
+            }
+            Some(Self { queue, events })
+        }
+    }
+
+    /// Whether rebalances, commit results or errors wait on the consumer's own queue (a wake
+    /// comes only when that queue stops being empty, so a take must not wait while it is not).
+    pub fn events_waiting(&self) -> bool {
+        // SAFETY: a handle this queue owns.
+        self.events
+            .is_some_and(|e| unsafe { rdsys::rd_kafka_queue_length(e.as_ptr()) } > 0)
     }
 
     /// Sends the partitions' messages here from now on. Returns those it could not forward
@@ -55,7 +86,7 @@ impl FetchQueue {
                     missed.push(p);
                     continue;
                 }
-                rdsys::rd_kafka_queue_forward(partition, self.0.as_ptr());
+                rdsys::rd_kafka_queue_forward(partition, self.queue.as_ptr());
                 rdsys::rd_kafka_queue_destroy(partition);
             }
         }
@@ -72,7 +103,7 @@ impl FetchQueue {
         if capacity == 0 {
             return 0;
         }
-        let queue = self.0.as_ptr();
+        let queue = self.queue.as_ptr();
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: the buffer has room for `capacity` pointers; librdkafka writes `n` of them,
         // each a message this batch now owns.
@@ -98,10 +129,17 @@ impl FetchQueue {
 
 impl Drop for FetchQueue {
     fn drop(&mut self) {
-        // SAFETY: the queue was created by `new` and is destroyed once. Partitions still
-        // forwarding here keep the queue's memory until their fetch stops; what they send
-        // meanwhile is discarded.
-        unsafe { rdsys::rd_kafka_queue_destroy(self.0.as_ptr()) }
+        // SAFETY: each handle was made by `new` and is destroyed once. Turning the callback off
+        // takes the consumer queue's lock, which a running callback holds: none runs after it.
+        // Partitions still forwarding here keep the queue's memory until their fetch stops; what
+        // they send meanwhile is discarded.
+        unsafe {
+            if let Some(events) = self.events {
+                rdsys::rd_kafka_queue_cb_event_enable(events.as_ptr(), None, std::ptr::null_mut());
+                rdsys::rd_kafka_queue_destroy(events.as_ptr());
+            }
+            rdsys::rd_kafka_queue_destroy(self.queue.as_ptr());
+        }
     }
 }
 
@@ -284,87 +322,4 @@ impl<'a> Iterator for HeaderBytes<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    use super::*;
-    use crate::kafka::client_config;
-
-    #[test]
-    fn a_take_hands_over_what_arrived_without_waiting_out_its_timeout() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("t", 2, 1).expect("topic");
-        let brokers = mock.bootstrap_servers();
-        let producer: BaseProducer = client_config(&brokers, &[]).create().expect("producer");
-        for i in 0..3 {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "trace",
-                value: Some("x"),
-            });
-            let (key, value) = (format!("k{i}"), format!("v{i}"));
-            let record = BaseRecord::to("t")
-                .partition(0)
-                .key(&key)
-                .payload(&value)
-                .timestamp(1_700_000_000_000 + i)
-                .headers(headers);
-            producer.send(record).map_err(|(e, _)| e).expect("send");
-        }
-        producer.flush(Duration::from_secs(5)).expect("flush");
-
-        let mut config = client_config(&brokers, &[]);
-        config.set("group.id", "g");
-        let consumer: BaseConsumer = config.create().expect("consumer");
-        let slot = FetchSlot::default();
-        let queue = slot.open(consumer.client()).expect("a fetch queue");
-        assert_eq!(
-            queue.forward(consumer.client(), "t", &[0, 1]),
-            Vec::<i32>::new()
-        );
-        let mut tpl = TopicPartitionList::new();
-        for p in [0, 1] {
-            tpl.add_partition_offset("t", p, Offset::Beginning).unwrap();
-        }
-        consumer.assign(&tpl).expect("assign");
-
-        let (started, mut batch, mut seen) = (Instant::now(), Batch::with_capacity(500), vec![]);
-        while seen.len() < 3 && started.elapsed() < Duration::from_secs(10) {
-            queue.take(Duration::from_secs(5), &mut batch);
-            seen.extend(batch.iter().map(|m| {
-                assert!(m.error().is_none());
-                let headers: Vec<_> = m.headers().collect();
-                assert_eq!(headers, [(&b"trace"[..], Some(&b"x"[..]))]);
-                let owned = |b: Option<&[u8]>| b.map(<[u8]>::to_vec);
-                let at = (m.partition(), m.offset(), m.timestamp_ms());
-                (at, owned(m.key()), owned(m.payload()))
-            }));
-        }
-        // A batch call alone waits its whole timeout for a batch that never fills.
-        assert!(
-            started.elapsed() < Duration::from_millis(2_500),
-            "{:?}",
-            started.elapsed()
-        );
-        let expected: Vec<_> = (0..3)
-            .map(|i| {
-                let (key, value) = (format!("k{i}"), format!("v{i}"));
-                let at = (0, i, Some(1_700_000_000_000 + i));
-                (at, Some(key.into_bytes()), Some(value.into_bytes()))
-            })
-            .collect();
-        assert_eq!(seen, expected);
-        assert!(
-            consumer.poll(Duration::from_millis(200)).is_none(),
-            "forwarded messages never reach the consumer's own queue"
-        );
-        drop(batch);
-        slot.close();
-        drop(queue);
-    }
-}
+mod tests;

@@ -62,8 +62,12 @@ impl ConsumerLoop {
             return Ok(false);
         }
         // A message on the consumer's own queue (a partition not forwarded) may have more
-        // behind it: the fetch queue is not waited on then.
-        let timeout = if polled { Duration::ZERO } else { timeout };
+        // behind it, and an event left there would not wake the wait: no waiting then.
+        let timeout = if polled || queue.events_waiting() {
+            Duration::ZERO
+        } else {
+            timeout
+        };
         if queue.take(timeout, batch) == 0 {
             return Ok(!timeout.is_zero());
         }
