@@ -163,10 +163,8 @@ async fn poison_a_constraint_refusing_the_newest_version_of_some_orders() {
         partitions_for(p.events, 4),
     )
     .await;
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT chaos_refused CHECK (customer_id <> 'refused')")
-        .execute(&s.db.pool)
-        .await
-        .unwrap();
+    s.db.add_check("chaos_refused", "customer_id <> 'refused'")
+        .await;
     let spec = spec(12, p.events);
     let messages = stream(&spec, p.events);
     // The newest version of one order in five is refused, in every copy of it (a duplicate is

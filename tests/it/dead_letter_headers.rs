@@ -42,11 +42,15 @@ fn headers_of(m: &OwnedMessage) -> HeaderList {
     })
 }
 
+/// Each dead letter's reason and headers column, in offset order.
+async fn reasons_and_headers(db: &TestDb) -> Vec<(String, Option<Value>)> {
+    sqlx::query_as("SELECT reason, headers FROM dead_letters ORDER BY source_offset")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
 async fn publish_with_headers(brokers: &str, topic: &str, key: &[u8], value: &[u8]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("producer");
     let mut headers = OwnedHeaders::new();
     for (key, value) in &original_headers() {
         headers = headers.insert(Header {
@@ -54,6 +58,14 @@ async fn publish_with_headers(brokers: &str, topic: &str, key: &[u8], value: &[u
             value: value.as_deref(),
         });
     }
+    publish(brokers, topic, key, value, headers).await;
+}
+
+async fn publish(brokers: &str, topic: &str, key: &[u8], value: &[u8], headers: OwnedHeaders) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
     let record = FutureRecord::to(topic)
         .key(key)
         .payload(value)
@@ -77,10 +89,7 @@ async fn a_dead_letter_keeps_its_headers_through_the_table_the_topic_and_replay(
     mock.cluster.create_topic(&again, 1, 1).unwrap();
     let db = TestDb::create().await;
     // A row PostgreSQL refuses: its message's bytes (and headers) are read back from Kafka.
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (customer_id <> 'blocked')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_check("no_blocked", "customer_id <> 'blocked'").await;
     let order = Uuid::new_v4();
     let mut blocked = event(order, 1, 1);
     blocked.customer_id = "blocked".into();
@@ -98,11 +107,7 @@ async fn a_dead_letter_keeps_its_headers_through_the_table_the_topic_and_replay(
         .wait_caught_up("both dead-lettered and committed")
         .await;
 
-    let stored: Vec<(String, Option<Value>)> =
-        sqlx::query_as("SELECT reason, headers FROM dead_letters ORDER BY source_offset")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let stored = reasons_and_headers(&db).await;
     let expected = json!([
         {"key": "traceparent", "value": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
         {"key": "correlation-id", "value": "c-1"},
@@ -183,31 +188,18 @@ async fn a_header_name_that_is_not_utf8_is_kept_readably_and_stops_nothing() {
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, 1);
     let db = TestDb::create().await;
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (customer_id <> 'blocked')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_check("no_blocked", "customer_id <> 'blocked'").await;
     let (applied, refused) = (Uuid::new_v4(), Uuid::new_v4());
     let mut blocked = event(refused, 1, 1);
     blocked.customer_id = "blocked".into();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &mock.brokers)
-        .create()
-        .expect("producer");
     let messages = [
         (applied.to_string(), event(applied, 1, 1).to_json()),
         ("not-json".to_owned(), b"{oops".to_vec()),
         (refused.to_string(), blocked.to_json()),
     ];
     for (key, value) in &messages {
-        let record = FutureRecord::to(&topic)
-            .key(key.as_bytes())
-            .payload(value)
-            .headers(headers_named(b"tag\xff", b"v"));
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .expect("published");
+        let headers = headers_named(b"tag\xff", b"v");
+        publish(&mock.brokers, &topic, key.as_bytes(), value, headers).await;
     }
     let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &[]).await;
     OffsetProbe::new(&mock.brokers, &group, &topic, 1)
@@ -219,11 +211,7 @@ async fn a_header_name_that_is_not_utf8_is_kept_readably_and_stops_nothing() {
         .await
         .unwrap();
     assert_eq!(rows, [(applied,)]);
-    let stored: Vec<(String, Option<Value>)> =
-        sqlx::query_as("SELECT reason, headers FROM dead_letters ORDER BY source_offset")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let stored = reasons_and_headers(&db).await;
     let kept = json!([{"key": "tag\u{FFFD}", "value": "v"}]);
     assert_eq!(
         stored,

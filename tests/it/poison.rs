@@ -71,10 +71,7 @@ async fn an_order_whose_newest_version_postgres_refuses_ends_at_its_last_accepta
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, 1);
     let db = TestDb::create().await;
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_third_version CHECK (version <> 3)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_check("no_third_version", "version <> 3").await;
     let (order, other) = (Uuid::new_v4(), Uuid::new_v4());
     let versions: Vec<OrderEvent> = (1..=3).map(|v| event(order, v, v as u64)).collect();
     publish_raw(
@@ -164,10 +161,7 @@ async fn a_batch_whose_rows_postgres_mostly_refuses_is_dead_lettered_with_the_or
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, 1);
     let db = TestDb::create().await;
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT one_in_ten CHECK (source_offset % 10 = 0)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_check("one_in_ten", "source_offset % 10 = 0").await;
     let events: Vec<OrderEvent> = (0..4_000u64).map(|i| event(Uuid::new_v4(), 1, i)).collect();
     let messages: Vec<RawMessage> = events.iter().map(message_of).collect();
     publish_raw(&mock.brokers, &topic, &messages);
@@ -221,10 +215,7 @@ async fn a_refused_event_whose_message_left_kafka_is_stored_re_encoded_and_can_b
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, 1);
     let db = TestDb::create().await;
-    sqlx::query("ALTER TABLE orders ADD CONSTRAINT no_blocked CHECK (customer_id <> 'blocked')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.add_check("no_blocked", "customer_id <> 'blocked'").await;
     let mut blocked = event(Uuid::new_v4(), 1, 0);
     blocked.customer_id = "blocked".into();
     // Laid out as no encoder of the worker would, so the re-encoded event differs from it.

@@ -33,6 +33,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// An operator's rule the contract knows nothing about: PostgreSQL refuses every row of
+    /// `orders` for which `check` is false.
+    pub async fn add_check(&self, name: &str, check: &str) {
+        sqlx::query(&format!(
+            "ALTER TABLE orders ADD CONSTRAINT {name} CHECK ({check})"
+        ))
+        .execute(&self.pool)
+        .await
+        .expect("add the check");
+    }
+
     pub async fn create() -> Self {
         Self::create_on(&server_url()).await
     }
