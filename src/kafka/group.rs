@@ -32,8 +32,8 @@ pub(crate) fn pause_assignment(
 
 /// Closes the fetch queue, then the consumer, which leaves the group so that its partitions move
 /// at once, waiting no longer than `deadline`: with the coordinator gone, librdkafka's close can
-/// take tens of seconds. Past the deadline the close goes on in the background; the process is ending, and
-/// the group drops the member after `session.timeout.ms`.
+/// take tens of seconds. Past the deadline the close goes on in the background; the process is
+/// ending, and the group drops the member after `session.timeout.ms`.
 pub(crate) fn leave_group(consumer: BaseConsumer<WorkerContext>, deadline: Instant) {
     consumer.context().close_fetch_queue();
     let (left, wait) = std::sync::mpsc::channel();
