@@ -1,7 +1,8 @@
 //! Allocations and CPU time per message on a processor's path, without Kafka or PostgreSQL:
 //! copying the message out of librdkafka's buffer (an `Envelope`), decoding and validating it,
 //! planning 1,000-message batches and encoding them as the batch write's parameters; and the
-//! decode alone of the mix's valid events as JSON and as Protobuf, side by side.
+//! decode alone of the mix's valid events as JSON and as Protobuf, side by side, and the JSON's
+//! syntax checked alone (what any serde_json parse of it costs before a field is read).
 //!
 //! Run: `cargo run --release -p order-worker-bench --bin hot_path` (a few seconds). `HOT_PATH_MESSAGES` (200000)
 //! messages of the benchmark's mix (1% invalid, 2% duplicates, 1-5 items per order), decoded
@@ -104,6 +105,7 @@ fn main() {
         writer: None,
     };
     let (mut as_json, mut as_protobuf) = (Cost::default(), Cost::default());
+    let mut syntax = Cost::default();
 
     let (mut copy, mut dec, mut write) = (Cost::default(), Cost::default(), Cost::default());
     for _ in 0..rounds {
@@ -157,7 +159,21 @@ fn main() {
                 })
                 .count()
         });
-        assert_eq!((ok, ok_too), (valid.len(), valid.len()));
+        // The floor of any parse with serde_json: the same text walked without reading a field.
+        let well_formed = syntax.measure(valid.len(), || {
+            valid
+                .iter()
+                .filter(|(_, j, _)| {
+                    std::str::from_utf8(j).is_ok_and(|text| {
+                        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+                    })
+                })
+                .count()
+        });
+        assert_eq!(
+            (ok, ok_too, well_formed),
+            (valid.len(), valid.len(), valid.len())
+        );
     }
     println!(
         "{n} messages, {rounds} rounds; allocations per message (exact), median ns per message\n"
@@ -169,6 +185,10 @@ fn main() {
     write.row("plan and encode 1,000-message batches", n);
     as_json.row("decode a valid event, JSON", valid.len());
     as_protobuf.row("decode the same event, Protobuf", valid.len());
+    syntax.row(
+        "its JSON syntax alone (serde_json, no field read)",
+        valid.len(),
+    );
     let median = |c: &Cost| c.nanos[c.nanos.len() / 2];
     println!(
         "\nProtobuf / JSON decode time: {:.2} ({} valid events, bytes {:.0}%)",
