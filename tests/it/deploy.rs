@@ -350,3 +350,42 @@ fn the_image_gives_the_worker_the_allocator_settings_its_memory_release_relies_o
         "{tunables}"
     );
 }
+
+/// The benchmark measures the worker's defaults, and docs/deploy.md sizes the pod from those runs:
+/// the manifest's tuning knobs are those defaults, so the pod runs what was measured.
+#[test]
+fn the_manifest_sets_the_tuning_knobs_to_the_measured_defaults() {
+    use clap::CommandFactory;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/base/worker.env");
+    let env = std::fs::read_to_string(&path).expect("k8s/base/worker.env");
+    let set: BTreeMap<&str, &str> = env
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let cli = order_worker::config::Cli::command();
+    let run = cli.find_subcommand("run").expect("the run command");
+    for name in [
+        "KAFKA_QUEUE_MAX_KBYTES",
+        "WORKER_PROCESSORS",
+        "WORKER_CHANNEL_CAPACITY",
+        "BATCH_MAX_ROWS",
+        "BATCH_LINGER",
+    ] {
+        let arg = run
+            .get_arguments()
+            .find(|a| a.get_env() == Some(std::ffi::OsStr::new(name)))
+            .unwrap_or_else(|| panic!("run reads {name}"));
+        let default: Vec<_> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy())
+            .collect();
+        assert_eq!(
+            set.get(name).map(|v| vec![std::borrow::Cow::Borrowed(*v)]),
+            Some(default),
+            "{name} in {}",
+            path.display()
+        );
+    }
+}
