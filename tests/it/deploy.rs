@@ -376,13 +376,13 @@ fn the_manifest_sets_the_tuning_knobs_to_the_measured_defaults() {
             .get_arguments()
             .find(|a| a.get_env() == Some(std::ffi::OsStr::new(name)))
             .unwrap_or_else(|| panic!("run reads {name}"));
-        let default: Vec<_> = arg
+        let default: Vec<&str> = arg
             .get_default_values()
             .iter()
-            .map(|v| v.to_string_lossy())
+            .filter_map(|v| v.to_str())
             .collect();
         assert_eq!(
-            set.get(name).map(|v| vec![std::borrow::Cow::Borrowed(*v)]),
+            set.get(name).map(|v| vec![*v]),
             Some(default),
             "{name} in {}",
             path.display()
