@@ -71,7 +71,7 @@ pub enum Command {
     Dev(DevConfig),
     /// Print a consumer group's lag per partition, with the member owning each partition.
     Lag(LagCommandConfig),
-    /// List dead letters, or replay them to their topic after a fix.
+    /// List dead letters, replay them to their topic after a fix, or purge old ones.
     DeadLetters {
         #[command(subcommand)]
         command: DeadLettersCommand,
@@ -289,7 +289,7 @@ pub struct PipelineConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
-    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    /// Address of the HTTP server for /healthz, /readyz, /metrics and /lag.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: SocketAddr,
 }

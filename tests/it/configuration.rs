@@ -7,12 +7,13 @@ use std::collections::BTreeSet;
 use clap::CommandFactory;
 use order_worker::config::Cli;
 
-/// Variables the worker reads outside clap (documented in the same tables).
-/// Variables read by others: the log filter, the runtime's thread count (checked by the worker
-/// before tokio starts), glibc, and OpenTelemetry's SDK (the standard `OTEL_*` variables).
+/// Variables the worker reads outside clap (documented in the same tables): the log filter, the
+/// runtime's thread count (checked by the worker before tokio starts), glibc's, the host name in
+/// Kafka's client id, and OpenTelemetry's SDK (the standard `OTEL_*` variables).
 const OUTSIDE_CLAP: &[&str] = &[
     "RUST_LOG",
     "GLIBC_TUNABLES",
+    "HOSTNAME",
     order_worker::config::RUNTIME_THREADS_ENV,
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
