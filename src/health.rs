@@ -3,18 +3,22 @@
 //! Invariant: readiness is true only while PostgreSQL answers, Kafka answered for the topic (its
 //! metadata was read), the consumer joined its group and polls, the dead-letter topic (if any)
 //! exists and takes letters, the schema registry (if any) gives the schemas messages name, and
-//! the worker is not draining. Liveness is false only when the
-//! pipeline is wedged: messages in flight, nothing made durable for the stall timeout, while
-//! PostgreSQL and Kafka answer (an outage is waited out, a restart would not fix it). State
-//! changes are atomic stores or a short lock around a reason's text, so a probe never blocks on
-//! the pipeline.
+//! the worker is not draining, and no batch write is failing as if PostgreSQL were away. Liveness
+//! is false only when the pipeline is wedged: messages in flight and nothing made durable for the
+//! stall timeout, or one batch write running that long, while PostgreSQL and Kafka answer (an
+//! outage is waited out, a restart would not fix it). State changes are atomic stores or a short
+//! lock around a reason's text or the list of running writes, so a probe never blocks on the
+//! pipeline.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+mod writes;
 
 /// Readiness reasons about Kafka. Several clients see the same condition at once; one text per
 /// condition keeps it to one log line.
@@ -78,6 +82,8 @@ pub struct Health {
     /// A message waits for a writer schema the registry does not give (an outage, credentials
     /// refused, an id it does not know).
     schema_registry: Problem,
+    /// Why each lane that waits for the registry waits; `schema_registry` is the first of them.
+    schema_registry_waits: Mutex<BTreeMap<usize, String>>,
     /// Whether Kafka ever answered (a credential refused before that is a configuration error).
     kafka_answered: AtomicBool,
     /// Milliseconds since `epoch` when a batch last became durable.
@@ -87,6 +93,8 @@ pub struct Health {
     /// `progress_ms`.
     excused_ms: AtomicU64,
     in_flight: AtomicU64,
+    /// The batch writes running now.
+    writes: writes::Writes,
     /// Fired when the worker cannot go on as configured (its Kafka credentials were refused
     /// before Kafka ever answered); the reason is in `fatal_reason`.
     fatal: CancellationToken,
@@ -117,10 +125,12 @@ impl Health {
             dead_letter_topic_refusing: Problem::default(),
             dead_letter_topic_unavailable: Problem::default(),
             schema_registry: Problem::default(),
+            schema_registry_waits: Mutex::default(),
             kafka_answered: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             excused_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            writes: writes::Writes::default(),
             fatal: CancellationToken::new(),
             fatal_reason: Problem::default(),
             wedge_logged: AtomicBool::new(false),
@@ -230,10 +240,24 @@ impl Health {
             .set(reason, "dead-letter topic");
     }
 
-    /// A message waits for the schema registry (`Some(reason)`), or no longer does (`None`):
-    /// unready, and not a stall, while it waits.
-    pub fn schema_registry_unavailable(&self, reason: Option<String>) {
-        self.schema_registry.set(reason, "schema registry");
+    /// A message of `lane` waits for the schema registry (`Some(reason)`), or no longer does
+    /// (`None`): unready, and not a stall, while any lane waits. Another lane's schema arriving
+    /// does not end this one's wait.
+    pub fn schema_registry_unavailable(&self, lane: usize, reason: Option<String>) {
+        let mut waiting = self
+            .schema_registry_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(reason) => {
+                waiting.insert(lane, reason);
+            }
+            None => {
+                waiting.remove(&lane);
+            }
+        }
+        let first = waiting.values().next().cloned();
+        self.schema_registry.set(first, "schema registry");
     }
 
     /// Whether the dead-letter topic refused the last letters it was given for good.
@@ -271,6 +295,11 @@ impl Health {
         self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// PostgreSQL answers the ping and no batch write fails as if it were away.
+    fn postgres_usable(&self) -> bool {
+        self.db_ok() && !self.writes.any_failing()
+    }
+
     /// The consumer's periodic report of the messages in flight. A stall is only counted while
     /// there are some and both PostgreSQL and Kafka answer.
     pub fn observe(&self, in_flight: usize, now: Instant) {
@@ -278,7 +307,7 @@ impl Health {
         let kafka_away = self.kafka.is_set()
             || self.dead_letter_topic_unavailable.is_set()
             || self.schema_registry.is_set();
-        if in_flight == 0 || !self.db_ok() || kafka_away {
+        if in_flight == 0 || !self.postgres_usable() || kafka_away {
             self.excused_ms.store(self.ms(now), Ordering::Relaxed);
         }
         let reported = self.consumer_problem_ms.load(Ordering::Relaxed);
@@ -288,17 +317,27 @@ impl Health {
         }
     }
 
-    /// How long messages have been in flight with nothing becoming durable while PostgreSQL and
-    /// Kafka answered; zero when the pipeline progresses, is idle, or has not started.
+    /// How long messages have been in flight with nothing becoming durable, or one batch write
+    /// has been running, while PostgreSQL and Kafka answered; zero when the pipeline progresses,
+    /// is idle, or has not started.
     pub fn stalled_for(&self) -> Duration {
+        let (pipeline, write) = self.stalls();
+        pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d))
+    }
+
+    /// The pipeline's stall, and the lane and stall of its longest-running write.
+    fn stalls(&self) -> (Duration, Option<(usize, Duration)>) {
         if self.consumer_polled_ms.load(Ordering::Relaxed) == 0 || self.is_draining() {
-            return Duration::ZERO;
+            return (Duration::ZERO, None);
         }
-        let since = self
-            .progress_ms
-            .load(Ordering::Relaxed)
-            .max(self.excused_ms.load(Ordering::Relaxed));
-        Duration::from_millis(self.now_ms().saturating_sub(since))
+        let (now, excused) = (self.now_ms(), self.excused_ms.load(Ordering::Relaxed));
+        let since = self.progress_ms.load(Ordering::Relaxed).max(excused);
+        let stall = |since: u64| Duration::from_millis(now.saturating_sub(since));
+        let write = self
+            .writes
+            .oldest()
+            .map(|(lane, started)| (lane, stall(started.max(excused))));
+        (stall(since), write)
     }
 
     /// `Ok` while alive, otherwise the reason `/healthz` reports. The first failing answer of a
@@ -318,7 +357,8 @@ impl Health {
     }
 
     fn wedged(&self) -> Result<(), String> {
-        let stalled = self.stalled_for();
+        let (pipeline, write) = self.stalls();
+        let stalled = pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d));
         if stalled <= self.stall_timeout {
             return Ok(());
         }
@@ -330,12 +370,19 @@ impl Health {
                 silent.as_secs()
             ));
         }
-        Err(format!(
-            "pipeline stalled: {} messages in flight and nothing durable for {}s while \
-             PostgreSQL and Kafka answer",
-            self.in_flight.load(Ordering::Relaxed),
-            stalled.as_secs()
-        ))
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        match write {
+            Some((lane, running)) if running > pipeline => Err(format!(
+                "pipeline stalled: the batch write of lane {lane} has run for {}s while \
+                 PostgreSQL and Kafka answer ({in_flight} messages in flight)",
+                running.as_secs()
+            )),
+            _ => Err(format!(
+                "pipeline stalled: {in_flight} messages in flight and nothing durable for {}s \
+                 while PostgreSQL and Kafka answer",
+                pipeline.as_secs()
+            )),
+        }
     }
 
     /// `Ok` when ready, otherwise the short reason `/readyz` reports.
@@ -345,6 +392,9 @@ impl Health {
         }
         if !self.db_ok() {
             return Err("postgres unavailable".into());
+        }
+        if self.writes.any_failing() {
+            return Err("postgres unavailable: batch writes failing".into());
         }
         if let Some(reason) = self.kafka.get().or_else(|| self.consumer.get()) {
             return Err(reason);

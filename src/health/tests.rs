@@ -78,6 +78,59 @@ fn messages_in_flight_with_no_progress_fail_liveness_after_the_stall_timeout() {
 }
 
 #[test]
+fn one_write_running_past_the_stall_timeout_fails_liveness_while_other_lanes_progress() {
+    let h = running();
+    h.observe(0, Instant::now());
+    h.observe(10, Instant::now());
+    let stuck = h.writing(1);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(20));
+        h.progressed();
+        h.consumer_polled(Instant::now());
+        h.observe(10, Instant::now());
+    }
+    let reason = h.liveness().unwrap_err();
+    assert!(reason.contains("batch write of lane 1"), "{reason}");
+    assert!(h.stalled_for() > Duration::from_millis(50));
+    drop(stuck);
+    assert_eq!(h.liveness(), Ok(()));
+}
+
+#[test]
+fn a_write_failing_as_if_postgres_were_away_holds_readiness_until_it_ends() {
+    let h = running();
+    let write = h.writing(0);
+    h.write_failing(0, true);
+    // The ping gets an answer between the write's attempts.
+    h.set_db_ok(true);
+    let unready = Err("postgres unavailable: batch writes failing".into());
+    assert_eq!(h.readiness(), unready);
+    h.observe(10, Instant::now());
+    std::thread::sleep(Duration::from_millis(80));
+    h.consumer_polled(Instant::now());
+    h.observe(10, Instant::now());
+    assert_eq!(h.liveness(), Ok(()), "an outage, not a wedge");
+    h.write_failing(0, false);
+    assert_eq!(h.readiness(), Ok(()), "it failed otherwise");
+    h.write_failing(0, true);
+    assert_eq!(h.readiness(), unready);
+    drop(write);
+    assert_eq!(h.readiness(), Ok(()), "the write ended");
+}
+
+#[test]
+fn a_lane_waiting_for_the_registry_keeps_the_worker_unready_when_another_gets_its_schema() {
+    let h = running();
+    h.schema_registry_unavailable(0, Some("schema registry, schema id 7: not found".into()));
+    h.schema_registry_unavailable(1, Some("schema registry, schema id 8: timed out".into()));
+    h.schema_registry_unavailable(1, None);
+    let waits = Err("schema registry, schema id 7: not found".into());
+    assert_eq!(h.readiness(), waits);
+    h.schema_registry_unavailable(0, None);
+    assert_eq!(h.readiness(), Ok(()));
+}
+
+#[test]
 fn an_outage_or_an_idle_pipeline_is_never_a_stall() {
     let h = running();
     h.observe(0, Instant::now());

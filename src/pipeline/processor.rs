@@ -186,22 +186,23 @@ impl Processor {
             return Some(schema);
         }
         let mut delays = Delays::new(self.settings.retry);
-        loop {
+        let schema = loop {
             match registry.writer_schema(id).await {
-                Ok(schema) => {
-                    self.health.schema_registry_unavailable(None);
-                    return Some(schema);
-                }
+                Ok(schema) => break Some(schema),
                 Err(e) => {
                     self.metrics.schema_registry_failures.increment(1);
                     warn!(lane = self.lane, error = %e, "waiting for the schema registry");
-                    self.health.schema_registry_unavailable(Some(e.to_string()));
+                    let reason = Some(e.to_string());
+                    self.health.schema_registry_unavailable(self.lane, reason);
                     if !delays.sleep(&self.abort).await {
-                        return None;
+                        break None;
                     }
                 }
             }
-        }
+        };
+        // Given or given up (aborted): this lane waits no more.
+        self.health.schema_registry_unavailable(self.lane, None);
+        schema
     }
 
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
@@ -213,7 +214,10 @@ impl Processor {
             span.add_link(context.clone());
         }
         let started = Instant::now();
-        let written = self.write_durably(batch).instrument(span).await?;
+        let written = {
+            let _running = self.health.writing(self.lane);
+            self.write_durably(batch).instrument(span).await?
+        };
         let elapsed = started.elapsed();
 
         let positions: Vec<Position> = batch.iter().map(|d| d.envelope.position).collect();

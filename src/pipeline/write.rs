@@ -184,7 +184,7 @@ impl Processor {
         dead: &[DeadLetterRecord<'_>],
     ) -> Result<Written, WriteError> {
         let rows = orders.len() + dead.len();
-        retry::until_ok(
+        let result = retry::until_ok(
             self.settings.retry,
             &self.abort,
             || WriteError::Aborted,
@@ -207,17 +207,20 @@ impl Processor {
                     return Verdict::Fail(WriteError::TooSlow(e));
                 }
                 // Only an outage excuses the stall clock: a statement that keeps failing while
-                // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge.
-                if kind.is_outage() {
-                    self.health.set_db_ok(false);
-                }
+                // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge. An
+                // outage also holds readiness until this write ends, whatever the ping says.
+                self.health.write_failing(self.lane, kind.is_outage());
                 self.metrics.db_retries.increment(1);
                 warn!(lane = self.lane, error = %e, kind = kind.as_str(),
                       retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
                 Verdict::Retry
             },
         )
-        .await
+        .await;
+        // Whatever failed before, this statement is over: the next part of the write (or the
+        // next batch) tells again.
+        self.health.write_failing(self.lane, false);
+        result
     }
 }
 

@@ -233,3 +233,47 @@ async fn while_the_registry_is_down_nothing_is_dead_lettered_lag_stays_and_it_dr
     worker.stop();
     worker.wait().await.expect("graceful stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_waiting_for_an_unknown_schema_id_keeps_the_worker_unready_while_others_apply() {
+    let tansu = Tansu::start();
+    let registry = TestRegistry::start().await;
+    let (topic, group) = (unique("avro"), unique("group"));
+    ensure_topic(&client_config(&tansu.brokers, &[]), &topic, 1)
+        .await
+        .expect("topic");
+    let db = TestDb::create().await;
+    let flags = ["--schema-registry-url", registry.url.as_str()];
+    let worker = start_worker(&tansu.brokers, &db.url, &topic, &group, &flags).await;
+    let addr = worker.http_addr();
+    // Framed with an id the registry does not know: its lane waits for it.
+    let unknown = [&[0u8][..], &999_999u32.to_be_bytes(), b"\x02\x04"].concat();
+    let key = Uuid::new_v4().to_string().into_bytes();
+    publish_raw(&tansu.brokers, &topic, &[(Some(key), Some(unknown))]);
+    let waits = "schema registry, schema id 999999";
+    eventually(
+        "unready for the unknown id",
+        Duration::from_secs(30),
+        || async { get(addr, "/readyz").await.1.contains(waits) },
+    )
+    .await;
+
+    // Ten orders on every lane, framed with an id the registry gives: the other lanes apply
+    // theirs, and the waiting lane still waits.
+    let events = events();
+    let values = json_values(&events);
+    produce_confluent(&tansu.brokers, &topic, &registry.url, Format::Avro, &values);
+    eventually(
+        "other lanes applied their orders",
+        Duration::from_secs(30),
+        || async { !rows(&db).await.is_empty() },
+    )
+    .await;
+    for _ in 0..10 {
+        let (status, reason) = get(addr, "/readyz").await;
+        assert_eq!(status, 503, "ready while a lane waits: {reason}");
+        assert!(reason.contains(waits), "{reason}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(dead_letters(&db).await, 0, "nothing dead-lettered");
+}

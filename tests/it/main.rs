@@ -29,3 +29,4 @@ mod security;
 mod stalls;
 mod trace_context;
 mod validate;
+mod write_stalls;
