@@ -353,10 +353,11 @@ pub struct WorkerConfig {
     /// terminationGracePeriodSeconds (Kubernetes' default is 30 s).
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// How long messages may stay in flight with nothing becoming durable, while PostgreSQL and
-    /// Kafka answer, before /healthz fails and Kubernetes restarts the pod. An outage does not
-    /// count. Far above any batch write, so only a wedged pipeline reaches it: a batch whose
-    /// refused rows are read back from Kafka may take a minute. At least 10s.
+    /// How long messages may stay in flight with nothing becoming durable, or one batch write go
+    /// without a statement ending, while PostgreSQL and Kafka answer, before /healthz fails and
+    /// Kubernetes restarts the pod. An outage does not count. Far above any batch write, so only
+    /// a wedged pipeline reaches it: a batch whose refused rows are read back from Kafka may take
+    /// a minute. At least 10s.
     #[arg(long, env = "STALL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub stall_timeout: Duration,
 }

@@ -5,7 +5,7 @@
 //! exists and takes letters, the schema registry (if any) gives the schemas messages name, and
 //! the worker is not draining, and no batch write is failing as if PostgreSQL were away. Liveness
 //! is false only when the pipeline is wedged: messages in flight and nothing made durable for the
-//! stall timeout, or one batch write running that long, while PostgreSQL and Kafka answer (an
+//! stall timeout, or one batch write not advancing that long, while PostgreSQL and Kafka answer (an
 //! outage is waited out, a restart would not fix it). State changes are atomic stores or a short
 //! lock around a reason's text or the list of running writes, so a probe never blocks on the
 //! pipeline.
@@ -318,14 +318,14 @@ impl Health {
     }
 
     /// How long messages have been in flight with nothing becoming durable, or one batch write
-    /// has been running, while PostgreSQL and Kafka answered; zero when the pipeline progresses,
+    /// has not advanced, while PostgreSQL and Kafka answered; zero when the pipeline progresses,
     /// is idle, or has not started.
     pub fn stalled_for(&self) -> Duration {
         let (pipeline, write) = self.stalls();
         pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d))
     }
 
-    /// The pipeline's stall, and the lane and stall of its longest-running write.
+    /// The pipeline's stall, and the lane and stall of the write that advanced longest ago.
     fn stalls(&self) -> (Duration, Option<(usize, Duration)>) {
         if self.consumer_polled_ms.load(Ordering::Relaxed) == 0 || self.is_draining() {
             return (Duration::ZERO, None);
@@ -373,7 +373,7 @@ impl Health {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         match write {
             Some((lane, running)) if running > pipeline => Err(format!(
-                "pipeline stalled: the batch write of lane {lane} has run for {}s while \
+                "pipeline stalled: the batch write of lane {lane} has not advanced for {}s while \
                  PostgreSQL and Kafka answer ({in_flight} messages in flight)",
                 running.as_secs()
             )),

@@ -97,6 +97,21 @@ fn one_write_running_past_the_stall_timeout_fails_liveness_while_other_lanes_pro
 }
 
 #[test]
+fn a_write_whose_statements_keep_ending_is_slow_not_stuck() {
+    let h = running();
+    h.observe(10, Instant::now());
+    let _write = h.writing(2);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(20));
+        h.write_advanced(2);
+        h.progressed();
+        h.consumer_polled(Instant::now());
+        h.observe(10, Instant::now());
+    }
+    assert_eq!(h.liveness(), Ok(()));
+}
+
+#[test]
 fn a_write_failing_as_if_postgres_were_away_holds_readiness_until_it_ends() {
     let h = running();
     let write = h.writing(0);

@@ -3,8 +3,8 @@
 //! Invariant: a write is listed from its start until its [`Writing`] guard drops, whatever way
 //! it ends (durable, failed, aborted), so a lane is never reported as writing after it stopped;
 //! and a write counts as failing from an outage-class failure until it succeeds, fails
-//! otherwise, or ends. Progress is counted per write, not per pod: one lane whose write never
-//! ends is a stall even while the other lanes make progress.
+//! otherwise, or ends. Progress is counted per write, not per pod: one lane whose write does not
+//! go on (no statement ends) is a stall even while the other lanes make progress.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,14 @@ impl Health {
     /// ready, even while the ping gets answers), or failed otherwise (`false`).
     pub fn write_failing(&self, lane: usize, failing: bool) {
         self.writes.set_failing(lane, failing);
+    }
+
+    /// The running write of `lane` went on: one of its statements ended (committed or refused)
+    /// or its refused rows were read back. Its stall counts from now, and it is not failing: a
+    /// write that isolates refused rows one by one is slow, not stuck.
+    pub fn write_advanced(&self, lane: usize) {
+        self.writes.set_failing(lane, false);
+        self.writes.advance(lane, self.now_ms());
     }
 }
 
@@ -41,7 +49,7 @@ impl Drop for Writing<'_> {
 #[derive(Debug, Clone, Copy)]
 struct Running {
     lane: usize,
-    /// When the write started, in the owner's milliseconds.
+    /// When the write started or last went on, in the owner's milliseconds.
     since_ms: u64,
     /// Its last attempt failed as if PostgreSQL were away (`FailureKind::is_outage`).
     failing: bool,
@@ -90,6 +98,14 @@ impl Writes {
                 } else {
                     self.failing.fetch_sub(1, Ordering::Relaxed);
                 }
+            }
+        });
+    }
+
+    pub(super) fn advance(&self, lane: usize, now_ms: u64) {
+        self.with(|running| {
+            if let Some(w) = running.iter_mut().find(|w| w.lane == lane) {
+                w.since_ms = now_ms;
             }
         });
     }

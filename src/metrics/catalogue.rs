@@ -156,7 +156,7 @@ catalogue! {
     DEAD_LETTERS_CUT = counter("order_worker_dead_letters_cut_total",
         "Dead letters published with their value cut to a size the dead-letter topic takes.");
     PIPELINE_STALL = gauge("order_worker_pipeline_stall_seconds", Unit::Seconds,
-        "How long messages have been in flight with nothing becoming durable, or the longest batch write has been running, while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT.");
+        "How long messages have been in flight with nothing becoming durable, or a batch write has gone without a statement ending, while PostgreSQL and Kafka answer; 0 while the pipeline progresses. /healthz fails at STALL_TIMEOUT.");
     CONSUMER_LAG = gauge("order_worker_consumer_lag_messages", Unit::Count,
         "Log end offset minus the group's committed offset, per partition this instance owns.")
         .labels(&["group", "topic", "partition"]).rendered_by_lag_view();

@@ -185,24 +185,23 @@ impl Processor {
         if let Some(schema) = registry.cached(id) {
             return Some(schema);
         }
+        // However this ends (given, aborted, or the future dropped), the lane waits no more.
+        let _waiting = RegistryWait(&self.health, self.lane);
         let mut delays = Delays::new(self.settings.retry);
-        let schema = loop {
+        loop {
             match registry.writer_schema(id).await {
-                Ok(schema) => break Some(schema),
+                Ok(schema) => return Some(schema),
                 Err(e) => {
                     self.metrics.schema_registry_failures.increment(1);
                     warn!(lane = self.lane, error = %e, "waiting for the schema registry");
                     let reason = Some(e.to_string());
                     self.health.schema_registry_unavailable(self.lane, reason);
                     if !delays.sleep(&self.abort).await {
-                        break None;
+                        return None;
                     }
                 }
             }
-        };
-        // Given or given up (aborted): this lane waits no more.
-        self.health.schema_registry_unavailable(self.lane, None);
-        schema
+        }
     }
 
     async fn flush(&self, batch: &mut Vec<Decoded>) -> Result<(), Error> {
@@ -273,6 +272,15 @@ impl Processor {
             warn!(lane = self.lane, reason = reason.as_str(), stage = reason.stage().as_str(),
                   messages = count, %coordinates, error = %first.detail, "messages dead-lettered");
         }
+    }
+}
+
+/// A lane's wait for the schema registry; it ends when this drops.
+struct RegistryWait<'a>(&'a Health, usize);
+
+impl Drop for RegistryWait<'_> {
+    fn drop(&mut self) {
+        self.0.schema_registry_unavailable(self.1, None);
     }
 }
 

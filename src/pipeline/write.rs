@@ -130,6 +130,7 @@ impl Processor {
             limit: READ_BACK_LIMIT,
         };
         let refusals = reader.read(batch, refusals).await?;
+        self.health.write_advanced(self.lane);
         let mut letters = dead.to_vec();
         letters.extend(refusals.iter().map(|r| r.dead_letter(batch)));
         match self.write_split(&[], &letters).await {
@@ -199,6 +200,10 @@ impl Processor {
                     return Verdict::Fail(err);
                 };
                 let kind = FailureKind::of(&e);
+                // Only an outage excuses the stall clock: a statement that keeps failing while
+                // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge. An
+                // outage also holds readiness until this write goes on, whatever the ping says.
+                self.health.write_failing(self.lane, kind.is_outage());
                 self.metrics.db_error(kind).increment(1);
                 if !kind.is_transient() {
                     return Verdict::Fail(WriteError::Rejected(e));
@@ -206,10 +211,6 @@ impl Processor {
                 if kind == FailureKind::Timeout && rows > 1 {
                     return Verdict::Fail(WriteError::TooSlow(e));
                 }
-                // Only an outage excuses the stall clock: a statement that keeps failing while
-                // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge. An
-                // outage also holds readiness until this write ends, whatever the ping says.
-                self.health.write_failing(self.lane, kind.is_outage());
                 self.metrics.db_retries.increment(1);
                 warn!(lane = self.lane, error = %e, kind = kind.as_str(),
                       retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
@@ -217,9 +218,9 @@ impl Processor {
             },
         )
         .await;
-        // Whatever failed before, this statement is over: the next part of the write (or the
-        // next batch) tells again.
-        self.health.write_failing(self.lane, false);
+        if !matches!(result, Err(WriteError::Aborted)) {
+            self.health.write_advanced(self.lane);
+        }
         result
     }
 }

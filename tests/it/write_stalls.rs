@@ -117,7 +117,9 @@ async fn writes_failing_as_if_postgres_were_away_keep_the_worker_unready_while_i
     while watched.elapsed() < Duration::from_secs(15) {
         let (status, reason) = get(worker.http, "/readyz").await;
         assert_eq!(status, 503, "ready while every write fails: {reason}");
-        assert!(reason.contains("batch writes failing"), "{reason}");
+        // Mostly "postgres unavailable: batch writes failing"; a ping slower than 2 s on a busy
+        // machine says the shorter reason.
+        assert!(reason.contains("postgres unavailable"), "{reason}");
         assert_eq!(get(worker.http, "/healthz").await.0, 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
