@@ -322,7 +322,7 @@ impl Health {
     /// is idle, or has not started.
     pub fn stalled_for(&self) -> Duration {
         let (pipeline, write) = self.stalls();
-        pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d))
+        longest(pipeline, write)
     }
 
     /// The pipeline's stall, and the lane and stall of the write that advanced longest ago.
@@ -358,7 +358,7 @@ impl Health {
 
     fn wedged(&self) -> Result<(), String> {
         let (pipeline, write) = self.stalls();
-        let stalled = pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d));
+        let stalled = longest(pipeline, write);
         if stalled <= self.stall_timeout {
             return Ok(());
         }
@@ -421,6 +421,11 @@ impl Health {
         }
         Ok(())
     }
+}
+
+/// The longer of the pipeline's stall and its stuck write's.
+fn longest(pipeline: Duration, write: Option<(usize, Duration)>) -> Duration {
+    pipeline.max(write.map_or(Duration::ZERO, |(_, d)| d))
 }
 
 #[cfg(test)]

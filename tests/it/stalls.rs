@@ -10,7 +10,7 @@ use order_worker::synth::{Expectation, SynthSpec};
 use crate::helpers::kafka::{Member, Mock, OffsetProbe, Tansu, publish};
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, lock_orders};
 use crate::helpers::{Binary, TINY_PIPELINE, eventually, free_port, get, metric, unique};
-use crate::write_stalls::{liveness_fails_after_the_stall_timeout, watched};
+use crate::write_stalls::{liveness_fails_after_the_stall_timeout, watched, watched_on};
 
 const SETTLES: Duration = Duration::from_secs(60);
 
@@ -91,18 +91,9 @@ async fn a_pipeline_wedged_while_postgres_answers_fails_liveness_after_the_stall
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_longer_than_the_stall_timeout_is_an_outage_not_a_wedge() {
-    let (topic, group) = (unique("orders"), unique("group"));
-    let mock = Mock::with_topic(&topic, 2);
     let pg = PrivatePostgres::start();
     let db = TestDb::create_on(&pg.server_url()).await;
-    let worker = Binary::run(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &["--stall-timeout", "10s", "--rebalance-drain-timeout", "2s"],
-    );
-    worker.ready().await;
+    let (topic, group, mock, db, worker) = watched_on(db).await;
     pg.stop_server();
     let spec = spec(331);
     publish(&mock.brokers, &topic, &spec, 300);

@@ -18,9 +18,13 @@ const SETTLES: Duration = Duration::from_secs(60);
 /// A ready worker with a 10 s stall timeout, on a fresh topic of two partitions and a fresh
 /// database: (topic, group, broker, database, worker).
 pub(crate) async fn watched() -> (String, String, Mock, TestDb, Binary) {
+    watched_on(TestDb::create().await).await
+}
+
+/// [`watched`] on a database of the caller's.
+pub(crate) async fn watched_on(db: TestDb) -> (String, String, Mock, TestDb, Binary) {
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, 2);
-    let db = TestDb::create().await;
     let worker = Binary::run(
         &mock.brokers,
         &db.url,
