@@ -372,10 +372,10 @@ impl Health {
         }
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         match write {
-            Some((lane, running)) if running > pipeline => Err(format!(
+            Some((lane, stuck)) if stuck > pipeline => Err(format!(
                 "pipeline stalled: the batch write of lane {lane} has not advanced for {}s while \
                  PostgreSQL and Kafka answer ({in_flight} messages in flight)",
-                running.as_secs()
+                stuck.as_secs()
             )),
             _ => Err(format!(
                 "pipeline stalled: {in_flight} messages in flight and nothing durable for {}s \

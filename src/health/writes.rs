@@ -7,7 +7,6 @@
 //! go on (no statement ends) is a stall even while the other lanes make progress.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Health;
 
@@ -28,7 +27,6 @@ impl Health {
     /// or its refused rows were read back. Its stall counts from now, and it is not failing: a
     /// write that isolates refused rows one by one is slow, not stuck.
     pub fn write_advanced(&self, lane: usize) {
-        self.writes.set_failing(lane, false);
         self.writes.advance(lane, self.now_ms());
     }
 }
@@ -58,13 +56,20 @@ struct Running {
 #[derive(Debug, Default)]
 pub(super) struct Writes {
     running: Mutex<Vec<Running>>,
-    /// How many of `running` are failing; read on every probe and every consumer report.
-    failing: AtomicU64,
 }
 
 impl Writes {
     fn with<T>(&self, f: impl FnOnce(&mut Vec<Running>) -> T) -> T {
         f(&mut self.running.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes the running write of `lane`, if there is one.
+    fn of(&self, lane: usize, f: impl FnOnce(&mut Running)) {
+        self.with(|running| {
+            if let Some(w) = running.iter_mut().find(|w| w.lane == lane) {
+                f(w);
+            }
+        });
     }
 
     pub(super) fn start(&self, lane: usize, now_ms: u64) {
@@ -78,43 +83,26 @@ impl Writes {
     }
 
     pub(super) fn end(&self, lane: usize) {
-        self.with(|running| {
-            if let Some(at) = running.iter().position(|w| w.lane == lane)
-                && running.swap_remove(at).failing
-            {
-                self.failing.fetch_sub(1, Ordering::Relaxed);
-            }
-        });
+        self.with(|running| running.retain(|w| w.lane != lane));
     }
 
     pub(super) fn set_failing(&self, lane: usize, failing: bool) {
-        self.with(|running| {
-            if let Some(w) = running.iter_mut().find(|w| w.lane == lane)
-                && w.failing != failing
-            {
-                w.failing = failing;
-                if failing {
-                    self.failing.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.failing.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-        });
+        self.of(lane, |w| w.failing = failing);
     }
 
+    /// The write of `lane` went on at `now_ms`: its stall counts from then, and it is not failing.
     pub(super) fn advance(&self, lane: usize, now_ms: u64) {
-        self.with(|running| {
-            if let Some(w) = running.iter_mut().find(|w| w.lane == lane) {
-                w.since_ms = now_ms;
-            }
+        self.of(lane, |w| {
+            w.since_ms = now_ms;
+            w.failing = false;
         });
     }
 
     pub(super) fn any_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed) > 0
+        self.with(|running| running.iter().any(|w| w.failing))
     }
 
-    /// The lane and start of the write running longest.
+    /// The lane and the time of the write that went on longest ago.
     pub(super) fn oldest(&self) -> Option<(usize, u64)> {
         self.with(|running| {
             running
