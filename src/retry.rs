@@ -71,18 +71,19 @@ impl Delays {
 }
 
 /// Runs `op` until it succeeds, `judge` says the error is permanent, or `abort` fires (then
-/// `on_abort` is returned). `judge` sees each error once: the place to log and count it.
-pub async fn until_ok<T, E, Op, Fut, J>(
+/// `on_abort` is returned). `judge` sees each error once: the place to log and count it, and to
+/// turn it into the error the caller returns.
+pub async fn until_ok<T, E, F, Op, Fut, J>(
     schedule: Schedule,
     abort: &CancellationToken,
-    on_abort: impl FnOnce() -> E,
+    on_abort: impl FnOnce() -> F,
     mut op: Op,
     mut judge: J,
-) -> Result<T, E>
+) -> Result<T, F>
 where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    J: FnMut(E, Duration) -> Verdict<E>,
+    J: FnMut(E, Duration) -> Verdict<F>,
 {
     let mut delays = Delays::new(schedule);
     loop {

@@ -18,7 +18,7 @@ use crate::config::DbConfig;
 use crate::error::Error;
 
 pub use store::{OrderRow, UPSERT_ORDERS, encode_batch};
-pub(crate) use store::{OrderStore, Written};
+pub(crate) use store::{OrderStore, WriteFailed, Written};
 
 /// The migrations in `migrations/`, compiled into the binary. A database may also hold
 /// migrations this build does not know: a newer build applied them, and since every migration
@@ -246,6 +246,11 @@ impl FailureKind {
     /// Whether retrying the same statement can succeed.
     pub fn is_transient(self) -> bool {
         !matches!(self, Self::Data | Self::Constraint)
+    }
+
+    /// Whether the failure ended the session: lost, or closed by the server.
+    pub fn ends_the_session(self) -> bool {
+        matches!(self, Self::Connection | Self::Shutdown)
     }
 
     /// Whether PostgreSQL itself is away or out of resources (what a restart of the worker

@@ -117,12 +117,12 @@ impl OrderStore {
         &self,
         orders: &[OrderRow<'_>],
         dead: &[DeadLetterRecord<'_>],
-    ) -> Result<Written, sqlx::Error> {
+    ) -> Result<Written, WriteFailed> {
         if orders.is_empty() && dead.is_empty() {
             return Ok(Written::default());
         }
-        let args = batch_arguments(&self.topic, orders, dead)?;
-        let mut conn = self.pool.acquire().await?;
+        let args = batch_arguments(&self.topic, orders, dead).map_err(WriteFailed::unsent)?;
+        let mut conn = self.pool.acquire().await.map_err(WriteFailed::unsent)?;
         let result = sqlx::query_with(WRITE_BATCH, args)
             .fetch_one(&mut *conn)
             .await;
@@ -130,12 +130,28 @@ impl OrderStore {
         // pooled connection would hold one as large as the largest batch it ever sent, through a
         // backlog and after it.
         conn.shrink_buffers();
-        let row = result?;
+        let sent = |error| WriteFailed { error, sent: true };
+        let row = result.map_err(sent)?;
         let count = |column| Ok::<_, sqlx::Error>(row.try_get::<i64, _>(column)?.max(0) as u64);
         Ok(Written {
-            applied: count(0)?,
-            dead_letters_new: count(1)?,
+            applied: count(0).map_err(sent)?,
+            dead_letters_new: count(1).map_err(sent)?,
         })
+    }
+}
+
+/// A failed [`OrderStore::write`], and whether its statement was sent on a connection: a
+/// connection lost after that was cut while the statement ran, where one that could not be had
+/// means PostgreSQL is away.
+#[derive(Debug)]
+pub(crate) struct WriteFailed {
+    pub error: sqlx::Error,
+    pub sent: bool,
+}
+
+impl WriteFailed {
+    fn unsent(error: sqlx::Error) -> Self {
+        Self { error, sent: false }
     }
 }
 

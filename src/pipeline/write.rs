@@ -1,6 +1,7 @@
-//! How a processor makes one batch durable: one statement for the whole batch, split when
-//! PostgreSQL cancels it for running too long, and, when PostgreSQL refuses a row, the orders
-//! written one at a time to find the refused ones.
+//! How a processor makes one batch durable: one statement for the whole batch, split when it
+//! cannot finish as it is (PostgreSQL cancels it for running too long, or something between
+//! cuts its connection while it runs), and, when PostgreSQL refuses a row, the orders written
+//! one at a time to find the refused ones.
 //!
 //! Invariant: the outcome is the one applying the batch's events one at a time would give: an
 //! order whose newest version is refused falls back to its next lower version in the batch, and
@@ -16,7 +17,7 @@ use tracing::warn;
 
 use crate::contract::DeadLetterRecord;
 use crate::contract::{Reason, Rejection};
-use crate::db::{FailureKind, OrderRow, Written};
+use crate::db::{FailureKind, OrderRow, WriteFailed, Written};
 use crate::error::Error;
 use crate::pipeline::processor::Processor;
 use crate::pipeline::publish::Publisher;
@@ -27,8 +28,10 @@ use crate::retry::{self, Verdict};
 enum WriteError {
     /// PostgreSQL refused the data (SQLSTATE classes 22, 23): the same statement always fails.
     Rejected(sqlx::Error),
-    /// PostgreSQL cancelled the statement for running longer than `statement_timeout`.
-    TooSlow(sqlx::Error),
+    /// The statement cannot finish as it is: PostgreSQL cancelled it for running longer than
+    /// `statement_timeout`, or its session ended while it ran [`CUTS_BEFORE_SPLIT`] times in a
+    /// row (a pooler's `query_timeout` cuts the connection of a statement that runs too long).
+    TooLong(sqlx::Error),
     Aborted,
 }
 
@@ -49,7 +52,7 @@ impl Processor {
         let (stats, refusals) = match self.write_split(&plan.orders, &plan.dead).await {
             Ok(stats) => (stats, Vec::new()),
             Err(WriteError::Aborted) => return Err(Error::Aborted),
-            Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+            Err(WriteError::Rejected(e) | WriteError::TooLong(e)) => {
                 self.isolate_refused(batch, &plan.orders, &plan.dead, e)
                     .await?
             }
@@ -106,7 +109,7 @@ impl Processor {
                         break;
                     }
                     Err(WriteError::Aborted) => return Err(Error::Aborted),
-                    Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+                    Err(WriteError::Rejected(e) | WriteError::TooLong(e)) => {
                         refusals.push((i, Rejection::new(Reason::DbRejected, e.to_string())));
                     }
                 }
@@ -139,7 +142,7 @@ impl Processor {
             // Dead letters are bytes and text made storable (`db::store`); PostgreSQL refusing
             // them means the table itself was changed, and stopping (not committing) is the
             // only way to lose nothing.
-            Err(WriteError::Rejected(e) | WriteError::TooSlow(e)) => {
+            Err(WriteError::Rejected(e) | WriteError::TooLong(e)) => {
                 return Err(Error::TaskFailed(format!(
                     "PostgreSQL refused dead letters: {e}"
                 )));
@@ -148,9 +151,9 @@ impl Processor {
         Ok((stats, refusals))
     }
 
-    /// Writes orders and dead letters; a statement PostgreSQL cancels for running too long is
-    /// written in two halves instead (each half again, down to single rows), since the same
-    /// statement would be cancelled again at every retry.
+    /// Writes orders and dead letters; a statement that cannot finish as it is ([`WriteError::
+    /// TooLong`]) is written in two halves instead (each half again, down to single rows), since
+    /// the same statement would be cut again at every retry.
     fn write_split<'f>(
         &'f self,
         orders: &'f [OrderRow<'f>],
@@ -158,12 +161,13 @@ impl Processor {
     ) -> Boxed<'f> {
         Box::pin(async move {
             match self.write_retrying(orders, dead).await {
-                Err(WriteError::TooSlow(e)) => {
+                Err(WriteError::TooLong(e)) => {
                     let Some([first, second]) = halves(orders, dead) else {
-                        return Err(WriteError::TooSlow(e));
+                        return Err(WriteError::TooLong(e));
                     };
                     warn!(lane = self.lane, rows = orders.len() + dead.len(), error = %e,
-                          "the batch ran past statement_timeout; writing it in two halves");
+                          "the batch's statement cannot finish (statement_timeout, or its \
+                           connection cut as it ran); writing it in two halves");
                     let a = self.write_split(first.0, first.1).await?;
                     let b = self.write_split(second.0, second.1).await?;
                     Ok(Written {
@@ -177,29 +181,28 @@ impl Processor {
     }
 
     /// Writes until PostgreSQL commits, retrying transient failures; returns at once when it
-    /// refuses the data, and when it cancels a statement of more than one row for its duration
-    /// (a single row is retried: a lock it waits for is released some day).
+    /// refuses the data, and when a statement of more than one row cannot finish as it is
+    /// ([`WriteError::TooLong`]; a single row is retried: a lock it waits for is released some
+    /// day).
     async fn write_retrying(
         &self,
         orders: &[OrderRow<'_>],
         dead: &[DeadLetterRecord<'_>],
     ) -> Result<Written, WriteError> {
         let rows = orders.len() + dead.len();
+        let mut cuts = 0;
         let result = retry::until_ok(
             self.settings.retry,
             &self.abort,
             || WriteError::Aborted,
-            || async {
-                self.store
-                    .write(orders, dead)
-                    .await
-                    .map_err(WriteError::Rejected)
-            },
-            |err, delay| {
-                let WriteError::Rejected(e) = err else {
-                    return Verdict::Fail(err);
-                };
+            || self.store.write(orders, dead),
+            |WriteFailed { error: e, sent }, delay| {
                 let kind = FailureKind::of(&e);
+                cuts = if sent && kind.ends_the_session() {
+                    cuts + 1
+                } else {
+                    0
+                };
                 // Only an outage excuses the stall clock: a statement that keeps failing while
                 // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge. An
                 // outage also holds readiness until this write goes on, whatever the ping says.
@@ -208,8 +211,8 @@ impl Processor {
                 if !kind.is_transient() {
                     return Verdict::Fail(WriteError::Rejected(e));
                 }
-                if kind == FailureKind::Timeout && rows > 1 {
-                    return Verdict::Fail(WriteError::TooSlow(e));
+                if rows > 1 && (kind == FailureKind::Timeout || cuts >= CUTS_BEFORE_SPLIT) {
+                    return Verdict::Fail(WriteError::TooLong(e));
                 }
                 self.metrics.db_retries.increment(1);
                 warn!(lane = self.lane, error = %e, kind = kind.as_str(),
@@ -224,6 +227,11 @@ impl Processor {
         result
     }
 }
+
+/// How many times in a row a statement's session may end while it runs before the statement is
+/// split. Once is what an outage does (a restart ends every session); again, on the new
+/// connection the retry had, it is the statement's own length.
+const CUTS_BEFORE_SPLIT: u32 = 2;
 
 type Part<'x, 'a> = (&'x [OrderRow<'a>], &'x [DeadLetterRecord<'a>]);
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use order_worker::Worker;
 use order_worker::contract::OrderEvent;
 use order_worker::kafka::client_config;
 use order_worker::synth::{Expectation, event};
@@ -291,39 +292,92 @@ async fn a_refused_event_whose_message_left_kafka_is_stored_re_encoded_and_can_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_always_outlasts_statement_timeout_is_split_until_it_is_written() {
-    let (topic, group) = (unique("orders"), unique("group"));
-    let mock = Mock::with_topic(&topic, 1);
     let db = TestDb::create().await;
     // Each row costs 2 ms: a batch of 250 rows or more can never finish within 400 ms.
-    for sql in [
-        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$",
-        "CREATE TRIGGER slow_row BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow_row()",
-        &format!("ALTER DATABASE {} SET statement_timeout = '400ms'", db.name),
-    ] {
+    let (_broker, worker) = written_in_parts(
+        &db,
+        &[
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$",
+            "CREATE TRIGGER slow_row BEFORE INSERT ON orders FOR EACH ROW \
+             EXECUTE FUNCTION slow_row()",
+            &format!("ALTER DATABASE {} SET statement_timeout = '400ms'", db.name),
+        ],
+    )
+    .await;
+    let cancelled = metric(
+        worker.http_addr(),
+        "order_worker_db_errors_total",
+        &[("kind", "timeout")],
+    );
+    assert!(
+        cancelled.await >= 1.0,
+        "statements were cancelled before they were split"
+    );
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_is_always_cut_as_it_runs_is_split_until_it_is_written() {
+    let db = TestDb::create().await;
+    // As a pooler's query_timeout does: a statement writing more than 250 orders loses its
+    // connection (the backend ends its own session), while new connections are accepted.
+    let (_broker, worker) = written_in_parts(
+        &db,
+        &[
+            "CREATE FUNCTION cut_long_statements() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               PERFORM set_config('test.rows', \
+                 (coalesce(nullif(current_setting('test.rows', true), ''), '0')::int + 1)::text, \
+                 true); \
+               IF current_setting('test.rows')::int > 250 THEN \
+                 PERFORM pg_terminate_backend(pg_backend_pid()); \
+                 PERFORM pg_sleep(5); \
+               END IF; \
+               RETURN NEW; \
+             END $$",
+            "CREATE TRIGGER cut_long_statements BEFORE INSERT ON orders FOR EACH ROW \
+             EXECUTE FUNCTION cut_long_statements()",
+        ],
+    )
+    .await;
+    let cut = metric(
+        worker.http_addr(),
+        "order_worker_db_errors_total",
+        &[("kind", "shutdown")],
+    );
+    assert!(
+        cut.await >= 2.0,
+        "statements were cut before they were split"
+    );
+    worker.stop();
+    worker.wait().await.expect("graceful stop");
+}
+
+/// Prepares `db` with `sql`, then has one processor with batches of 2,000 drain 3,000 orders'
+/// events into it; returns (with the broker, which must outlive the worker) once every offset is
+/// committed and the rows are the oracle's.
+async fn written_in_parts(db: &TestDb, sql: &[&str]) -> (Mock, Worker) {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    for sql in sql {
         sqlx::query(sql).execute(&db.pool).await.unwrap();
     }
     let spec = valid_only(3_000, 231);
     publish(&mock.brokers, &topic, &spec, 3_000);
-    let worker = start_worker(
-        &mock.brokers,
-        &db.url,
-        &topic,
-        &group,
-        &[
-            "--processors",
-            "1",
-            "--batch-max-rows",
-            "2000",
-            "--channel-capacity",
-            "2000",
-        ],
-    )
-    .await;
+    let flags = [
+        "--processors",
+        "1",
+        "--batch-max-rows",
+        "2000",
+        "--channel-capacity",
+        "2000",
+    ];
+    let worker = start_worker(&mock.brokers, &db.url, &topic, &group, &flags).await;
     OffsetProbe::new(&mock.brokers, &group, &topic, 1)
         .wait_caught_up_within("every batch written in parts", Duration::from_secs(90))
         .await;
     assert_state_is(&db.pool, &Expectation::of(&spec, 3_000)).await;
-    worker.stop();
-    worker.wait().await.expect("graceful stop");
+    (mock, worker)
 }
