@@ -88,21 +88,27 @@ impl<'a> Headers<'a> {
     }
 
     /// The headers as stored in `dead_letters.headers`: a JSON array of `{"key": ..., "value":
-    /// ...}` in order, a value as text when it is UTF-8, else as `"value_base64"`, a null value
-    /// as `null`; `None` when there are none.
+    /// ...}` in order, a value as text when it is UTF-8 without NUL, else as `"value_base64"`, a
+    /// null value as `null`; `None` when there are none. PostgreSQL's `jsonb` refuses `\u0000`
+    /// in any string, and a refused dead letter stops the worker, so a NUL in a name is kept as
+    /// U+FFFD (names are text already, see [`HeaderWriter::push`]).
     pub fn to_json(&self) -> Option<String> {
         if self.is_empty() {
             return None;
         }
         let list: Vec<Value> = self
             .iter()
-            .map(|(name, value)| match value.map(std::str::from_utf8) {
-                None => json!({"key": name, "value": null}),
-                Some(Ok(text)) => json!({"key": name, "value": text}),
-                Some(Err(_)) => json!({
-                    "key": name,
-                    "value_base64": base64::engine::general_purpose::STANDARD.encode(value.unwrap_or_default())
-                }),
+            .map(|(name, value)| {
+                let name = name.replace('\0', "\u{FFFD}");
+                match value.map(std::str::from_utf8) {
+                    None => json!({"key": name, "value": null}),
+                    Some(Ok(text)) if !text.contains('\0') => json!({"key": name, "value": text}),
+                    Some(_) => json!({
+                        "key": name,
+                        "value_base64": base64::engine::general_purpose::STANDARD
+                            .encode(value.unwrap_or_default())
+                    }),
+                }
             })
             .collect();
         Some(Value::Array(list).to_string())
@@ -200,6 +206,21 @@ mod tests {
             .collect();
         assert_eq!(back, expected);
         assert_eq!(Headers::default().to_json(), None);
+    }
+
+    #[test]
+    fn a_nul_is_never_stored_as_json_text() {
+        let (bytes, _) = written(&[("n\0", Some(b"\0\0\0\x01"))]);
+        let json = Headers::new(&bytes).to_json().unwrap();
+        assert_eq!(
+            json,
+            "[{\"key\":\"n\u{FFFD}\",\"value_base64\":\"AAAAAQ==\"}]"
+        );
+        let back = from_json(&serde_json::from_str(&json).unwrap());
+        assert_eq!(
+            back,
+            [("n\u{FFFD}".to_owned(), Some(b"\0\0\0\x01".to_vec()))]
+        );
     }
 
     #[test]
