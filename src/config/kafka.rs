@@ -148,13 +148,21 @@ impl KafkaArgs {
 /// timeout is checked against it: a rebalance blocks the consumer for both.
 pub(crate) const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
-/// Properties the worker's guarantees rest on; overriding them is refused.
-pub(crate) const GUARDED: [&str; 4] = [
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.commit.interval.ms",
-    "group.id",
+/// Properties the worker's guarantees rest on, each with what to set instead; overriding them is
+/// refused.
+pub(crate) const GUARDED: [(&str, &str); 5] = [
+    ("enable.auto.commit", COMMITS),
+    ("enable.auto.offset.store", COMMITS),
+    ("auto.commit.interval.ms", COMMITS),
+    ("group.id", "set KAFKA_GROUP_ID"),
+    // librdkafka's `error` stops a partition whose committed offset left the log (retention
+    // after downtime) for good, while every probe stays healthy.
+    (
+        "auto.offset.reset",
+        "set KAFKA_AUTO_OFFSET_RESET (earliest or latest)",
+    ),
 ];
+const COMMITS: &str = "offsets are committed by the worker once durable (set COMMIT_INTERVAL)";
 
 /// The value of `key` in `properties`, in which a later entry overrides an earlier one.
 pub(crate) fn effective<'a>(properties: &'a [KafkaProperty], key: &str) -> Option<&'a str> {
@@ -168,12 +176,10 @@ pub(crate) fn effective<'a>(properties: &'a [KafkaProperty], key: &str) -> Optio
 pub(crate) fn check_overrides(properties: &[KafkaProperty]) -> Result<(), Error> {
     match properties
         .iter()
-        .find(|p| GUARDED.contains(&p.key.as_str()))
+        .find_map(|p| GUARDED.iter().find(|(key, _)| *key == p.key))
     {
-        Some(p) => Err(Error::Config(format!(
-            "kafka property {} cannot be overridden: offsets are managed by the worker \
-             (use KAFKA_GROUP_ID and COMMIT_INTERVAL)",
-            p.key
+        Some((key, instead)) => Err(Error::Config(format!(
+            "kafka property {key} cannot be overridden: {instead}"
         ))),
         None => Ok(()),
     }
@@ -287,8 +293,8 @@ mod tests {
 
     #[test]
     fn offset_management_settings_cannot_be_overridden() {
-        for key in GUARDED {
-            let err = check_overrides(&[KafkaProperty::new(key, "true")]).unwrap_err();
+        for (key, _) in GUARDED {
+            let err = check_overrides(&[KafkaProperty::new(key, "error")]).unwrap_err();
             assert!(err.to_string().contains(key));
         }
         assert!(check_overrides(&[KafkaProperty::new("security.protocol", "SSL")]).is_ok());

@@ -176,6 +176,10 @@ fn settings_that_would_overflow_or_contradict_each_other_are_refused_in_one_line
             &["--kafka-property", "group.id=elsewhere"],
             "group.id cannot be overridden",
         ),
+        (
+            &["--kafka-property", "auto.offset.reset=error"],
+            "auto.offset.reset cannot be overridden: set KAFKA_AUTO_OFFSET_RESET",
+        ),
     ] {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let (code, stderr) = exits_within(&args, &[], Duration::from_secs(5))
