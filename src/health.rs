@@ -27,8 +27,10 @@ pub const KAFKA_CREDENTIALS_REFUSED: &str = "kafka authentication failed";
 
 /// A consumer thread that has not polled for this long is reported as stuck.
 const CONSUMER_STALL: Duration = Duration::from_secs(30);
-/// A refusal only the consumer sees (its Fetch not authorized) is over once it has not been
-/// reported for this long, or at the next message.
+/// A refusal only the consumer sees (its Fetch not authorized) is over at the next message, or
+/// once it has not been reported for this long while the partitions this pod owns hold nothing
+/// to read. librdkafka reports a refused Fetch once per partition, so quiet alone is no sign
+/// that reading works again.
 const CONSUMER_PROBLEM_QUIET: Duration = Duration::from_secs(30);
 
 /// Why something the worker needs is not there, as `/readyz` and the log say it.
@@ -75,6 +77,9 @@ pub struct Health {
     consumer: Problem,
     /// Milliseconds since `epoch` when the consumer last reported `consumer`'s problem.
     consumer_problem_ms: AtomicU64,
+    /// Whether the lag monitor's last measurement found messages left to read on a partition
+    /// this pod owns.
+    owned_lag: AtomicBool,
     dead_letter_topic_missing: Problem,
     dead_letter_topic_refusing: Problem,
     /// The dead-letter topic failed for a passing reason and letters wait for it.
@@ -121,6 +126,7 @@ impl Health {
             kafka: Problem(Mutex::new(Some("kafka not reached yet".into()))),
             consumer: Problem::default(),
             consumer_problem_ms: AtomicU64::new(0),
+            owned_lag: AtomicBool::new(false),
             dead_letter_topic_missing: Problem::default(),
             dead_letter_topic_refusing: Problem::default(),
             dead_letter_topic_unavailable: Problem::default(),
@@ -167,9 +173,16 @@ impl Health {
     /// The consumer's own requests are refused (its Fetch not authorized) although Kafka
     /// answers the lag monitor.
     pub fn consumer_refused(&self, reason: String) {
+        // Never 0, which means "no problem".
         self.consumer_problem_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+            .store(self.now_ms().max(1), Ordering::Relaxed);
         self.consumer.set(Some(reason), "kafka consumer");
+    }
+
+    /// The lag monitor's measurement: whether a partition this pod owns has messages left to
+    /// read.
+    pub fn owned_lag(&self, behind: bool) {
+        self.owned_lag.store(behind, Ordering::Relaxed);
     }
 
     /// The consumer received a message: whatever refused it before does not any more.
@@ -312,7 +325,10 @@ impl Health {
         }
         let reported = self.consumer_problem_ms.load(Ordering::Relaxed);
         let quiet = CONSUMER_PROBLEM_QUIET.as_millis() as u64;
-        if reported != 0 && self.ms(now).saturating_sub(reported) > quiet {
+        if reported != 0
+            && self.ms(now).saturating_sub(reported) > quiet
+            && !self.owned_lag.load(Ordering::Relaxed)
+        {
             self.consumer_fetched();
         }
     }

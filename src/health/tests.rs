@@ -160,3 +160,25 @@ fn an_outage_or_an_idle_pipeline_is_never_a_stall() {
     h.observe(10, Instant::now());
     assert_eq!(h.liveness(), Ok(()), "PostgreSQL away");
 }
+
+#[test]
+fn a_refused_read_ends_with_a_message_or_with_nothing_left_to_read() {
+    let h = running();
+    let refused = || h.consumer_refused("not authorized to read topic orders".into());
+    let quiet_since = Instant::now() + CONSUMER_PROBLEM_QUIET + Duration::from_secs(1);
+    h.owned_lag(true);
+    refused();
+    h.observe(0, quiet_since);
+    assert_eq!(
+        h.readiness(),
+        Err("not authorized to read topic orders".into()),
+        "quiet, while messages wait to be read"
+    );
+    h.owned_lag(false);
+    h.observe(0, quiet_since);
+    assert_eq!(h.readiness(), Ok(()));
+    h.owned_lag(true);
+    refused();
+    h.consumer_fetched();
+    assert_eq!(h.readiness(), Ok(()));
+}

@@ -106,6 +106,7 @@ impl Monitor {
         let answered = match measured {
             Ok(lag) => {
                 v.update(lag);
+                self.health.owned_lag(v.owned_behind());
                 true
             }
             Err(e) => {

@@ -92,6 +92,16 @@ impl LagView {
             .collect()
     }
 
+    /// Whether the last measurement found messages left on a partition this pod owns.
+    pub fn owned_behind(&self) -> bool {
+        let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().is_some_and(|lag| {
+            self.partitions(lag)
+                .iter()
+                .any(|p| p.owned && p.lag.lag > 0)
+        })
+    }
+
     /// The `/lag` document, or `None` before the first measurement.
     pub fn json(&self) -> Option<serde_json::Value> {
         let guard = self.last.read().unwrap_or_else(|p| p.into_inner());

@@ -258,3 +258,39 @@ async fn a_lane_wedged_on_messages_of_partitions_revoked_since_still_fails_liven
     .await;
     lock.rollback().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_refused_for_good_keep_the_worker_unready_until_messages_come() {
+    use rdkafka::types::RDKafkaApiKey;
+    use rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED as REFUSED;
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    let db = TestDb::create().await;
+    let (spec, events) = (spec(43), 300);
+    publish(&mock.brokers, &topic, &spec, events);
+    // The worker may describe the topic and join the group, but not read: every Fetch is
+    // refused, which librdkafka reports once per partition.
+    mock.cluster
+        .request_errors(RDKafkaApiKey::Fetch, &[REFUSED; 1_000]);
+    let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
+    worker.unready_because("not authorized to read topic").await;
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(45) {
+        let (status, body) = get(worker.http, "/readyz").await;
+        assert_eq!(
+            status,
+            503,
+            "ready after {:?} with nothing read",
+            since.elapsed()
+        );
+        assert!(body.contains("not authorized to read topic"), "{body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Read granted: the backlog drains and the worker is ready again.
+    mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+    OffsetProbe::new(&mock.brokers, &group, &topic, 1)
+        .wait_caught_up("drained once reading is allowed")
+        .await;
+    assert_state_is(&db.pool, &Expectation::of(&spec, events)).await;
+    worker.ready().await;
+}
