@@ -6,8 +6,9 @@
 //! every partition exactly once. The JSON reports the whole group (every partition, owned or
 //! not), so KEDA may ask any one pod and get the group's total.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -20,6 +21,9 @@ pub struct LagView {
     group: String,
     topic: String,
     last: RwLock<Option<GroupLag>>,
+    /// Per partition with lag: its committed offset, and when a measurement first found the
+    /// partition waiting at that offset. The message there was waiting already then.
+    waiting: Mutex<HashMap<i32, (Option<i64>, OffsetDateTime)>>,
     tracker: Arc<OffsetTracker>,
 }
 
@@ -28,8 +32,9 @@ struct Partition {
     #[serde(flatten)]
     lag: PartitionLag,
     owned: bool,
-    /// Age of the newest committed message while the partition has lag; 0 when caught up;
-    /// absent when this instance does not own the partition or has not committed it yet.
+    /// Age of the newest committed message while the partition has lag (before this instance
+    /// committed it: how long its committed offset has been waiting, a lower bound); 0 when
+    /// caught up; absent when this instance does not own the partition.
     time_lag_seconds: Option<f64>,
 }
 
@@ -52,6 +57,7 @@ impl LagView {
             group: group.to_owned(),
             topic: topic.to_owned(),
             last: RwLock::new(None),
+            waiting: Mutex::new(HashMap::new()),
             tracker,
         }
     }
@@ -65,13 +71,26 @@ impl LagView {
     }
 
     pub fn update(&self, lag: GroupLag) {
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let before = std::mem::take(&mut *waiting);
+            for p in lag.partitions.iter().filter(|p| p.lag > 0) {
+                let since = match before.get(&p.partition) {
+                    Some(&(at, since)) if at == p.committed => since,
+                    _ => lag.measured_at,
+                };
+                waiting.insert(p.partition, (p.committed, since));
+            }
+        }
         *self.last.write().unwrap_or_else(|p| p.into_inner()) = Some(lag);
     }
 
     /// The last measurement with ownership and time lag as of now.
     fn partitions(&self, lag: &GroupLag) -> Vec<Partition> {
         let progress = self.tracker.progress();
-        let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let now = OffsetDateTime::now_utc();
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
         lag.partitions
             .iter()
             .map(|p| {
@@ -80,8 +99,13 @@ impl LagView {
                     if p.lag == 0 {
                         return Some(0.0);
                     }
-                    let ts = m.committed_timestamp_ms?;
-                    Some((now_ms - ts).max(0) as f64 / 1000.0)
+                    // Without a commit of its own (a partition stuck since it was assigned),
+                    // the alerts on time lag still see it grow.
+                    let age = match m.committed_timestamp_ms {
+                        Some(ts) => (now_ms - ts) as f64 / 1000.0,
+                        None => (now - waiting.get(&p.partition)?.1).as_seconds_f64(),
+                    };
+                    Some(age.max(0.0))
                 });
                 Partition {
                     lag: *p,
@@ -250,5 +274,32 @@ mod tests {
         assert_eq!(json["partitions"][0]["time_lag_seconds"], 0.0);
         let behind = json["partitions"][1]["time_lag_seconds"].as_f64().unwrap();
         assert!((59.0..70.0).contains(&behind), "{behind}");
+    }
+
+    #[test]
+    fn a_partition_not_committed_yet_ages_from_the_first_measurement_that_found_it_waiting() {
+        let tracker = Arc::new(OffsetTracker::new());
+        tracker.assign(&[0, 1]);
+        let view = LagView::new("g", "orders", tracker);
+        let at = |partitions: &[(i32, Option<i64>, i64)], seconds_ago: i64| GroupLag {
+            measured_at: OffsetDateTime::now_utc() - time::Duration::seconds(seconds_ago),
+            ..measured(partitions)
+        };
+        let time_lag = |view: &LagView, p: usize| {
+            view.json().unwrap()["partitions"][p]["time_lag_seconds"].as_f64()
+        };
+        view.update(at(&[(0, Some(5), 9), (1, None, 3)], 90));
+        view.update(at(&[(0, Some(5), 12), (1, Some(3), 3)], 30));
+        assert!(
+            time_lag(&view, 0).is_some_and(|t| (89.0..100.0).contains(&t)),
+            "still at 5"
+        );
+        assert_eq!(time_lag(&view, 1), Some(0.0), "caught up");
+        view.update(at(&[(0, Some(12), 20), (1, Some(3), 4)], 0));
+        assert!(
+            time_lag(&view, 0).is_some_and(|t| t < 10.0),
+            "moved on: counted afresh"
+        );
+        assert!(time_lag(&view, 1).is_some_and(|t| t < 10.0));
     }
 }

@@ -164,7 +164,7 @@ catalogue! {
         "Sum of order_worker_consumer_lag_messages over the partitions this instance owns.")
         .labels(&["group", "topic"]).rendered_by_lag_view();
     CONSUMER_TIME_LAG = gauge("order_worker_consumer_time_lag_seconds", Unit::Seconds,
-        "Age of the newest committed message while the partition has lag; 0 when caught up.")
+        "Age of the newest committed message while the partition has lag (before this pod committed it: how long its committed offset has waited); 0 when caught up.")
         .labels(&["group", "topic", "partition"]).rendered_by_lag_view();
     LAG_AGE = gauge("order_worker_lag_measurement_age_seconds", Unit::Seconds,
         "Seconds since consumer lag was last measured from the broker.")

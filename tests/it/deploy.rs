@@ -2,9 +2,9 @@
 //! (`k8s/**` PrometheusRule), the Grafana dashboard and KEDA's prometheus trigger query must be
 //! one that the running binary really exports, read from a live `/metrics` scrape. A misspelled
 //! or renamed metric would otherwise make an alert silently never fire, a panel stay empty, or
-//! KEDA scale on nothing. Reading the scrape rather than the catalogue in `src/metrics.rs` means
-//! a declared but never-exported name, a histogram used without its `_bucket` suffix, or a
-//! missing label cannot pass.
+//! KEDA scale on nothing. Reading the scrape rather than the catalogue
+//! (`src/metrics/catalogue.rs`) means a declared but never-exported name, a histogram used
+//! without its `_bucket` suffix, or a missing label cannot pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

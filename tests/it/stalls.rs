@@ -286,6 +286,12 @@ async fn fetches_refused_for_good_keep_the_worker_unready_until_messages_come() 
         assert!(body.contains("not authorized to read topic"), "{body}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Nothing was committed: the time lag counts from the first measurement that found the
+    // partition waiting, so the alerts on it see the stall.
+    let waited = worker
+        .sample("order_worker_consumer_time_lag_seconds")
+        .await;
+    assert!(waited.is_some_and(|s| s >= 40.0), "time lag {waited:?}");
     // Read granted: the backlog drains and the worker is ready again.
     mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
     OffsetProbe::new(&mock.brokers, &group, &topic, 1)
