@@ -16,9 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
+mod problem;
 mod writes;
+
+use problem::{ConsumerRefusal, Problem};
 
 /// Readiness reasons about Kafka. Several clients see the same condition at once; one text per
 /// condition keeps it to one log line.
@@ -27,39 +30,6 @@ pub const KAFKA_CREDENTIALS_REFUSED: &str = "kafka authentication failed";
 
 /// A consumer thread that has not polled for this long is reported as stuck.
 const CONSUMER_STALL: Duration = Duration::from_secs(30);
-/// A refusal only the consumer sees (its Fetch not authorized) is over at the next message, or
-/// once it has not been reported for this long while the partitions this pod owns hold nothing
-/// to read. librdkafka reports a refused Fetch once per partition, so quiet alone is no sign
-/// that reading works again.
-const CONSUMER_PROBLEM_QUIET: Duration = Duration::from_secs(30);
-
-/// Why something the worker needs is not there, as `/readyz` and the log say it.
-#[derive(Debug, Default)]
-struct Problem(Mutex<Option<String>>);
-
-impl Problem {
-    fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
-
-    /// Records `now` (a problem, or `None` when it is gone); logs only when the text changes,
-    /// so a condition seen every second is one line.
-    fn set(&self, now: Option<String>, what: &str) {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if *slot == now {
-            return;
-        }
-        match &now {
-            Some(reason) => warn!(reason = %reason, "not ready: {what}"),
-            None => info!("{what}: ready"),
-        }
-        *slot = now;
-    }
-}
 
 #[derive(Debug)]
 pub struct Health {
@@ -74,12 +44,7 @@ pub struct Health {
     /// What the lag monitor's measurements say of Kafka and the topic; it clears them too.
     kafka: Problem,
     /// What only the consumer sees (its fetches refused), cleared by its own evidence.
-    consumer: Problem,
-    /// Milliseconds since `epoch` when the consumer last reported `consumer`'s problem.
-    consumer_problem_ms: AtomicU64,
-    /// Whether the lag monitor's last measurement found messages left to read on a partition
-    /// this pod owns.
-    owned_lag: AtomicBool,
+    consumer: ConsumerRefusal,
     dead_letter_topic_missing: Problem,
     dead_letter_topic_refusing: Problem,
     /// The dead-letter topic failed for a passing reason and letters wait for it.
@@ -123,10 +88,8 @@ impl Health {
             consumer_polled_ms: AtomicU64::new(0),
             group_member: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            kafka: Problem(Mutex::new(Some("kafka not reached yet".into()))),
-            consumer: Problem::default(),
-            consumer_problem_ms: AtomicU64::new(0),
-            owned_lag: AtomicBool::new(false),
+            kafka: Problem::new("kafka not reached yet"),
+            consumer: ConsumerRefusal::default(),
             dead_letter_topic_missing: Problem::default(),
             dead_letter_topic_refusing: Problem::default(),
             dead_letter_topic_unavailable: Problem::default(),
@@ -173,26 +136,18 @@ impl Health {
     /// The consumer's own requests are refused (its Fetch not authorized) although Kafka
     /// answers the lag monitor.
     pub fn consumer_refused(&self, reason: String) {
-        // Never 0, which means "no problem".
-        self.consumer_problem_ms
-            .store(self.now_ms().max(1), Ordering::Relaxed);
-        self.consumer.set(Some(reason), "kafka consumer");
+        self.consumer.refused(reason, self.now_ms());
     }
 
     /// The lag monitor's measurement: whether a partition this pod owns has messages left to
     /// read.
     pub fn owned_lag(&self, behind: bool) {
-        self.owned_lag.store(behind, Ordering::Relaxed);
+        self.consumer.owned_lag(behind);
     }
 
     /// The consumer received a message: whatever refused it before does not any more.
     pub fn consumer_fetched(&self) {
-        // A load first: this runs for every message, and the problem is rare.
-        if self.consumer_problem_ms.load(Ordering::Relaxed) != 0
-            && self.consumer_problem_ms.swap(0, Ordering::Relaxed) != 0
-        {
-            self.consumer.set(None, "kafka consumer");
-        }
+        self.consumer.fetched();
     }
 
     /// Kafka refused the worker's credentials (`detail`: librdkafka's sentence). Before Kafka
@@ -323,14 +278,7 @@ impl Health {
         if in_flight == 0 || !self.postgres_usable() || kafka_away {
             self.excused_ms.store(self.ms(now), Ordering::Relaxed);
         }
-        let reported = self.consumer_problem_ms.load(Ordering::Relaxed);
-        let quiet = CONSUMER_PROBLEM_QUIET.as_millis() as u64;
-        if reported != 0
-            && self.ms(now).saturating_sub(reported) > quiet
-            && !self.owned_lag.load(Ordering::Relaxed)
-        {
-            self.consumer_fetched();
-        }
+        self.consumer.observe(self.ms(now));
     }
 
     /// How long messages have been in flight with nothing becoming durable, or one batch write

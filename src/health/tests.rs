@@ -1,4 +1,5 @@
 use super::*;
+use problem::CONSUMER_PROBLEM_QUIET;
 
 fn running() -> Health {
     let h = Health::new(Duration::from_millis(50));
