@@ -175,7 +175,9 @@ pub fn is_misconfigured(err: &sqlx::Error) -> bool {
 /// What kind of failure a database error is. Only `Data` and `Constraint` blame the row; every
 /// other kind is retried, because a database that is down, restarting, overloaded or missing a
 /// table today will be fixed, and the messages must still be there when it is. A `Timeout` (the
-/// statement ran past `statement_timeout`) is retried with fewer rows at a time.
+/// statement ran past `statement_timeout`), and a session that ends as its statement runs twice
+/// in a row while PostgreSQL answers (a pooler's `query_timeout`), are retried with fewer rows
+/// at a time (`pipeline::write`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     Connection,

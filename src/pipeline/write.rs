@@ -190,7 +190,7 @@ impl Processor {
         dead: &[DeadLetterRecord<'_>],
     ) -> Result<Written, WriteError> {
         let rows = orders.len() + dead.len();
-        let mut cuts = 0;
+        let mut cuts = Cuts::default();
         let result = retry::until_ok(
             self.settings.retry,
             &self.abort,
@@ -198,11 +198,7 @@ impl Processor {
             || self.store.write(orders, dead),
             |WriteFailed { error: e, sent }, delay| {
                 let kind = FailureKind::of(&e);
-                cuts = if sent && kind.ends_the_session() {
-                    cuts + 1
-                } else {
-                    0
-                };
+                let split = cuts.split_after(sent, kind, self.health.db_ok());
                 // Only an outage excuses the stall clock: a statement that keeps failing while
                 // PostgreSQL answers (read-only after a failover, a lock timeout) is a wedge. An
                 // outage also holds readiness until this write goes on, whatever the ping says.
@@ -211,7 +207,7 @@ impl Processor {
                 if !kind.is_transient() {
                     return Verdict::Fail(WriteError::Rejected(e));
                 }
-                if rows > 1 && (kind == FailureKind::Timeout || cuts >= CUTS_BEFORE_SPLIT) {
+                if rows > 1 && (kind == FailureKind::Timeout || split) {
                     return Verdict::Fail(WriteError::TooLong(e));
                 }
                 self.metrics.db_retries.increment(1);
@@ -229,9 +225,24 @@ impl Processor {
 }
 
 /// How many times in a row a statement's session may end while it runs before the statement is
-/// split. Once is what an outage does (a restart ends every session); again, on the new
-/// connection the retry had, it is the statement's own length.
+/// split. Once is what a restart does to every session; again, on the new connection the retry
+/// had, it is the statement's own length (a pooler's `query_timeout`).
 const CUTS_BEFORE_SPLIT: u32 = 2;
+
+/// The attempts in a row whose session ended after their statement was sent while PostgreSQL
+/// answered its ping. PostgreSQL away ends sent statements too, behind a pooler that accepts
+/// connections meanwhile, but then its ping fails as well.
+#[derive(Debug, Default)]
+struct Cuts(u32);
+
+impl Cuts {
+    /// Records a failed attempt; true once the statement should be split.
+    fn split_after(&mut self, sent: bool, kind: FailureKind, postgres_answers: bool) -> bool {
+        let cut = sent && kind.ends_the_session() && postgres_answers;
+        self.0 = if cut { self.0 + 1 } else { 0 };
+        self.0 >= CUTS_BEFORE_SPLIT
+    }
+}
 
 type Part<'x, 'a> = (&'x [OrderRow<'a>], &'x [DeadLetterRecord<'a>]);
 
@@ -258,6 +269,34 @@ fn halves<'x, 'a>(
 mod tests {
     use super::*;
     use crate::synth::{self, SynthSpec};
+
+    #[test]
+    fn a_statement_is_split_at_its_second_cut_in_a_row_while_postgres_answers() {
+        use FailureKind::{Connection, Shutdown, Timeout};
+        let mut cuts = Cuts::default();
+        assert!(!cuts.split_after(true, Shutdown, true), "once: a restart");
+        assert!(
+            cuts.split_after(true, Connection, true),
+            "again: its own length"
+        );
+
+        let mut cuts = Cuts::default();
+        assert!(!cuts.split_after(true, Connection, true));
+        assert!(
+            !cuts.split_after(false, Connection, true),
+            "no connection: away"
+        );
+        assert!(!cuts.split_after(true, Connection, true), "counted afresh");
+
+        let mut cuts = Cuts::default();
+        assert!(!cuts.split_after(true, Connection, false));
+        assert!(
+            !cuts.split_after(true, Connection, false),
+            "ping failing: away"
+        );
+        assert!(!cuts.split_after(true, Timeout, true), "not a cut");
+        assert!(!cuts.split_after(true, Connection, true));
+    }
 
     #[test]
     fn halving_a_write_keeps_every_row_once_and_ends_at_single_rows() {

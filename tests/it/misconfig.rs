@@ -178,7 +178,7 @@ fn settings_that_would_overflow_or_contradict_each_other_are_refused_in_one_line
         ),
         (
             &["--kafka-property", "auto.offset.reset=error"],
-            "auto.offset.reset cannot be overridden: set KAFKA_AUTO_OFFSET_RESET",
+            "auto.offset.reset=error is refused",
         ),
     ] {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
