@@ -71,18 +71,19 @@ impl LagView {
     }
 
     pub fn update(&self, lag: GroupLag) {
-        {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let before = std::mem::take(&mut *waiting);
-            for p in lag.partitions.iter().filter(|p| p.lag > 0) {
-                let since = match before.get(&p.partition) {
-                    Some(&(at, since)) if at == p.committed => since,
-                    _ => lag.measured_at,
-                };
-                waiting.insert(p.partition, (p.committed, since));
-            }
+        // Both under the measurement's write lock (readers take it before `waiting`), so a
+        // reader sees them from the same measurement.
+        let mut last = self.last.write().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let before = std::mem::take(&mut *waiting);
+        for p in lag.partitions.iter().filter(|p| p.lag > 0) {
+            let since = match before.get(&p.partition) {
+                Some(&(at, since)) if at == p.committed => since,
+                _ => lag.measured_at,
+            };
+            waiting.insert(p.partition, (p.committed, since));
         }
-        *self.last.write().unwrap_or_else(|p| p.into_inner()) = Some(lag);
+        *last = Some(lag);
     }
 
     /// The last measurement with ownership and time lag as of now.
