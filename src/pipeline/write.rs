@@ -30,7 +30,8 @@ enum WriteError {
     Rejected(sqlx::Error),
     /// The statement cannot finish as it is: PostgreSQL cancelled it for running longer than
     /// `statement_timeout`, or its session ended while it ran [`CUTS_BEFORE_SPLIT`] times in a
-    /// row (a pooler's `query_timeout` cuts the connection of a statement that runs too long).
+    /// row while PostgreSQL answered its ping (a pooler's `query_timeout` cuts the connection of
+    /// a statement that runs too long).
     TooLong(sqlx::Error),
     Aborted,
 }
@@ -151,9 +152,9 @@ impl Processor {
         Ok((stats, refusals))
     }
 
-    /// Writes orders and dead letters; a statement that cannot finish as it is ([`WriteError::
-    /// TooLong`]) is written in two halves instead (each half again, down to single rows), since
-    /// the same statement would be cut again at every retry.
+    /// Writes orders and dead letters; a statement that cannot finish as it is
+    /// ([`WriteError::TooLong`]) is written in two halves instead (each half again, down to
+    /// single rows), since the same statement would be cut again at every retry.
     fn write_split<'f>(
         &'f self,
         orders: &'f [OrderRow<'f>],
