@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -20,11 +20,16 @@ use crate::offsets::OffsetTracker;
 pub struct LagView {
     group: String,
     topic: String,
-    last: RwLock<Option<GroupLag>>,
+    last: RwLock<Option<Measured>>,
+    tracker: Arc<OffsetTracker>,
+}
+
+/// The last measurement, and what the measurements before it say of its partitions.
+struct Measured {
+    lag: GroupLag,
     /// Per partition with lag: its committed offset, and when a measurement first found the
     /// partition waiting at that offset. The message there was waiting already then.
-    waiting: Mutex<HashMap<i32, (Option<i64>, OffsetDateTime)>>,
-    tracker: Arc<OffsetTracker>,
+    waiting: HashMap<i32, (Option<i64>, OffsetDateTime)>,
 }
 
 #[derive(Serialize)]
@@ -57,7 +62,6 @@ impl LagView {
             group: group.to_owned(),
             topic: topic.to_owned(),
             last: RwLock::new(None),
-            waiting: Mutex::new(HashMap::new()),
             tracker,
         }
     }
@@ -71,25 +75,26 @@ impl LagView {
     }
 
     pub fn update(&self, lag: GroupLag) {
-        // Both under the measurement's write lock (readers take it before `waiting`), so a
-        // reader sees them from the same measurement.
         let mut last = self.last.write().unwrap_or_else(|p| p.into_inner());
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let before = std::mem::take(&mut *waiting);
-        for p in lag.partitions.iter().filter(|p| p.lag > 0) {
-            let since = match before.get(&p.partition) {
-                Some(&(at, since)) if at == p.committed => since,
-                _ => lag.measured_at,
-            };
-            waiting.insert(p.partition, (p.committed, since));
-        }
-        *last = Some(lag);
+        let before = last.take().map(|m| m.waiting).unwrap_or_default();
+        let waiting = lag
+            .partitions
+            .iter()
+            .filter(|p| p.lag > 0)
+            .map(|p| {
+                let since = match before.get(&p.partition) {
+                    Some(&(at, since)) if at == p.committed => since,
+                    _ => lag.measured_at,
+                };
+                (p.partition, (p.committed, since))
+            })
+            .collect();
+        *last = Some(Measured { lag, waiting });
     }
 
     /// The last measurement with ownership and time lag as of now.
-    fn partitions(&self, lag: &GroupLag) -> Vec<Partition> {
+    fn partitions(&self, Measured { lag, waiting }: &Measured) -> Vec<Partition> {
         let progress = self.tracker.progress();
-        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let now = OffsetDateTime::now_utc();
         let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
         lag.partitions
@@ -120,18 +125,16 @@ impl LagView {
     /// Whether the last measurement found messages left on a partition this pod owns.
     pub fn owned_behind(&self) -> bool {
         let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().is_some_and(|lag| {
-            self.partitions(lag)
-                .iter()
-                .any(|p| p.owned && p.lag.lag > 0)
-        })
+        guard
+            .as_ref()
+            .is_some_and(|m| self.partitions(m).iter().any(|p| p.owned && p.lag.lag > 0))
     }
 
     /// The `/lag` document, or `None` before the first measurement.
     pub fn json(&self) -> Option<serde_json::Value> {
         let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
-        let lag = guard.as_ref()?;
-        let partitions = self.partitions(lag);
+        let measured = guard.as_ref()?;
+        let (lag, partitions) = (&measured.lag, self.partitions(measured));
         let owned_lag = partitions
             .iter()
             .filter(|p| p.owned)
@@ -151,11 +154,12 @@ impl LagView {
     /// Appends the lag families to a Prometheus text exposition.
     pub fn render_prometheus(&self, out: &mut String) {
         let guard = self.last.read().unwrap_or_else(|p| p.into_inner());
-        let Some(lag) = guard.as_ref() else {
+        let Some(measured) = guard.as_ref() else {
             return;
         };
+        let lag = &measured.lag;
         let owned: Vec<Partition> = self
-            .partitions(lag)
+            .partitions(measured)
             .into_iter()
             .filter(|p| p.owned)
             .collect();

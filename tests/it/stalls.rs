@@ -9,7 +9,9 @@ use order_worker::synth::{Expectation, SynthSpec};
 
 use crate::helpers::kafka::{Member, Mock, OffsetProbe, Tansu, publish};
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, lock_orders};
-use crate::helpers::{Binary, TINY_PIPELINE, eventually, free_port, get, metric, unique};
+use crate::helpers::{
+    Binary, TINY_PIPELINE, eventually, free_port, get, metric, throughout, unique,
+};
 use crate::write_stalls::{liveness_fails_after_the_stall_timeout, watched, watched_on};
 
 const SETTLES: Duration = Duration::from_secs(60);
@@ -97,15 +99,14 @@ async fn postgres_down_for_longer_than_the_stall_timeout_is_an_outage_not_a_wedg
     pg.stop_server();
     let spec = spec(331);
     publish(&mock.brokers, &topic, &spec, 300);
-    let outage = Instant::now();
-    while outage.elapsed() < Duration::from_secs(20) {
+    throughout(Duration::from_secs(20), || async {
         assert_eq!(
             get(worker.http, "/healthz").await,
             (200, "ok\n".into()),
             "an outage never fails liveness"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     pg.start_server();
     OffsetProbe::new(&mock.brokers, &group, &topic, 2)
         .wait_caught_up_within("drained after the outage", SETTLES)
@@ -275,7 +276,7 @@ async fn fetches_refused_for_good_keep_the_worker_unready_until_messages_come() 
     let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
     worker.unready_because("not authorized to read topic").await;
     let since = Instant::now();
-    while since.elapsed() < Duration::from_secs(45) {
+    throughout(Duration::from_secs(45), || async {
         let (status, body) = get(worker.http, "/readyz").await;
         assert_eq!(
             status,
@@ -284,8 +285,8 @@ async fn fetches_refused_for_good_keep_the_worker_unready_until_messages_come() 
             since.elapsed()
         );
         assert!(body.contains("not authorized to read topic"), "{body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     // Nothing was committed: the time lag counts from the first measurement that found the
     // partition waiting, so the alerts on it see the stall.
     let waited = worker

@@ -11,7 +11,7 @@ use crate::helpers::kafka::{
     Mock, OffsetProbe, message_of, publish, publish_in_background, publish_raw,
 };
 use crate::helpers::pg::{TestDb, assert_state_is, orders};
-use crate::helpers::{Binary, eventually, get, metric, unique, valid_only};
+use crate::helpers::{Binary, eventually, get, metric, throughout, unique, valid_only};
 
 const SETTLES: Duration = Duration::from_secs(60);
 
@@ -117,16 +117,15 @@ async fn writes_failing_as_if_postgres_were_away_keep_the_worker_unready_while_i
 
     // Longer than the ping's interval and the stall timeout: unready throughout, and alive (an
     // outage is waited out).
-    let watched = Instant::now();
-    while watched.elapsed() < Duration::from_secs(15) {
+    throughout(Duration::from_secs(15), || async {
         let (status, reason) = get(worker.http, "/readyz").await;
         assert_eq!(status, 503, "ready while every write fails: {reason}");
         // Mostly "postgres unavailable: batch writes failing"; a ping slower than 2 s on a busy
         // machine says the shorter reason.
         assert!(reason.contains("postgres unavailable"), "{reason}");
         assert_eq!(get(worker.http, "/healthz").await.0, 200);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
 
     sqlx::query("DROP TRIGGER refuse_orders ON orders")
         .execute(&db.pool)

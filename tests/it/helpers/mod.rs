@@ -71,6 +71,19 @@ where
     }
 }
 
+/// Runs `check` (which asserts) every 500 ms for `period`: what must hold throughout.
+pub async fn throughout<F, Fut>(period: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let started = Instant::now();
+    while started.elapsed() < period {
+        check().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Settings every test worker shares: loopback HTTP on any port, quick group membership.
 const TEST_FLAGS: &[&str] = &[
     "--http-addr",
