@@ -1,12 +1,15 @@
-//! The member's side of the group: pausing its whole assignment, and leaving by a deadline.
+//! The member's side of the group: pausing its whole assignment, setting where partitions
+//! resume, and leaving by a deadline.
 //!
 //! Invariant: leaving never holds the caller past its deadline, whatever the coordinator does.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::kafka::WorkerContext;
@@ -28,6 +31,45 @@ pub(crate) fn pause_assignment(
         consumer.resume(&tpl)?;
     }
     Ok(tpl.count())
+}
+
+/// Sets where each of `points` (partition, offset) of `topic` is fetched from next, without
+/// waiting: librdkafka applies it after any pause asked for before.
+pub(crate) fn seek(
+    consumer: &BaseConsumer<WorkerContext>,
+    topic: &str,
+    points: &[(i32, i64)],
+) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::with_capacity(points.len());
+    for &(partition, offset) in points {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    consumer.seek_partitions(tpl, Duration::ZERO).map(drop)
+}
+
+/// librdkafka's position of each of `partitions` of `topic`, in their order: one past the last
+/// record it passed on or over (a message taken, a transaction marker, an aborted transaction's
+/// messages); `None` for a partition with none since it was assigned.
+pub(crate) fn positions(
+    consumer: &BaseConsumer<WorkerContext>,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<Option<i64>> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    // SAFETY: both pointers are valid for the call, which only reads the client's partitions
+    // and writes the list's offsets (rdkafka's `position` asks the group for its assignment
+    // first, a round trip to librdkafka's main thread this does not need).
+    unsafe { rdsys::rd_kafka_position(consumer.client().native_ptr(), tpl.ptr()) };
+    tpl.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) if e.error().is_ok() => Some(o),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Closes the fetch queue, then the consumer, which leaves the group so that its partitions move

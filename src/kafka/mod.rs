@@ -28,7 +28,7 @@ use crate::config::{ConsumerConfig, KafkaProperty};
 
 pub(crate) use context::{Release, WorkerContext};
 pub(crate) use fetched::{Batch, FetchQueue, Fetched};
-pub(crate) use group::{leave_group, pause_assignment};
+pub(crate) use group::{leave_group, pause_assignment, positions, seek};
 pub(crate) use login::answer_token_requests;
 pub use login::{Login, admin, prime};
 

@@ -1,9 +1,11 @@
 //! Which offsets are durable, per partition, and so which offset may be committed.
 //!
 //! Invariant: the committable offset of a partition is one past the end of the unbroken run of
-//! durable offsets that starts at the first offset dispatched in the current assignment. An
-//! offset that was dispatched but is not durable (still queued, in a batch, being retried, or lost
-//! with a crashed task) stops the run, however many later offsets are durable. Completions from a
+//! durable offsets that starts at the first offset dispatched in the current assignment (or, with
+//! nothing in flight, the consumer's position past records never dispatched: transaction markers,
+//! aborted transactions' messages). An offset that was dispatched but is not durable (still
+//! queued, in a batch, being retried, or lost with a crashed task) stops the run, however many
+//! later offsets are durable. Completions from a
 //! previous assignment of a partition (an older generation) are ignored, so a revoke followed by
 //! a re-assign can never commit work the new assignment did not see.
 //!
@@ -228,6 +230,36 @@ impl OffsetTracker {
             }
         }
         self.progressed.notify_all();
+    }
+
+    /// Assigned partitions with nothing in flight, with their generations.
+    pub fn idle(&self) -> Vec<(i32, Generation)> {
+        self.lock()
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.in_flight.is_empty())
+            .map(|(&p, s)| (p, s.generation))
+            .collect()
+    }
+
+    /// Moves the end of idle partitions up to librdkafka's position of each, which also counts
+    /// the records it never hands over: transaction markers and aborted transactions' messages.
+    /// Without it, a partition whose last record is a marker stays one short of its end for as
+    /// long as nothing follows. The caller vouches that every message below each position was
+    /// dispatched; a partition with something in flight, or of another generation, is left alone.
+    pub fn advance_idle(&self, positions: &[Position]) {
+        let mut inner = self.lock();
+        for pos in positions {
+            let Some(state) = inner.partitions.get_mut(&pos.partition) else {
+                continue;
+            };
+            if state.generation == pos.generation
+                && state.in_flight.is_empty()
+                && state.next.is_none_or(|n| n < pos.offset)
+            {
+                state.next = Some(pos.offset);
+            }
+        }
     }
 
     /// Offsets worth committing: per partition, the committable offset where it is ahead of

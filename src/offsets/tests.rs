@@ -288,3 +288,40 @@ fn withdrawing_after_the_partition_was_reassigned_touches_nothing_of_the_new_ass
     t.withdraw(registered);
     assert_eq!(t.in_flight(), 1);
 }
+
+#[test]
+fn an_idle_partition_ends_where_librdkafka_counts_past_records_never_handed_over() {
+    let (t, g) = tracker_with(0);
+    t.assign(&[1]);
+    let g1 = t.generation(1).unwrap();
+    for o in 0..3 {
+        assert!(t.register_at(pos(0, g, o)));
+    }
+    t.complete(&[pos(0, g, 0), pos(0, g, 1), pos(0, g, 2)]);
+    // Offset 3 is a transaction's commit marker; partition 1 holds only markers so far.
+    t.advance_idle(&[pos(0, g, 4), pos(1, g1, 2)]);
+    assert_eq!(t.commit_candidates(None), vec![(0, 4), (1, 2)]);
+    t.mark_committed(&[(0, 4)]);
+    assert_eq!(
+        t.progress()[0].committed_timestamp_ms,
+        Some(2),
+        "the newest committed message is still the last one dispatched"
+    );
+}
+
+#[test]
+fn a_partition_with_messages_in_flight_or_of_an_older_generation_is_not_advanced() {
+    let (t, g) = tracker_with(0);
+    assert!(t.register_at(pos(0, g, 7)));
+    t.advance_idle(&[pos(0, g, 9)]);
+    assert_eq!(t.commit_candidates(None), vec![(0, 7)]);
+    assert_eq!(t.idle(), vec![]);
+    t.complete(&[pos(0, g, 7)]);
+    assert_eq!(t.idle(), vec![(0, g)]);
+    t.advance_idle(&[pos(0, g + 1, 20), pos(0, g, 5)]);
+    assert_eq!(
+        t.commit_candidates(None),
+        vec![(0, 8)],
+        "an older generation's position, or one behind, changes nothing"
+    );
+}

@@ -2,15 +2,20 @@
 //! a rebalance. In each, the final state is compared with the oracle: nothing lost, nothing
 //! applied twice.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use order_worker::synth::{Expectation, SynthSpec};
+use order_worker::synth::{Expectation, SynthSpec, event, order_id};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::helpers::kafka::{CAUGHT_UP, Mock, OffsetProbe, publish, publish_in_background};
+use crate::helpers::kafka::{
+    CAUGHT_UP, Mock, OffsetProbe, message_of, publish, publish_in_background, publish_to,
+};
 use crate::helpers::pg::{PrivatePostgres, TestDb, assert_state_is, count, lock_orders};
-use crate::helpers::{Binary, TINY_PIPELINE, eventually, get, metric, start_worker, unique};
+use crate::helpers::{
+    Binary, TINY_PIPELINE, eventually, get, metric, start_worker, unique, valid_only,
+};
 
 fn spec(seed: u64) -> SynthSpec {
     SynthSpec {
@@ -245,6 +250,63 @@ async fn a_full_pipeline_pauses_its_partitions_stays_in_the_group_and_resumes() 
     assert!(metric(http, "order_worker_backpressure_pauses_total", &[]).await >= 1.0);
     worker.stop();
     worker.wait().await.expect("graceful stop");
+}
+
+/// Publishes one first version of each of `orders` fresh orders to `partition`.
+fn publish_orders(mock: &Mock, topic: &str, partition: i32, orders: u64, salt: u64) {
+    let spec = valid_only(orders, salt);
+    let messages: Vec<_> = (0..orders)
+        .map(|n| (message_of(&event(order_id(&spec, n), 1, salt)), None))
+        .collect();
+    publish_to(&mock.brokers, topic, partition, &messages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_refused_for_a_moment_then_a_full_pipeline_skips_no_message() {
+    use RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED as REFUSED;
+    const PARTITIONS: i32 = 8;
+    const FULL: i32 = PARTITIONS - 1;
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, PARTITIONS);
+    let db = TestDb::create().await;
+    let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, &TINY_PIPELINE);
+    for p in 0..PARTITIONS {
+        publish_orders(&mock, &topic, p, 1, 100 + p as u64);
+    }
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, PARTITIONS);
+    probe.wait_caught_up("the first orders").await;
+
+    // librdkafka reports the refusal of each partition as an error in place of a message, at
+    // the partition's next offset, and its batch call counts that offset as taken.
+    mock.cluster
+        .request_errors(RDKafkaApiKey::Fetch, &[REFUSED; 3]);
+    worker.unready_because("not authorized to read topic").await;
+    mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+
+    // One partition fills the pipeline while writes block, so every partition is paused, and a
+    // paused partition resumes from what librdkafka counts as taken.
+    let lock = lock_orders(&db.pool).await;
+    publish_orders(&mock, &topic, FULL, 40, 200);
+    eventually(
+        "partitions paused for backpressure",
+        Duration::from_secs(30),
+        || async { worker.sample("order_worker_partitions_paused").await == Some(8.0) },
+    )
+    .await;
+    for p in 0..FULL {
+        publish_orders(&mock, &topic, p, 5, 300 + p as u64);
+    }
+    lock.commit().await.unwrap();
+
+    probe.wait_caught_up("everything published").await;
+    let mut ends: BTreeMap<i32, i64> = (0..FULL).map(|p| (p, 6)).collect();
+    ends.insert(FULL, 41);
+    assert_eq!(probe.committed(), ends);
+    assert_eq!(
+        count(&db.pool, "orders").await,
+        i64::from(PARTITIONS) + 40 + 5 * i64::from(FULL),
+        "every order written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,15 @@
 
 use std::time::{Duration, Instant};
 
+use order_worker::contract::OrderEvent;
 use order_worker::synth::{Expectation, SynthSpec, event};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::helpers::confluent::TransactionBroker;
 use crate::helpers::kafka::{Mock, OffsetProbe, publish, publish_raw};
 use crate::helpers::pg::{TestDb, assert_state_is, count, orders};
-use crate::helpers::{eventually, metric, start_worker, unique, worker_config};
+use crate::helpers::{Binary, eventually, metric, start_worker, unique, worker_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_over_many_orders_end_in_exactly_the_oracle_state_with_every_offset_committed() {
@@ -104,6 +106,44 @@ async fn a_drained_backlog_is_committed_at_once_not_at_the_next_auto_commit() {
     );
     worker.stop();
     worker.wait().await.expect("a graceful stop ends Ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_ending_in_a_transaction_marker_is_committed_to_its_end_and_shows_no_lag() {
+    let (topic, group) = (unique("orders"), unique("group"));
+    let db = TestDb::create().await;
+    let transaction = |salt: u64| -> Vec<OrderEvent> {
+        (0..3).map(|i| event(Uuid::new_v4(), 1, salt + i)).collect()
+    };
+    let transactions = [transaction(10), transaction(20)];
+    let json = |t: &[OrderEvent]| -> Vec<serde_json::Value> {
+        t.iter()
+            .map(|e| serde_json::from_slice(&e.to_json()).unwrap())
+            .collect()
+    };
+    // Offsets 0-2 and a commit marker at 3, then 4-6 and a marker at 7.
+    let broker = TransactionBroker::start(&topic, &transactions.each_ref().map(|t| json(t)));
+    assert_eq!(broker.end, 8);
+
+    let worker = Binary::run(&broker.brokers, &db.url, &topic, &group, &[]);
+    let probe = OffsetProbe::new(&broker.brokers, &group, &topic, 1);
+    probe.wait_caught_up("committed past the last marker").await;
+    assert_eq!(probe.committed(), [(0, 8)].into());
+    let written = orders(&db.pool).await;
+    assert_eq!(written.len(), 6);
+    assert!(
+        transactions
+            .iter()
+            .flatten()
+            .all(|e| written.contains_key(&e.order_id))
+    );
+    eventually("no lag left to report", Duration::from_secs(20), || async {
+        worker
+            .sample("order_worker_consumer_lag_sum_messages")
+            .await
+            == Some(0.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,10 @@
-//! Publishing with Confluent's own serializers: `tests/tools/produce_confluent.py` run with the
-//! Python client `scripts/lib.sh`'s `ensure_python_clients` installs.
+//! The Python client `scripts/lib.sh`'s `ensure_python_clients` installs: publishing with
+//! Confluent's own serializers (`tests/tools/produce_confluent.py`), and a broker holding
+//! committed transactions (`tests/tools/transaction_broker.py`).
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
@@ -76,4 +77,62 @@ pub fn produce_confluent(
         "produce_confluent.py {format}: {said}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A Kafka-protocol broker (librdkafka's mock cluster, in a Python process) whose partition 0 of
+/// its topic holds `transactions`, each committed: every transaction ends in a commit marker.
+/// It lives as long as this value.
+pub struct TransactionBroker {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub brokers: String,
+    /// Partition 0's high watermark: one past the last commit marker.
+    pub end: i64,
+}
+
+impl TransactionBroker {
+    pub fn start(topic: &str, transactions: &[Vec<Value>]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = dir.path().join("transactions.jsonl");
+        let mut file = std::fs::File::create(&lines).unwrap();
+        for t in transactions {
+            writeln!(file, "{}", Value::Array(t.clone())).unwrap();
+        }
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/transaction_broker.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(["--topic", topic])
+            .arg("--transactions")
+            .arg(&lines)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .expect("python runs");
+        let mut said = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = |word: &str| -> String {
+            let line = said.next().and_then(Result::ok).unwrap_or_default();
+            let Some(rest) = line.strip_prefix(word) else {
+                let errors = std::fs::read_to_string(dir.path().join("stderr"));
+                panic!("transaction_broker.py said {line:?}, not {word}: {errors:?}");
+            };
+            rest.trim().to_owned()
+        };
+        let brokers = next("bootstrap");
+        let end = next("end").parse().expect("a high watermark");
+        Self {
+            child,
+            _dir: dir,
+            brokers,
+            end,
+        }
+    }
+}
+
+impl Drop for TransactionBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -68,12 +68,23 @@ pub fn publish_at(
 /// default producer limit.
 #[allow(dead_code)] // used by some tests only
 pub fn publish_stamped(brokers: &str, topic: &str, messages: &[(RawMessage, Option<i64>)]) {
+    publish_to(brokers, topic, 0, messages);
+}
+
+/// Publishes messages to one partition, with optional CreateTime timestamps (blocking).
+#[allow(dead_code)] // used by some tests only
+pub fn publish_to(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    messages: &[(RawMessage, Option<i64>)],
+) {
     let producer: BaseProducer = client_config(brokers, &[])
         .set("message.max.bytes", "4000000")
         .create()
         .expect("producer");
     for ((key, value), timestamp) in messages {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(0);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -358,22 +369,8 @@ impl Tansu {
         advertised: Option<u16>,
     ) -> Self {
         let mut tansu = Self::start_on(port, &[]);
-        let url = format!("tcp://{}", tansu.brokers);
-        let admin = |args: &[&str]| {
-            let out = Command::new(tansu_bin())
-                .args(args)
-                .args(["--broker", &url])
-                .output()
-                .expect("run tansu's CLI");
-            assert!(
-                out.status.success(),
-                "tansu {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        admin(&["user", "create", user, password]);
-        let partitions = partitions.to_string();
-        admin(&["topic", "create", "--partitions", &partitions, topic]);
+        tansu.admin(&["user", "create", user, password]);
+        tansu.create_topic(topic, partitions);
         tansu.flags = vec!["--authentication".into()];
         if let Some(port) = advertised {
             let url = format!("tcp://127.0.0.1:{port}");
@@ -383,6 +380,26 @@ impl Tansu {
         }
         tansu.restart(Duration::ZERO);
         tansu
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        let partitions = partitions.to_string();
+        self.admin(&["topic", "create", "--partitions", &partitions, topic]);
+    }
+
+    /// Runs tansu's CLI against this broker.
+    fn admin(&self, args: &[&str]) {
+        let url = format!("tcp://{}", self.brokers);
+        let out = Command::new(tansu_bin())
+            .args(args)
+            .args(["--broker", &url])
+            .output()
+            .expect("run tansu's CLI");
+        assert!(
+            out.status.success(),
+            "tansu {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn restart(&mut self, down_for: Duration) {
