@@ -24,6 +24,8 @@ use crate::config::REVOKE_COMMIT_WAIT;
 use crate::health::{Health, KAFKA_UNREACHABLE};
 use crate::kafka::commit;
 use crate::kafka::fetched::{FetchQueue, FetchSlot};
+use crate::kafka::group::resume_where_taken;
+use crate::kafka::overcounted::Overcounted;
 use crate::metrics::Metrics;
 use crate::offsets::OffsetTracker;
 use crate::telemetry::Throttle;
@@ -58,6 +60,8 @@ pub(crate) struct WorkerContext {
     pub backpressured: AtomicBool,
     /// Set once the graceful stop has drained: revokes from then on commit without waiting.
     pub closing: AtomicBool,
+    /// Partitions whose librdkafka position counts a message not taken: set back at each pause.
+    pub overcounted: Overcounted,
     fetch_queue: FetchSlot,
     throttle: Throttle,
 }
@@ -80,6 +84,7 @@ impl WorkerContext {
             release,
             backpressured: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            overcounted: Overcounted::default(),
             fetch_queue: FetchSlot::default(),
             throttle: Throttle::new(LOG_WINDOW),
         }
@@ -324,6 +329,9 @@ impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // An incremental rebalance pauses the partitions kept, and resumes them once
+                // this callback returns, from librdkafka's position.
+                resume_where_taken(consumer);
                 let partitions = self.partitions_of(tpl);
                 self.forward(consumer, &partitions);
                 self.tracker.assign(&partitions);
@@ -338,6 +346,7 @@ impl ConsumerContext for WorkerContext {
                     self.health.group_member(false);
                 }
                 self.release(consumer, &partitions);
+                resume_where_taken(consumer);
             }
             Rebalance::Error(e) => {
                 self.metrics.rebalance_error.increment(1);

@@ -1,5 +1,5 @@
-//! The member's side of the group: pausing its whole assignment, setting where partitions
-//! resume, and leaving by a deadline.
+//! The member's side of the group: pausing its whole assignment (each partition to resume at
+//! the first message not taken), reading positions, and leaving by a deadline.
 //!
 //! Invariant: leaving never holds the caller past its deadline, whatever the coordinator does.
 
@@ -10,7 +10,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::kafka::WorkerContext;
 
@@ -27,24 +27,34 @@ pub(crate) fn pause_assignment(
     let tpl = consumer.assignment()?;
     if pause {
         consumer.pause(&tpl)?;
+        resume_where_taken(consumer);
     } else {
         consumer.resume(&tpl)?;
     }
     Ok(tpl.count())
 }
 
-/// Sets where each of `points` (partition, offset) of `topic` is fetched from next, without
-/// waiting: librdkafka applies it after any pause asked for before.
-pub(crate) fn seek(
-    consumer: &BaseConsumer<WorkerContext>,
-    topic: &str,
-    points: &[(i32, i64)],
-) -> KafkaResult<()> {
-    let mut tpl = TopicPartitionList::with_capacity(points.len());
-    for &(partition, offset) in points {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+/// A paused partition resumes from librdkafka's position, which an error taken in place of a
+/// message may have counted past it (see [`Overcounted`](super::overcounted::Overcounted)):
+/// those resume where the error was instead. Without waiting: librdkafka applies the seek after
+/// the pause asked for before it, and before any resume asked for after it.
+pub(crate) fn resume_where_taken(consumer: &BaseConsumer<WorkerContext>) {
+    let ctx = consumer.context();
+    let points = ctx.overcounted.resume_points(|p| ctx.tracker.generation(p));
+    if points.is_empty() {
+        return;
     }
-    consumer.seek_partitions(tpl, Duration::ZERO).map(drop)
+    let mut tpl = TopicPartitionList::with_capacity(points.len());
+    for &(partition, offset) in &points {
+        let _ = tpl.add_partition_offset(&ctx.topic, partition, Offset::Offset(offset));
+    }
+    match consumer.seek_partitions(tpl, Duration::ZERO) {
+        Ok(_) => debug!(
+            ?points,
+            "paused partitions resume where an error stood for a message"
+        ),
+        Err(e) => warn!(error = %e, ?points, "could not set where paused partitions resume"),
+    }
 }
 
 /// librdkafka's position of each of `partitions` of `topic`, in their order: one past the last

@@ -18,6 +18,7 @@ mod fetched;
 mod group;
 mod login;
 pub mod originals;
+mod overcounted;
 pub mod producer;
 
 use std::time::Duration;
@@ -28,7 +29,7 @@ use crate::config::{ConsumerConfig, KafkaProperty};
 
 pub(crate) use context::{Release, WorkerContext};
 pub(crate) use fetched::{Batch, FetchQueue, Fetched};
-pub(crate) use group::{leave_group, pause_assignment, positions, seek};
+pub(crate) use group::{leave_group, pause_assignment, positions};
 pub(crate) use login::answer_token_requests;
 pub use login::{Login, admin, prime};
 

@@ -261,50 +261,104 @@ fn publish_orders(mock: &Mock, topic: &str, partition: i32, orders: u64, salt: u
     publish_to(&mock.brokers, topic, partition, &messages);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetch_refused_for_a_moment_then_a_full_pipeline_skips_no_message() {
+/// A worker on a topic of `PARTITIONS` partitions, one order on each committed, whose reads are
+/// now refused until the test clears the Fetch errors: librdkafka reports each partition's
+/// refusal as an error in place of a message at its next offset, and its batch call counts that
+/// offset as taken.
+struct RefusedForAMoment {
+    mock: Mock,
+    db: TestDb,
+    topic: String,
+    group: String,
+    worker: Binary,
+    probe: OffsetProbe,
+}
+
+const PARTITIONS: i32 = 8;
+
+async fn refused(flags: &[&str]) -> RefusedForAMoment {
     use RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED as REFUSED;
-    const PARTITIONS: i32 = 8;
-    const FULL: i32 = PARTITIONS - 1;
     let (topic, group) = (unique("orders"), unique("group"));
     let mock = Mock::with_topic(&topic, PARTITIONS);
     let db = TestDb::create().await;
-    let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, &TINY_PIPELINE);
+    let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, flags);
     for p in 0..PARTITIONS {
         publish_orders(&mock, &topic, p, 1, 100 + p as u64);
     }
     let probe = OffsetProbe::new(&mock.brokers, &group, &topic, PARTITIONS);
     probe.wait_caught_up("the first orders").await;
-
-    // librdkafka reports the refusal of each partition as an error in place of a message, at
-    // the partition's next offset, and its batch call counts that offset as taken.
     mock.cluster
-        .request_errors(RDKafkaApiKey::Fetch, &[REFUSED; 3]);
+        .request_errors(RDKafkaApiKey::Fetch, &[REFUSED; 1_000]);
     worker.unready_because("not authorized to read topic").await;
-    mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+    RefusedForAMoment {
+        mock,
+        db,
+        topic,
+        group,
+        worker,
+        probe,
+    }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_refused_for_a_moment_then_a_full_pipeline_skips_no_message() {
+    const FULL: i32 = PARTITIONS - 1;
+    let t = refused(&TINY_PIPELINE).await;
+    t.mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
     // One partition fills the pipeline while writes block, so every partition is paused, and a
     // paused partition resumes from what librdkafka counts as taken.
-    let lock = lock_orders(&db.pool).await;
-    publish_orders(&mock, &topic, FULL, 40, 200);
+    let lock = lock_orders(&t.db.pool).await;
+    publish_orders(&t.mock, &t.topic, FULL, 40, 200);
     eventually(
         "partitions paused for backpressure",
         Duration::from_secs(30),
-        || async { worker.sample("order_worker_partitions_paused").await == Some(8.0) },
+        || async { t.worker.sample("order_worker_partitions_paused").await == Some(8.0) },
     )
     .await;
     for p in 0..FULL {
-        publish_orders(&mock, &topic, p, 5, 300 + p as u64);
+        publish_orders(&t.mock, &t.topic, p, 5, 300 + p as u64);
     }
     lock.commit().await.unwrap();
 
-    probe.wait_caught_up("everything published").await;
+    t.probe.wait_caught_up("everything published").await;
     let mut ends: BTreeMap<i32, i64> = (0..FULL).map(|p| (p, 6)).collect();
     ends.insert(FULL, 41);
-    assert_eq!(probe.committed(), ends);
+    assert_eq!(t.probe.committed(), ends);
     assert_eq!(
-        count(&db.pool, "orders").await,
+        count(&t.db.pool, "orders").await,
         i64::from(PARTITIONS) + 40 + 5 * i64::from(FULL),
+        "every order written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_refused_for_a_moment_then_a_rebalance_skips_no_message() {
+    let t = refused(&[]).await;
+    // While reads are refused, a second member joins: the cooperative rebalance pauses the
+    // partitions the first keeps, and resumes them from what librdkafka counts as taken.
+    let second = Binary::run(&t.mock.brokers, &t.db.url, &t.topic, &t.group, &[]);
+    let owned = "order_worker_partitions_assigned";
+    eventually(
+        "both members own partitions",
+        Duration::from_secs(60),
+        || async {
+            let (a, b) = (t.worker.sample(owned).await, second.sample(owned).await);
+            a.zip(b)
+                .is_some_and(|(a, b)| a > 0.0 && b > 0.0 && a + b == f64::from(PARTITIONS))
+        },
+    )
+    .await;
+    for p in 0..PARTITIONS {
+        publish_orders(&t.mock, &t.topic, p, 5, 300 + p as u64);
+    }
+    t.mock.cluster.clear_request_errors(RDKafkaApiKey::Fetch);
+
+    t.probe.wait_caught_up("everything published").await;
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 6)).collect();
+    assert_eq!(t.probe.committed(), ends);
+    assert_eq!(
+        count(&t.db.pool, "orders").await,
+        6 * i64::from(PARTITIONS),
         "every order written"
     );
 }

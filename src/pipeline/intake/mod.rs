@@ -6,14 +6,11 @@
 //! that waits for room in a full lane holds it no longer than that), so librdkafka's rebalance
 //! and commit callbacks run promptly and the member is never evicted for not polling. When the
 //! lanes stay full it pauses all its partitions (librdkafka then purges what it prefetched and
-//! resumes from the first message not taken; where an error taken in place of a message made it
-//! count that message as taken, this thread sets the resume point back to it), so at most one
-//! batch taken from librdkafka waits here, never a backlog: a batch is taken only once the last
-//! one was handed over. The stop ends
-//! by its deadline whatever the brokers do: the final commit and leaving the group wait for them
-//! only until then.
+//! resumes from the first message not taken, see `kafka::overcounted`), so at most one batch
+//! taken from librdkafka waits here, never a backlog: a batch is taken only once the last one
+//! was handed over. The stop ends by its deadline whatever the brokers do: the final commit and
+//! leaving the group wait for them only until then.
 
-mod overcounted;
 mod take;
 
 use std::collections::VecDeque;
@@ -28,14 +25,13 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::health::Health;
-use crate::kafka::{WorkerContext, leave_group, pause_assignment, positions, seek};
+use crate::kafka::{WorkerContext, leave_group, pause_assignment, positions};
 use crate::lag::MonitorHandle;
 use crate::memory;
 use crate::metrics::{self, Metrics};
 use crate::offsets::{Generation, OffsetTracker, Position};
 use crate::pipeline::pacing::{Flow, Load, POLL_TIMEOUT, Pacing};
 use crate::pipeline::{Dispatcher, Envelope, InFlight, Lane};
-use overcounted::Overcounted;
 
 /// Longest one attempt to hand a message over waits for room in its lane.
 const OFFER_SLICE: Duration = Duration::from_millis(10);
@@ -127,10 +123,7 @@ impl ConsumerLoop {
             }
             match pacing.on_offered(now, !pending.is_empty()) {
                 Flow::Keep => {}
-                Flow::Pause => {
-                    self.set_paused(true);
-                    self.resume_where_taken(&mut intake.overcounted);
-                }
+                Flow::Pause => self.set_paused(true),
                 Flow::Resume => self.set_paused(false),
             }
             if let Some(timeout) = pacing.poll_timeout(!pending.is_empty()) {
@@ -149,7 +142,7 @@ impl ConsumerLoop {
                 continue;
             };
             if pending.is_empty() {
-                self.advance_past_unseen(&intake.overcounted);
+                self.advance_past_unseen();
             }
             self.store();
             self.report_depths(load);
@@ -213,18 +206,18 @@ impl ConsumerLoop {
     /// hands over; else a partition whose last record is a transaction marker shows a lag of one
     /// for as long as it stays idle. Only while no message taken waits for room (it is not
     /// registered yet), and not where an error may have counted past a message.
-    fn advance_past_unseen(&self, overcounted: &Overcounted) {
+    fn advance_past_unseen(&self) {
+        let ctx = self.consumer.context();
         let idle: Vec<(i32, Generation)> = self
             .tracker
             .idle()
             .into_iter()
-            .filter(|&(p, _)| !overcounted.contains(p))
+            .filter(|&(p, _)| !ctx.overcounted.contains(p))
             .collect();
         if idle.is_empty() {
             return;
         }
         let partitions: Vec<i32> = idle.iter().map(|&(p, _)| p).collect();
-        let ctx = self.consumer.context();
         let found: Vec<Position> = positions(&self.consumer, &ctx.topic, &partitions)
             .into_iter()
             .zip(idle)
@@ -237,24 +230,6 @@ impl ConsumerLoop {
             })
             .collect();
         self.tracker.advance_idle(&found);
-    }
-
-    /// A paused partition resumes from librdkafka's position, which an error taken in place of
-    /// a message may have counted past it: those resume where the error was instead.
-    fn resume_where_taken(&self, overcounted: &mut Overcounted) {
-        let points = overcounted.resume_points(|p| self.tracker.generation(p));
-        if points.is_empty() {
-            return;
-        }
-        let ctx = self.consumer.context();
-        if let Err(e) = seek(&self.consumer, &ctx.topic, &points) {
-            warn!(error = %e, ?points, "could not set where paused partitions resume");
-        } else {
-            debug!(
-                ?points,
-                "paused partitions resume where an error stood for a message"
-            );
-        }
     }
 
     fn set_paused(&self, pause: bool) {

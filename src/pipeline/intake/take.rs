@@ -13,7 +13,6 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use tracing::debug;
 
-use super::overcounted::Overcounted;
 use super::{ConsumerLoop, Routed};
 use crate::error::Error;
 use crate::kafka::{Batch, FetchQueue, Fetched};
@@ -33,15 +32,6 @@ pub(super) struct Intake {
     /// Reused for every take.
     batch: Batch,
     pub copiers: Vec<Copier>,
-    /// Partitions whose librdkafka position is past what was taken: corrected when paused.
-    pub overcounted: Overcounted,
-}
-
-/// Where one take puts what it took.
-struct Taker<'a> {
-    copiers: &'a mut [Copier],
-    overcounted: &'a mut Overcounted,
-    pending: &'a mut VecDeque<Routed>,
 }
 
 impl ConsumerLoop {
@@ -60,20 +50,14 @@ impl ConsumerLoop {
             queue,
             batch,
             copiers,
-            overcounted,
         } = intake;
-        let mut taker = Taker {
-            copiers,
-            overcounted,
-            pending,
-        };
         let Some(queue) = queue else {
-            let polled = self.poll_consumer(&mut taker, timeout, now, pacing)?;
+            let polled = self.poll_consumer(copiers, timeout, now, pacing, pending)?;
             return Ok(!polled && !timeout.is_zero());
         };
         // Paused and still waiting for room: events only.
-        let waiting = !taker.pending.is_empty();
-        let polled = self.poll_consumer(&mut taker, Duration::ZERO, now, pacing)?;
+        let waiting = !pending.is_empty();
+        let polled = self.poll_consumer(copiers, Duration::ZERO, now, pacing, pending)?;
         if waiting {
             return Ok(false);
         }
@@ -89,7 +73,7 @@ impl ConsumerLoop {
         }
         let mut taken = 0;
         for m in batch.iter() {
-            taken += self.accept(m, &mut taker)?;
+            taken += self.accept(m, copiers, pending)?;
         }
         // The messages were copied out: their fetch buffers go back to librdkafka now.
         batch.clear();
@@ -101,15 +85,16 @@ impl ConsumerLoop {
     /// forwarded to the fetch queue. True when it returned a message or an error.
     fn poll_consumer(
         &self,
-        taker: &mut Taker<'_>,
+        copiers: &mut [Copier],
         timeout: Duration,
         now: Instant,
         pacing: &mut Pacing,
+        pending: &mut VecDeque<Routed>,
     ) -> Result<bool, Error> {
         match self.consumer.poll(timeout) {
             None => return Ok(false),
             Some(Ok(message)) => {
-                let taken = self.accept(Fetched::of(&message), taker)?;
+                let taken = self.accept(Fetched::of(&message), copiers, pending)?;
                 self.took(taken, now, pacing);
             }
             Some(Err(e)) => self.consumer_error(e)?,
@@ -119,19 +104,23 @@ impl ConsumerLoop {
 
     /// A message into `pending` (unless its partition is no longer assigned), or the error
     /// librdkafka returned in its place. Returns how many messages it took.
-    fn accept(&self, m: Fetched<'_>, taker: &mut Taker<'_>) -> Result<u64, Error> {
+    fn accept(
+        &self,
+        m: Fetched<'_>,
+        copiers: &mut [Copier],
+        pending: &mut VecDeque<Routed>,
+    ) -> Result<u64, Error> {
+        let overcounted = &self.consumer.context().overcounted;
         if let Some(e) = m.error() {
             if let Some(generation) = self.tracker.generation(m.partition()) {
-                taker
-                    .overcounted
-                    .error_at(m.partition(), generation, m.offset());
+                overcounted.error_at(m.partition(), generation, m.offset());
             }
             self.consumer_error(e)?;
             return Ok(0);
         }
-        taker.overcounted.taken(m.partition(), m.offset());
-        if let Some(routed) = self.envelope(m, taker.copiers) {
-            taker.pending.push_back(routed);
+        overcounted.taken(m.partition(), m.offset());
+        if let Some(routed) = self.envelope(m, copiers) {
+            pending.push_back(routed);
         }
         Ok(1)
     }
@@ -167,7 +156,6 @@ impl ConsumerLoop {
             queue: self.consumer.context().fetch_queue(&self.consumer),
             batch: Batch::with_capacity(TAKE_BATCH),
             copiers: self.copiers(),
-            overcounted: Overcounted::default(),
         }
     }
 
