@@ -293,11 +293,23 @@ fn log_key(fac: &str, message: &str) -> String {
     format!("{fac}:{stem}")
 }
 
+/// librdkafka's only word of a partition restarted at `auto.offset.reset` because its offset
+/// was not in the log: a warning (a reset that is not an error, a first start, is debug-logged).
+/// The messages between that offset and where it restarted were never applied.
+fn is_offset_reset(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) -> bool {
+    matches!(level, rdkafka::config::RDKafkaLogLevel::Warning)
+        && fac == "OFFSET"
+        && message.contains("offset reset")
+}
+
 impl ClientContext for WorkerContext {
     crate::kafka::answer_token_requests!();
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
+        if is_offset_reset(level, fac, message) {
+            self.metrics.offset_resets.increment(1);
+        }
         let loud = matches!(
             level,
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning

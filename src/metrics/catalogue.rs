@@ -109,6 +109,9 @@ catalogue! {
     COMMIT_FAILURES = counter("order_worker_kafka_commit_failures_total",
         "Failed Kafka offset commits (retried at the next interval).");
     CONSUMER_ERRORS = counter("order_worker_kafka_consumer_errors_total", "Errors reported by the Kafka consumer.");
+    OFFSET_RESETS = counter("order_worker_kafka_offset_resets_total",
+        "Partitions restarted at auto.offset.reset's end because their offset was not in the log \
+         (deleted by retention before it was applied, or the topic recreated).");
     REBALANCES = counter("order_worker_rebalances_total", "Consumer group rebalances, by kind (assign, revoke, error).")
         .labels(&["kind"]);
     PARTITIONS_ASSIGNED = gauge("order_worker_partitions_assigned", Unit::Count,

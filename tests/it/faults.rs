@@ -400,3 +400,35 @@ async fn partitions_handed_between_workers_by_rebalances_lose_nothing() {
     b.stop();
     b.wait().await.expect("graceful stop of the second worker");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_no_longer_in_the_log_is_counted_and_its_partition_restarts_at_the_start() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let (topic, group) = (unique("orders"), unique("group"));
+    let mock = Mock::with_topic(&topic, 1);
+    let db = TestDb::create().await;
+    publish_orders(&mock, &topic, 0, 10, 1);
+    // The group's offset is past the log's end, as after a topic was deleted and created again.
+    let committer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &mock.brokers)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut gone = TopicPartitionList::new();
+    gone.add_partition_offset(&topic, 0, Offset::Offset(50))
+        .unwrap();
+    committer.commit(&gone, CommitMode::Sync).expect("commit");
+
+    let worker = Binary::run(&mock.brokers, &db.url, &topic, &group, &[]);
+    let probe = OffsetProbe::new(&mock.brokers, &group, &topic, 1);
+    probe.wait_caught_up("restarted at the log's start").await;
+    assert_eq!(count(&db.pool, "orders").await, 10);
+    assert_eq!(
+        worker
+            .sample("order_worker_kafka_offset_resets_total")
+            .await,
+        Some(1.0)
+    );
+    assert!(worker.log_text().contains("offset reset"));
+}
