@@ -5,9 +5,9 @@
 //! nothing in flight, the consumer's position past records never dispatched: transaction markers,
 //! aborted transactions' messages). An offset that was dispatched but is not durable (still
 //! queued, in a batch, being retried, or lost with a crashed task) stops the run, however many
-//! later offsets are durable. Completions from a
-//! previous assignment of a partition (an older generation) are ignored, so a revoke followed by
-//! a re-assign can never commit work the new assignment did not see.
+//! later offsets are durable. Completions from a previous assignment of a partition (an older
+//! generation) are ignored, so a revoke followed by a re-assign can never commit work the new
+//! assignment did not see.
 //!
 //! It also remembers the Kafka timestamp of the newest message below each committable offset, so
 //! that once Kafka acknowledges a commit the time lag ("how old is the newest committed message")
