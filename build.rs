@@ -2,7 +2,8 @@
 //! image build has no .git), else `git rev-parse`, else "unknown". Generates the Protobuf types
 //! of the contract from `schema/order_event.proto`, the file producers use, so the two cannot
 //! differ (compiled by protox, in Rust: no `protoc` to install). Links the binary with packed
-//! relative relocations where glibc can load them, and (release) without unwind tables.
+//! relative relocations where glibc can load them, and (release) without unwind tables and
+//! with the code a worker runs placed first.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,8 +50,31 @@ fn main() {
     // them (`perf record --call-graph dwarf`, heaptrack).
     println!("cargo:rerun-if-env-changed=ORDER_WORKER_UNWIND_TABLES");
     let keep = var("ORDER_WORKER_UNWIND_TABLES") == "keep";
-    if var("PROFILE") == "release" && var("TARGET").ends_with("-linux-gnu") && !keep {
-        without_unwind_tables();
+    if var("PROFILE") == "release" && var("TARGET").ends_with("-linux-gnu") {
+        // GNU ld for both scripts below: lld keeps either every `.eh_frame` input or none.
+        println!("cargo:rustc-link-arg-bins=-fuse-ld=bfd");
+        if !keep {
+            without_unwind_tables();
+        }
+        hot_text_first();
+    }
+}
+
+/// The code a worker runs, listed in `link/hot-text.ld` (scripts/hot-text.sh), is linked into
+/// one run before the rest of `.text`: the kernel maps code in 64 KiB runs around each page
+/// touched, so the same code spread over the 11 MB of `.text` keeps most of it resident
+/// (docs/performance.md: 4 MiB of every RSS figure). The link map beside the build is what the
+/// script reads to regenerate the list.
+fn hot_text_first() {
+    const LIST: &str = "link/hot-text.ld";
+    println!("cargo:rerun-if-changed={LIST}");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let map = out.join("order-worker.map");
+    println!("cargo:rustc-link-arg-bins=-Wl,-Map={}", map.display());
+    // cargo-chef's dependency layer builds without the list: it is not part of the recipe.
+    if Path::new(LIST).exists() {
+        let list = std::fs::canonicalize(LIST).expect("an existing path resolves");
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", list.display());
     }
 }
 
@@ -59,7 +83,7 @@ fn main() {
 /// its tables for everything it inlines into. They are dropped at link, except the unwinder's
 /// own: libgcc's unwinder aborts if it cannot find its own frame, and a backtrace (anyhow
 /// captures one when `RUST_BACKTRACE` is set) then simply ends at it. A stripped binary names no
-/// frame anyway. GNU ld, because lld drops either every `.eh_frame` input or none.
+/// frame anyway.
 fn without_unwind_tables() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let script = out.join("no-unwind-tables.ld");
@@ -68,7 +92,6 @@ fn without_unwind_tables() {
         "SECTIONS { /DISCARD/ : { EXCLUDE_FILE(*libgcc_eh.a:*) *(.eh_frame) } } INSERT AFTER .text;\n",
     )
     .expect("OUT_DIR is writable");
-    println!("cargo:rustc-link-arg-bins=-fuse-ld=bfd");
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
 }
 

@@ -450,7 +450,7 @@ image_build() {
   ln -sfn ../.. "$ctx/target"
   ln -sfn ../../../.git "$ctx/.git"
   python3 - "$ROOT/Dockerfile" "$ctx" "$IMAGE_LIMIT_BYTES" "$TMP" <<'EOF'
-import gzip, json, os, shlex, subprocess, sys, tarfile, time, urllib.parse
+import gzip, json, os, re, shlex, subprocess, sys, tarfile, time, urllib.parse
 dockerfile, ctx, limit, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 # The build scripts/lib.sh's release_env reproduces on a host (same target, same flags).
 FIRST_RUN = 'cargo build --release --locked --target "$(uname -m)-unknown-linux-gnu"'
@@ -538,6 +538,15 @@ print(f"    image: {total:,} bytes uncompressed ({total / 1e6:.1f} MB), {os.path
       f"other {total - binary - sum(libs.values()):,} ({len(files) - len(libs) - 1} files)")
 if total > limit:
     errors.append(f"the image would be {total:,} bytes, above {limit:,}")
+# link/hot-text.ld names the code of one Cargo.lock and one toolchain; once its names no longer
+# match, that code spreads over .text again and every RSS figure grows by ~4 MiB.
+listed = int(re.search(r"hot_bytes=(\d+)", open(os.path.join(ctx, "link/hot-text.ld")).read())[1])
+sections = subprocess.run(["readelf", "-SW", rootfs + entry[0]], capture_output=True, text=True).stdout
+hot = re.search(r"\.text\.hot\s+PROGBITS\s+\S+\s+\S+\s+([0-9a-f]+)", sections)
+hot = int(hot[1], 16) if hot else 0
+print(f"    hot code linked first: {hot:,} bytes, link/hot-text.ld listed {listed:,}")
+if hot < 0.9 * listed:
+    errors.append("link/hot-text.ld no longer matches the build: run scripts/hot-text.sh")
 
 def in_image(args, extra_env={}, timeout=60):  # read-only, as USER, with only the image's env
     inner = (f"mount --bind {rootfs} {rootfs} && mount -o remount,bind,ro {rootfs} && "

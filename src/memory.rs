@@ -8,10 +8,9 @@
 //! Trimming returns much more when the allocator is set up for it, which glibc reads only from
 //! the environment at start: the image sets `GLIBC_TUNABLES` (see the Dockerfile) to
 //! `glibc.malloc.tcache_count=0` (no per-thread caches, whose chunks pin pages all over the
-//! arenas), `glibc.malloc.arena_max=2` (live data packed into fewer arenas) and
-//! `glibc.malloc.mmap_threshold=65536` (a batch's buffers are mapped on their own and unmapped
-//! when freed, instead of fragmenting the arenas); docs/performance.md#decisions has the
-//! measurements.
+//! arenas) and `glibc.malloc.arena_max=2` (live data packed into fewer arenas). Its
+//! `glibc.malloc.mmap_threshold=1048576` keeps fetch responses and batch buffers in the heap,
+//! which this trim returns once idle; docs/performance.md#decisions has the measurements.
 
 /// Returns the free pages of every malloc arena to the kernel. A no-op where the C library is not
 /// glibc.

@@ -20,7 +20,7 @@ use crate::offsets::Position;
 const OVERHEAD_BYTES: u64 = 128;
 /// Size of the chunks a [`Copier`] copies messages into: tens of order events, so allocations
 /// are rare, and small, so what a message kept waiting can hold alive is small too. Under glibc's
-/// mmap threshold in the image (64 KiB), so a freed chunk goes back to the heap for the next.
+/// mmap threshold in the image (1 MiB), so a freed chunk goes back to the heap for the next.
 pub const CHUNK_BYTES: usize = 8 * 1024;
 /// A message this large gets an allocation of its own, so one chunk holds many messages.
 const OWN_ALLOCATION_BYTES: usize = CHUNK_BYTES / 4;

@@ -346,7 +346,7 @@ fn the_image_gives_the_worker_the_allocator_settings_its_memory_release_relies_o
     assert_eq!(set.get("glibc.malloc.arena_max"), Some(&"2"), "{tunables}");
     assert_eq!(
         set.get("glibc.malloc.mmap_threshold"),
-        Some(&"65536"),
+        Some(&"1048576"),
         "{tunables}"
     );
 }
