@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the linker script that places the code a worker runs next to each other.
 
-    hot_text.py LINK_MAP ENTRY PC_FILE... > link/hot-text.ld
+    hot_text.py LINK_MAP ENTRY PC_FILE... > link/hot-text-x86_64.ld
 
 LINK_MAP is GNU ld's map of the binary that ran (build.rs writes it beside the build), ENTRY
 its entry point address (hex, `readelf -h`), and each PC_FILE a valgrind exp-bbv `--pc-out-file`
@@ -21,7 +21,7 @@ import bisect
 import re
 import sys
 
-TEXT_START = re.compile(r"^\.text\s")
+TEXT_START = re.compile(r"^\.text(\.hot)?\s")
 ANY_OUTPUT_SECTION = re.compile(r"^\.\S")
 WHOLE = re.compile(r"^ (\.text\S*)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
 NAME_ONLY = re.compile(r"^ (\.text\S*)$")
@@ -29,12 +29,13 @@ PLACE_ONLY = re.compile(r"^\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
 ARCHIVE_MEMBER = re.compile(r"^(?:.*/)?([^/(]+)\((.*)\)$")
 HASH = re.compile(r"[0-9a-f]{8,}")
 # glibc selects memcpy, strlen, ... by CPU at start-up (ifunc): objects such as
-# memmove-evex-unaligned-erms.o; keep every variant of a function the run called.
-LIBC_VARIANT = re.compile(r"^((?:mem|str|stp|wmem|wcs|raw)[a-z0-9]*)-[a-z0-9_.-]+\.o$")
+# memmove-evex-unaligned-erms.o or strcasecmp_l-avx2.o; keep every variant the run called.
+LIBC_VARIANT = re.compile(r"^((?:mem|str|stp|wmem|wcs|raw)[a-z0-9_]*)-[a-z0-9_.-]+\.o$")
 
 
 def text_sections(map_path):
-    """(address, size, section name, file) of every input section of the `.text` output."""
+    """(address, size, section name, file) of every input section of the `.text.hot` and `.text`
+    outputs (the map of a build linked with an earlier list has both)."""
     sections, inside, name = [], False, None
     with open(map_path) as lines:
         for line in lines:
@@ -90,11 +91,17 @@ def main():
         sys.exit(__doc__)
     sections = text_sections(sys.argv[1])
     starts = [s[0] for s in sections]
-    hot = set()
+    hot, outside, blocks = set(), 0, 0
     for address in executed(sys.argv[3:], int(sys.argv[2], 16)):
+        blocks += 1
         i = bisect.bisect_right(starts, address) - 1
         if i >= 0 and address < sections[i][0] + sections[i][1]:
             hot.add(i)
+        else:
+            outside += 1
+    # A few blocks sit in .init, .plt and .fini; many mean the map is not of the binary that ran.
+    if outside > blocks // 100:
+        sys.exit(f"{outside} of {blocks} executed blocks lie outside .text: wrong map or binary?")
     patterns = list(dict.fromkeys(pattern(sections[i][2], sections[i][3]) for i in sorted(hot)))
     size = sum(sections[i][1] for i in hot)
     total = sum(s[1] for s in sections)

@@ -323,10 +323,11 @@ async fn every_metric_and_label_the_alerts_dashboard_and_keda_use_is_exported_by
     }
 }
 
-/// The allocator settings `src/memory.rs` counts on come from the image's environment (glibc
-/// reads them only at start), and scripts/run.sh and the benchmark take them from the same line.
+/// The allocator settings `src/memory.rs` counts on (no per-thread caches, two arenas) and the
+/// mmap threshold the benchmark's figures rest on come from the image's environment (glibc reads
+/// them only at start), and scripts/run.sh and the benchmark take them from the same line.
 #[test]
-fn the_image_gives_the_worker_the_allocator_settings_its_memory_release_relies_on() {
+fn the_image_gives_the_worker_the_allocator_settings_its_memory_figures_rest_on() {
     let dockerfile =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
             .expect("Dockerfile");
