@@ -30,6 +30,7 @@
 #      the release builds of scripts/run.sh and friends are reused); every builder RUN after
 #      `COPY . .` runs verbatim there (the first must be the release build, FIRST_RUN below);
 #      the root filesystem it assembles must be <= 15 MB and hold no shell or package manager;
+#      the binary's .text.hot must hold 95% of what link/hot-text-<arch>.ld lists (build.rs);
 #      then the ENTRYPOINT runs from it under chroot, read-only, as the image's USER, with only
 #      the image's environment: --version, then `migrate` and a short `dev` run against
 #      PostgreSQL over TLS (TEST_DATABASE_URL, or the local default; skipped with a notice if
