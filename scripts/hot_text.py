@@ -60,7 +60,7 @@ def text_sections(map_path):
 
 def executed(pc_files, entry):
     """Addresses of the executed blocks, relative to the binary (block 1 is the entry)."""
-    blocks = {}
+    blocks = set()
     for path in pc_files:
         with open(path) as lines:
             found = {}
@@ -71,9 +71,8 @@ def executed(pc_files, entry):
         if 1 not in found:
             sys.exit(f"{path}: no block 1 (the entry point); not an exp-bbv pc file?")
         base = found[1] - entry
-        for address in found.values():
-            blocks[address - base] = True
-    return blocks.keys()
+        blocks.update(address - base for address in found.values())
+    return blocks
 
 
 def pattern(name, file):
@@ -91,17 +90,17 @@ def main():
         sys.exit(__doc__)
     sections = text_sections(sys.argv[1])
     starts = [s[0] for s in sections]
-    hot, outside, blocks = set(), 0, 0
-    for address in executed(sys.argv[3:], int(sys.argv[2], 16)):
-        blocks += 1
+    blocks = executed(sys.argv[3:], int(sys.argv[2], 16))
+    hot, outside = set(), 0
+    for address in blocks:
         i = bisect.bisect_right(starts, address) - 1
         if i >= 0 and address < sections[i][0] + sections[i][1]:
             hot.add(i)
         else:
             outside += 1
     # A few blocks sit in .init, .plt and .fini; many mean the map is not of the binary that ran.
-    if outside > blocks // 100:
-        sys.exit(f"{outside} of {blocks} executed blocks lie outside .text: wrong map or binary?")
+    if outside > len(blocks) // 100:
+        sys.exit(f"{outside} of {len(blocks)} executed blocks lie outside .text: wrong map or binary?")
     patterns = list(dict.fromkeys(pattern(sections[i][2], sections[i][3]) for i in sorted(hot)))
     size = sum(sections[i][1] for i in hot)
     total = sum(s[1] for s in sections)
