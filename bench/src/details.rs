@@ -9,7 +9,7 @@ use crate::bench::Bench;
 use crate::ceiling::CeilingRun;
 use crate::cpu::Party;
 use crate::e2e::E2eResult;
-use crate::latency::{LatencyRun, percentile};
+use crate::latency::{LatencyRun, SLOW_FLUSH_MS, percentile};
 use crate::numbers::{flags, ms, rate_str};
 use crate::report::{Results, Setup};
 use crate::worker::mib;
@@ -434,5 +434,16 @@ fn latency_lines(d: &mut String, b: &Bench, l: &LatencyRun) {
         d,
         "- Worker CPU per event by thread: {}.",
         l.cpu.threads_per_event(l.sent)
+    );
+    let _ = writeln!(
+        d,
+        "- The disk's flush meanwhile (an 8 KiB write and `fdatasync` every 20 ms beside the round, {}): longest {:.1} ms, {} over {SLOW_FLUSH_MS:.0} ms (each second's longest is in `-seconds.tsv`).",
+        match l.flush_on_pg_disk {
+            Some(true) => "on the device of PostgreSQL's data directory",
+            Some(false) => "**not on PostgreSQL's device**",
+            None => "**PostgreSQL's device unknown**",
+        },
+        l.flush_max,
+        l.flush_slow,
     );
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::bench::{Bench, DB_PREFIX, latency_topic, log};
 use crate::cpu::{CpuSnapshot, CpuUse};
+use crate::flush::{self, Flush, FlushProbe};
 use crate::kafka::{self, Probe};
 use crate::metrics::{self, BatchStats};
 use crate::pg;
@@ -41,7 +42,15 @@ pub struct LatencyRun {
     pub peak_rss: u64,
     /// Checkpoints PostgreSQL started while publishing and draining.
     pub checkpoints: Option<i64>,
+    /// The disk's longest flush while publishing and draining (ms), how many took over
+    /// [`SLOW_FLUSH_MS`], and whether they were timed on PostgreSQL's disk (`None`: unknown).
+    pub flush_max: f64,
+    pub flush_slow: usize,
+    pub flush_on_pg_disk: Option<bool>,
 }
+
+/// A flush this long holds every commit waiting behind it past the round's p99 (~45 ms).
+pub const SLOW_FLUSH_MS: f64 = 50.0;
 
 impl LatencyRun {
     /// Quantile `q` of the measured latencies, in ms.
@@ -102,6 +111,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     let (worker, group) = b.paced_worker(&topic, &url, &label);
     let checkpoints_before = b.rt.block_on(b.server.checkpoints());
     let sampler = Sampler::start(&worker);
+    let flushes = FlushProbe::start(b.log_file(&format!("{label}-flush-probe")));
     let before = CpuSnapshot::take(Some(worker.pid), DB_PREFIX);
     log(format!(
         "{label}: publishing {count} messages at {rate:.0}/s ({:.0}s)",
@@ -120,6 +130,9 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         std::thread::sleep(Duration::from_millis(100));
     }
     let cpu = CpuSnapshot::take(Some(worker.pid), DB_PREFIX).since(&before);
+    let flushes = flushes.finish();
+    let data_dir = b.rt.block_on(b.server.data_directory());
+    let flush_on_pg_disk = data_dir.and_then(|d| flush::same_device(&d, &b.s.log_dir));
     let checkpoints = checkpoints_before
         .zip(b.rt.block_on(b.server.checkpoints()))
         .map(|(before, after)| after - before);
@@ -146,7 +159,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
     b.drop_db(&label);
     let to_commit = times.iter().all(|t| t.3.is_some());
     let mut by_partition: std::collections::BTreeMap<i32, Vec<f64>> = Default::default();
-    let timed: Vec<(i64, f64, f64)> = times
+    let timed: Vec<Timed> = times
         .into_iter()
         .filter_map(|(p, o, start, commit)| {
             let sent = placement.sent_ms[*index.get(&(p, o))?];
@@ -163,6 +176,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         first_ms,
         b.s.latency_slice_ms,
         &timed,
+        &flushes,
     );
     write_partitions(
         &b.log_file(&format!("{label}-partitions.tsv")),
@@ -172,6 +186,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         v.sort_by(f64::total_cmp);
         v
     };
+    let (flush_max, flush_slow) = flush::worst(&flushes, SLOW_FLUSH_MS);
     let samples = sorted(timed.iter().map(|t| t.1).collect());
     let to_start = sorted(timed.iter().map(|t| t.2).collect());
     let r = LatencyRun {
@@ -192,6 +207,9 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         cpu,
         peak_rss,
         checkpoints,
+        flush_max,
+        flush_slow,
+        flush_on_pg_disk,
     };
     log(format!(
         "{}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -217,36 +235,62 @@ fn write_partitions(path: &std::path::Path, partitions: std::collections::BTreeM
 }
 
 /// Writes the latencies by the slice of `slice_ms` they were sent in: count, p50, p99 and max to
-/// the commit (else the transaction start), p50 and p99 to the transaction start, and the
-/// slice's start as Unix ms (to line it up with PostgreSQL's log). It shows whether a tail is
-/// spread over the run or comes from one slow stretch, and whether that stretch was spent
-/// before the write began or in it.
-fn write_slices(path: &std::path::Path, first_ms: i64, slice_ms: i64, timed: &[(i64, f64, f64)]) {
-    type Slice = (Vec<f64>, Vec<f64>);
+/// the commit (else the transaction start), p50 and p99 to the transaction start, the longest a
+/// transaction took from its start to its commit record (PostgreSQL stamps the commit time
+/// before it flushes the WAL, so a slow flush does not show there), the disk's longest flush in
+/// the slice, and the slice's start as Unix ms (to line it up with PostgreSQL's log). It shows
+/// whether a tail is spread over the run or comes from one slow stretch, and whether that
+/// stretch was spent in a transaction or waiting for a flush before the next could start.
+fn write_slices(
+    path: &std::path::Path,
+    first_ms: i64,
+    slice_ms: i64,
+    timed: &[Timed],
+    flushes: &[Flush],
+) {
+    #[derive(Default)]
+    struct Slice {
+        to_end: Vec<f64>,
+        to_start: Vec<f64>,
+        in_db: f64,
+        flush: f64,
+    }
     let mut slices: std::collections::BTreeMap<i64, Slice> = Default::default();
     for (sent, ms, start) in timed {
         let slice = slices.entry((sent - first_ms) / slice_ms).or_default();
-        slice.0.push(*ms);
-        slice.1.push(*start);
+        slice.to_end.push(*ms);
+        slice.to_start.push(*start);
+        slice.in_db = slice.in_db.max(ms - start);
+    }
+    for (at, ms) in flushes {
+        if let Some(slice) = slices.get_mut(&((at - first_ms).div_euclid(slice_ms))) {
+            slice.flush = slice.flush.max(*ms);
+        }
     }
     let mut out = String::from(
-        "second\tcount\tp50_ms\tp99_ms\tmax_ms\tstart_p50_ms\tstart_p99_ms\tunix_ms\n",
+        "second\tcount\tp50_ms\tp99_ms\tmax_ms\tstart_p50_ms\tstart_p99_ms\tin_db_max_ms\tflush_max_ms\tunix_ms\n",
     );
-    for (n, (mut to_end, mut to_start)) in slices {
+    for (n, mut slice) in slices {
+        let (to_end, to_start) = (&mut slice.to_end, &mut slice.to_start);
         to_end.sort_by(f64::total_cmp);
         to_start.sort_by(f64::total_cmp);
         let at_ms = n * slice_ms;
+        let (in_db, flush) = (slice.in_db, slice.flush);
         out.push_str(&format!(
-            "{:.1}\t{}\t{:.1}\t{:.1}\t{}\n",
+            "{:.1}\t{}\t{:.1}\t{:.1}\t{in_db:.1}\t{flush:.1}\t{}\n",
             at_ms as f64 / 1000.0,
-            spread(&to_end),
-            percentile(&to_start, 0.5),
-            percentile(&to_start, 0.99),
+            spread(to_end),
+            percentile(to_start, 0.5),
+            percentile(to_start, 0.99),
             first_ms + at_ms
         ));
     }
     write_tsv(path, out);
 }
+
+/// A row's send time (Unix ms) and its latencies (ms) to its transaction's commit (else start)
+/// and to its transaction's start.
+type Timed = (i64, f64, f64);
 
 /// `count, p50, p99, max` of sorted latencies (ms), tab-separated.
 fn spread(sorted: &[f64]) -> String {

@@ -91,6 +91,7 @@ mod ceiling;
 mod cpu;
 mod details;
 mod e2e;
+mod flush;
 mod kafka;
 mod latency;
 mod loaders;

@@ -70,6 +70,17 @@ impl Server {
         let _ = admin.execute("CHECKPOINT").await;
     }
 
+    /// The server's data directory, as it names it (readable by superusers and
+    /// `pg_read_all_settings`).
+    pub async fn data_directory(&self) -> Option<std::path::PathBuf> {
+        let mut admin = self.admin().await;
+        sqlx::query_scalar::<_, String>("SHOW data_directory")
+            .fetch_one(&mut admin)
+            .await
+            .ok()
+            .map(Into::into)
+    }
+
     /// Checkpoints the server has started so far (`None` where `pg_stat_bgwriter` no longer
     /// counts them, PostgreSQL 17 and later).
     pub async fn checkpoints(&self) -> Option<i64> {
