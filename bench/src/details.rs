@@ -441,7 +441,7 @@ fn latency_lines(d: &mut String, b: &Bench, l: &LatencyRun) {
         match l.flush_on_pg_disk {
             Some(true) => "on the device of PostgreSQL's data directory",
             Some(false) => "**not on PostgreSQL's device**",
-            None => "**PostgreSQL's device unknown**",
+            None => "**not known to be PostgreSQL's device**",
         },
         l.flush_max,
         l.flush_slow,

@@ -71,8 +71,14 @@ impl Server {
     }
 
     /// The server's data directory, as it names it (readable by superusers and
-    /// `pg_read_all_settings`).
+    /// `pg_read_all_settings`); `None` for a server on another host, whose path means nothing
+    /// here.
     pub async fn data_directory(&self) -> Option<std::path::PathBuf> {
+        let options: sqlx::postgres::PgConnectOptions = self.admin_url.parse().ok()?;
+        let host = options.get_host();
+        if !(host.starts_with('/') || ["localhost", "127.0.0.1", "::1"].contains(&host)) {
+            return None;
+        }
         let mut admin = self.admin().await;
         sqlx::query_scalar::<_, String>("SHOW data_directory")
             .fetch_one(&mut admin)
