@@ -435,15 +435,19 @@ fn latency_lines(d: &mut String, b: &Bench, l: &LatencyRun) {
         "- Worker CPU per event by thread: {}.",
         l.cpu.threads_per_event(l.sent)
     );
-    let _ = writeln!(
-        d,
-        "- The disk's flush meanwhile (an 8 KiB write and `fdatasync` every 20 ms beside the round, {}): longest {:.1} ms, {} over {SLOW_FLUSH_MS:.0} ms (each second's longest is in `-seconds.tsv`).",
-        match l.flush_on_pg_disk {
-            Some(true) => "on the device of PostgreSQL's data directory",
-            Some(false) => "**not on PostgreSQL's device**",
-            None => "**not known to be PostgreSQL's device**",
-        },
-        l.flush_max,
-        l.flush_slow,
-    );
+    let device = match l.flush_on_pg_disk {
+        Some(true) => "on the device of PostgreSQL's data directory",
+        Some(false) => "**not on PostgreSQL's device**",
+        None => "**not known to be PostgreSQL's device**",
+    };
+    let _ = match l.flush_worst {
+        Some((max, slow)) => writeln!(
+            d,
+            "- The disk's flush meanwhile (an 8 KiB write and `fdatasync` every 20 ms beside the round, {device}): longest {max:.1} ms, {slow} over {SLOW_FLUSH_MS:.0} ms (each second's longest is in `-seconds.tsv`)."
+        ),
+        None => writeln!(
+            d,
+            "- The disk's flush meanwhile: **not timed** (the probe's file could not be written; the harness log says why)."
+        ),
+    };
 }

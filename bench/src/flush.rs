@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::kafka::now_ms;
 
 const EVERY: Duration = Duration::from_millis(20);
 const BLOCK: usize = 8 << 10;
@@ -76,7 +78,7 @@ fn probe(file: &File, stop: &AtomicBool) -> Vec<Flush> {
     let mut flushes = Vec::new();
     let mut block = 0;
     while !stop.load(Ordering::Relaxed) {
-        let at = unix_ms();
+        let at = now_ms();
         let started = Instant::now();
         let done = file
             .write_all_at(&data, block * BLOCK as u64)
@@ -91,19 +93,13 @@ fn probe(file: &File, stop: &AtomicBool) -> Vec<Flush> {
     flushes
 }
 
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Whether `a` and `b` are on the same device; `None` when either cannot be read.
 pub fn same_device(a: &Path, b: &Path) -> Option<bool> {
     Some(std::fs::metadata(a).ok()?.dev() == std::fs::metadata(b).ok()?.dev())
 }
 
-/// The longest flush, and how many took over `over_ms`.
-pub fn worst(flushes: &[Flush], over_ms: f64) -> (f64, usize) {
-    let max = flushes.iter().map(|f| f.1).fold(0.0, f64::max);
-    (max, flushes.iter().filter(|f| f.1 > over_ms).count())
+/// The longest flush, and how many took over `over_ms`; `None` when none was timed.
+pub fn worst(flushes: &[Flush], over_ms: f64) -> Option<(f64, usize)> {
+    let max = flushes.iter().map(|f| f.1).reduce(f64::max)?;
+    Some((max, flushes.iter().filter(|f| f.1 > over_ms).count()))
 }

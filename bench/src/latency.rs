@@ -42,10 +42,10 @@ pub struct LatencyRun {
     pub peak_rss: u64,
     /// Checkpoints PostgreSQL started while publishing and draining.
     pub checkpoints: Option<i64>,
-    /// The disk's longest flush while publishing and draining (ms), how many took over
-    /// [`SLOW_FLUSH_MS`], and whether they were timed on PostgreSQL's disk (`None`: unknown).
-    pub flush_max: f64,
-    pub flush_slow: usize,
+    /// The disk's longest flush while publishing and draining (ms) and how many took over
+    /// [`SLOW_FLUSH_MS`] (`None`: the probe could not run), and whether they were timed on
+    /// PostgreSQL's disk (`None`: unknown).
+    pub flush_worst: Option<(f64, usize)>,
     pub flush_on_pg_disk: Option<bool>,
 }
 
@@ -187,7 +187,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         v.sort_by(f64::total_cmp);
         v
     };
-    let (flush_max, flush_slow) = flush::worst(&flushes, SLOW_FLUSH_MS);
+    let flush_worst = flush::worst(&flushes, SLOW_FLUSH_MS);
     let samples = sorted(timed.iter().map(|t| t.1).collect());
     let to_start = sorted(timed.iter().map(|t| t.2).collect());
     let r = LatencyRun {
@@ -208,8 +208,7 @@ pub fn latency(b: &mut Bench, rate: f64, round: usize) -> LatencyRun {
         cpu,
         peak_rss,
         checkpoints,
-        flush_max,
-        flush_slow,
+        flush_worst,
         flush_on_pg_disk,
     };
     log(format!(
